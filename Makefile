@@ -1,0 +1,26 @@
+# make demo : set up .venv, generate a ChestX-ray14-shaped dataset, shard it, train the three
+#             stages at toy sizes, evaluate, export and query the SavedModel (CPU, minutes).
+# make test : set up .venv and run the test suite.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+DEMO_DIR ?= demo_workspace
+
+.PHONY: venv test demo clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+test: venv
+	$(PY) -m pytest -q tests
+
+demo: venv
+	$(PY) tools/demo.py --workspace=$(DEMO_DIR)
+
+clean:
+	rm -rf $(DEMO_DIR)

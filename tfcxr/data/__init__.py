@@ -1,0 +1,1 @@
+"""Records, splits and input pipelines for ChestX-ray14."""
