@@ -1,0 +1,1 @@
+"""Evaluation: Table 1 AUCs with CIs, reconstruction quality, Grad-CAM."""

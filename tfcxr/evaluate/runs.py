@@ -1,0 +1,61 @@
+"""What evaluation reads from a run and its records, and how it writes (atomically)."""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import keras
+
+from tfcxr.data import schema
+
+
+def load_model(path):
+    """A .keras model written by training (tfcxr.models registers its custom layers)."""
+    import tfcxr.models  # noqa: F401  (registers the package's serializable layers)
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such model file")
+    return keras.saving.load_model(path, compile=False)
+
+
+def label_source(records_dir):
+    """{"label_file", "label_version"} of the records' manifest.json (what every output states)."""
+    path = Path(records_dir) / schema.MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no manifest.json; shard the data with tools/shard_cxr14.py")
+    manifest = json.loads(path.read_text())
+    return {"label_file": manifest.get("label_file", "unknown"), "label_version": manifest.get("label_version", "unknown")}
+
+
+def write_bytes(path, data):
+    """Writes under a temporary name in the same folder, then renames into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def write_text(path, text):
+    write_bytes(path, text.encode())
+
+
+def write_json(path, value):
+    write_text(path, json.dumps(value, indent=2, allow_nan=False) + "\n")
+
+
+def save_figure(figure, path):
+    """Saves a matplotlib figure as PNG, atomically."""
+    import io
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    write_bytes(path, buffer.getvalue())

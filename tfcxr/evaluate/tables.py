@@ -1,0 +1,37 @@
+"""Table 1 of the paper, in Markdown, with our columns beside the paper's."""
+
+import math
+
+from tfcxr.constants import LABELS, TABLE1, TABLE1_COLUMNS
+from tfcxr.evaluate.metrics import MEAN
+
+
+def _missing(value):
+    return value is None or math.isnan(value)
+
+
+def _cell(entry):
+    """{"auc", "ci_low", "ci_high"} (any may be None/NaN, or no entry) -> "0.8123 [0.801, 0.824]"."""
+    entry = entry or {}
+    auc, low, high = entry.get("auc"), entry.get("ci_low"), entry.get("ci_high")
+    if _missing(auc):
+        return "n/a"
+    if _missing(low) or _missing(high):
+        return f"{auc:.4f}"
+    return f"{auc:.4f} [{low:.3f}, {high:.3f}]"
+
+
+def table1(columns):
+    """Markdown: the paper's five Table 1 columns, then one column per entry of `columns`.
+
+    columns: {name: {label or "Mean": {"auc", "ci_low", "ci_high"}}}. The Mean row is bold as
+    in the paper; an undefined AUC prints "n/a".
+    """
+    header = ["Labels", *TABLE1_COLUMNS, *columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label in (*LABELS, MEAN):
+        cells = [label, *(f"{v:.4f}" for v in TABLE1[label]), *(_cell(run.get(label)) for run in columns.values())]
+        if label == MEAN:
+            cells = [f"**{cell}**" for cell in cells]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
