@@ -1,0 +1,227 @@
+"""Models: shapes, parameter counts, custom layers, AECNN wiring, mixed precision, saving, weights."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfcxr import models
+from tfcxr.constants import COMPRESSION, IMAGENET_MEAN, IMAGENET_STD, NUM_LABELS
+
+
+def images(size, batch=2, channels=1, seed=0):
+    return np.random.default_rng(seed).random((batch, size, size, channels), dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    keras.utils.set_random_seed(0)
+    return models.build_encoder()
+
+
+@pytest.fixture(scope="module")
+def decoder():
+    keras.utils.set_random_seed(1)
+    return models.build_decoder()
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    """DenseNet121 with random weights and free spatial size: built once (seconds)."""
+    keras.utils.set_random_seed(2)
+    return models.build_classifier(weights=None, image_size=None)
+
+
+@pytest.fixture(scope="module")
+def aecnn(encoder, decoder, classifier):
+    return models.build_aecnn(encoder, decoder, classifier)
+
+
+@pytest.fixture
+def mixed_bfloat16():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("size", [64, 128, 896])
+def test_encoder_and_decoder_shapes(encoder, decoder, size):
+    latent = encoder(images(size))
+    assert latent.shape == (2, size // COMPRESSION, size // COMPRESSION, 1)
+    assert decoder(latent).shape == (2, size, size, 1)
+
+
+def test_parameter_counts(encoder, decoder):
+    assert encoder.count_params() == 865
+    assert decoder.count_params() == 160
+
+
+def test_latent_and_reconstruction_are_valid_images(encoder, decoder):
+    latent = encoder(4.0 * images(64) - 2.0).numpy()
+    reconstruction = decoder(4.0 * latent - 2.0).numpy()
+    for image in (latent, reconstruction):
+        assert image.min() >= 0.0 and image.max() <= 1.0
+
+
+def test_clipped_relu_values_and_gradients():
+    clip = models.clipped_relu(name="clip")
+    values = np.array([-3.0, -0.5, 0.01, 0.25, 0.5, 0.99, 1.5, 7.0], np.float32)
+    x = tf.constant(values)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = clip(x)
+    np.testing.assert_array_equal(y.numpy(), np.clip(values, 0.0, 1.0))
+    np.testing.assert_array_equal(tape.gradient(y, x).numpy(), [0, 0, 1, 1, 1, 1, 0, 0])
+
+
+def torch_pixel_shuffle(x, r):
+    """PyTorch's definition, by hand: out[c, h*r+i, w*r+j] = in[c*r*r + i*r + j, h, w] (CHW)."""
+    channels, height, width = x.shape
+    out = np.zeros((channels // (r * r), height * r, width * r), x.dtype)
+    for c in range(channels // (r * r)):
+        for h in range(height):
+            for w in range(width):
+                for i in range(r):
+                    for j in range(r):
+                        out[c, h * r + i, w * r + j] = x[c * r * r + i * r + j, h, w]
+    return out
+
+
+def test_pixel_shuffle_matches_pytorch_order_for_one_channel():
+    x = images(5, batch=1, channels=COMPRESSION**2)  # [1,5,5,16]
+    shuffled = models.PixelShuffle(COMPRESSION)(x).numpy()  # [1,20,20,1]
+    expected = torch_pixel_shuffle(x[0].transpose(2, 0, 1), COMPRESSION)  # [1,20,20] CHW
+    np.testing.assert_array_equal(shuffled[0, ..., 0], expected[0])
+
+
+def test_imagenet_normalization_values():
+    normalize = models.ImageNetNormalization()
+    gray = normalize(np.full((1, 2, 2, 1), 0.5, np.float32)).numpy()
+    assert gray.shape == (1, 2, 2, 3)
+    np.testing.assert_allclose(gray[0, 0, 0], (0.5 - np.array(IMAGENET_MEAN)) / IMAGENET_STD, rtol=1e-6)
+    rgb = normalize(np.array([[[[0.0, 0.5, 1.0]]]], np.float32)).numpy()
+    np.testing.assert_allclose(rgb[0, 0, 0], (np.array([0.0, 0.5, 1.0]) - IMAGENET_MEAN) / IMAGENET_STD, rtol=1e-6)
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_classifier_shapes(classifier, size):
+    assert classifier.input_shape == (None, None, None, 3)
+    assert classifier(images(size, channels=3)).shape == (2, NUM_LABELS)
+    features = keras.Model(classifier.input, classifier.get_layer(models.FEATURES).output)
+    assert features(images(size, channels=3)).shape == (2, size // 32, size // 32, 1024)
+
+
+def test_classifier_with_fixed_size_and_baseline():
+    keras.utils.set_random_seed(3)
+    classifier = models.build_classifier(image_size=32)
+    assert classifier.input_shape == (None, 32, 32, 3)
+    assert classifier.get_layer("logits").units == NUM_LABELS
+    baseline = models.build_baseline(classifier)
+    assert baseline.input_shape == (None, 32, 32, 1)
+    x = images(32)
+    expected = classifier(models.ImageNetNormalization()(x))
+    np.testing.assert_allclose(baseline(x)["logits"], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_aecnn_wiring(aecnn, encoder, decoder, classifier):
+    assert aecnn.get_layer("encoder") is encoder
+    assert aecnn.get_layer("decoder") is decoder
+    assert aecnn.get_layer("classifier") is classifier
+    x = images(128)
+    outputs = aecnn(x)
+    latent = encoder(x)
+    np.testing.assert_array_equal(outputs["latent"], latent)
+    np.testing.assert_array_equal(outputs["reconstruction"], decoder(latent))
+    expected = classifier(models.ImageNetNormalization()(latent))
+    np.testing.assert_allclose(outputs["logits"], expected, rtol=1e-5, atol=1e-5)
+    assert outputs["latent"].shape == (2, 32, 32, 1) and outputs["logits"].shape == (2, NUM_LABELS)
+
+
+def test_autoencoder_builds_its_parts_when_not_given():
+    autoencoder = models.build_autoencoder()
+    assert autoencoder.get_layer("encoder").count_params() == 865
+    assert autoencoder.get_layer("decoder").count_params() == 160
+    outputs = autoencoder(images(64))
+    assert set(outputs) == {"latent", "reconstruction"}
+    assert outputs["reconstruction"].shape == (2, 64, 64, 1)
+
+
+def test_mixed_precision_keeps_outputs_float32(mixed_bfloat16):
+    encoder, decoder = models.build_encoder(), models.build_decoder()
+    classifier = models.build_classifier(image_size=None)
+    assert encoder.get_layer("encoder_conv").compute_dtype == "bfloat16"  # the policy took effect
+    outputs = models.build_aecnn(encoder, decoder, classifier)(images(128))
+    assert {name: value.dtype for name, value in outputs.items()} == dict.fromkeys(outputs, tf.float32)
+    assert models.build_baseline(classifier)(images(32))["logits"].dtype == tf.float32
+
+
+def built_models(encoder, decoder, classifier, aecnn):
+    return {
+        "encoder": encoder,
+        "decoder": decoder,
+        "autoencoder": models.build_autoencoder(encoder, decoder),
+        "baseline": models.build_baseline(classifier),
+        "aecnn": aecnn,
+    }
+
+
+@pytest.mark.parametrize("name", ["encoder", "decoder", "autoencoder", "baseline", "aecnn"])
+def test_saved_and_loaded_models_give_identical_outputs(encoder, decoder, classifier, aecnn, name, tmp_path):
+    model = built_models(encoder, decoder, classifier, aecnn)[name]
+    assert model.name == name
+    path = tmp_path / f"{name}.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, compile=False)  # no custom_objects needed
+    x = images(128)
+    for got, expected in zip(keras.tree.flatten(loaded(x)), keras.tree.flatten(model(x)), strict=True):
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_load_stage_weights(encoder, decoder, classifier, tmp_path):
+    autoencoder_path, baseline_path = tmp_path / "stage2.keras", tmp_path / "stage1.keras"
+    models.build_autoencoder(encoder, decoder).save(autoencoder_path)
+    models.build_baseline(classifier).save(baseline_path)
+    keras.utils.set_random_seed(4)
+    fresh = models.build_aecnn(models.build_encoder(), models.build_decoder(), models.build_classifier())
+    models.load_stage_weights(fresh, autoencoder_path, baseline_path)
+    for name, source in {"encoder": encoder, "decoder": decoder, "classifier": classifier}.items():
+        for loaded, expected in zip(fresh.get_layer(name).get_weights(), source.get_weights(), strict=True):
+            np.testing.assert_array_equal(loaded, expected)
+
+    with pytest.raises(FileNotFoundError, match="missing.keras"):
+        models.load_stage_weights(fresh, tmp_path / "missing.keras", baseline_path)
+    with pytest.raises(ValueError, match="stage2.keras: has no 'classifier'"):
+        models.load_stage_weights(fresh, baseline_path=autoencoder_path)
+
+
+def test_missing_weights_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.h5: DenseNet121 weights not found"):
+        models.build_classifier(weights=tmp_path / "nowhere.h5")
+
+
+def test_unreadable_weights_file(tmp_path):
+    path = tmp_path / "garbage.h5"
+    path.write_bytes(b"not an hdf5 file")
+    with pytest.raises(ValueError, match=r"garbage\.h5: cannot load as DenseNet121 notop weights"):
+        models.build_classifier(weights=path, image_size=32)
+
+
+def test_local_weights_file_is_loaded(classifier, tmp_path):
+    path = tmp_path / "notop.weights.h5"
+    keras.Model(classifier.input, classifier.get_layer(models.FEATURES).output).save_weights(path)
+    loaded = models.build_classifier(weights=path)
+    for name in ("conv1_conv", "conv5_block16_2_conv", "bn"):
+        for got, expected in zip(loaded.get_layer(name).get_weights(), classifier.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(got, expected)
+
+
+def test_imagenet_download_failure_suggests_a_local_copy(monkeypatch):
+    from keras.src.utils import file_utils  # what keras.applications downloads with
+
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- offline")
+
+    monkeypatch.setattr(file_utils, "get_file", offline)
+    with pytest.raises(RuntimeError, match=models.NOTOP_WEIGHTS) as error:
+        models.build_classifier(weights="imagenet", image_size=32)
+    assert "~/.keras/models/" in str(error.value) and "URL fetch failure" in str(error.value)

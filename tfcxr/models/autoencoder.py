@@ -1,0 +1,41 @@
+"""The autoencoder: a stride-4 encoder to a [0, 1] latent image, a PixelShuffle decoder back.
+
+Shapes follow the reference exactly (its PyTorch modules are listed in torch_port.py):
+896x896x1 -> 224x224x1 -> 896x896x1; any side that is a multiple of COMPRESSION works.
+"""
+
+import keras
+from keras import layers
+
+from tfcxr.constants import COMPRESSION
+from tfcxr.models.layers import PixelShuffle, clipped_relu
+
+
+def build_encoder():
+    """image [B,H,W,1] in [0, 1] -> latent [B,H/4,W/4,1] in [0, 1]; 865 parameters."""
+    image = keras.Input(shape=(None, None, 1), name="image")
+    # Explicit symmetric padding 2, as the reference's Conv2d(padding=2); "same" would pad 1/2.
+    x = layers.ZeroPadding2D(2, name="encoder_pad")(image)  # [B,H+4,W+4,1]
+    x = layers.Conv2D(32, 5, strides=COMPRESSION, activation="elu", name="encoder_conv")(x)  # [B,H/4,W/4,32]
+    x = layers.Conv2D(1, 1, name="encoder_project")(x)  # [B,H/4,W/4,1]
+    latent = clipped_relu(name="latent_clip")(x)
+    return keras.Model(image, latent, name="encoder")
+
+
+def build_decoder():
+    """latent [B,h,w,1] -> reconstruction [B,4h,4w,1] in [0, 1]; 160 parameters."""
+    latent = keras.Input(shape=(None, None, 1), name="latent")
+    x = layers.Conv2D(COMPRESSION**2, 3, padding="same", name="decoder_conv")(latent)  # [B,h,w,16]
+    x = PixelShuffle(COMPRESSION, name="pixel_shuffle")(x)  # [B,4h,4w,1]
+    reconstruction = clipped_relu(name="reconstruction_clip")(x)
+    return keras.Model(latent, reconstruction, name="decoder")
+
+
+def build_autoencoder(encoder=None, decoder=None):
+    """image -> {"latent", "reconstruction"}; builds a fresh encoder / decoder when not given."""
+    encoder = encoder or build_encoder()
+    decoder = decoder or build_decoder()
+    image = keras.Input(shape=(None, None, 1), name="image")
+    latent = encoder(image)
+    reconstruction = decoder(latent)
+    return keras.Model(image, {"latent": latent, "reconstruction": reconstruction}, name="autoencoder")
