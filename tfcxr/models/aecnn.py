@@ -38,6 +38,7 @@ def load_stage_weights(aecnn, autoencoder_path=None, baseline_path=None):
         try:
             source = loaded[path].get_layer(name)
         except ValueError:
-            raise ValueError(f"{path}: has no '{name}' model (expected a stage 2 autoencoder or stage 1 baseline)") from None
+            kind = "stage 1 baseline" if name == "classifier" else "stage 2 autoencoder"
+            raise ValueError(f"{path}: has no '{name}' model (expected a {kind})") from None
         aecnn.get_layer(name).set_weights(source.get_weights())
     return aecnn

@@ -24,7 +24,7 @@ def build_classifier(weights=None, image_size=None):
     if weights is not None and weights != "imagenet":
         weights = os.fspath(weights)
         if not tf.io.gfile.exists(weights):
-            raise FileNotFoundError(f"{weights}: DenseNet121 weights not found (expected a copy of {NOTOP_WEIGHTS})")
+            raise FileNotFoundError(f"{weights}: DenseNet121 weights not found (a copy of {NOTOP_WEIGHTS})")
     image = keras.Input(shape=(image_size, image_size, 3), name="image")
     backbone = _densenet121(image, weights)
     x = layers.GlobalAveragePooling2D(name="pool")(backbone.output)  # [B,1024]

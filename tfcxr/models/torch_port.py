@@ -43,12 +43,12 @@ def load_torch_autoencoder_state(model, state, prefix=""):
         raise KeyError(f"state_dict lacks {missing}; it has {sorted(state)[:10]}")
     for name, (submodel, layer_name, index) in TORCH_NAMES.items():
         layer = model.get_layer(submodel).get_layer(layer_name)
-        value = np.asarray(state[name], dtype=np.float32)
-        if value.ndim == 4:
-            value = value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+        source = np.asarray(state[name], dtype=np.float32)
+        value = source.transpose(2, 3, 1, 0) if source.ndim == 4 else source  # OIHW -> HWIO
         weights = layer.get_weights()
         if value.shape != weights[index].shape:
-            raise ValueError(f"{prefix}{name}: shape {value.shape} does not fit {layer_name} {weights[index].shape}")
+            expected = weights[index].shape
+            raise ValueError(f"{prefix}{name}: shape {source.shape} does not fit {layer_name} (HWIO {expected})")
         weights[index] = value
         layer.set_weights(weights)
     return model
