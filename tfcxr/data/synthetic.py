@@ -145,6 +145,11 @@ def _smooth_noise(rng, cells, size):
     return np.asarray(coarse.resize((size, size), Image.BICUBIC))
 
 
+def _soft_inside(radius, width):
+    """1 inside radius 1, 0 outside, a logistic edge `width` wide (tanh: no overflow)."""
+    return 0.5 - 0.5 * np.tanh((radius - 1) / (2 * width))
+
+
 def _background(rng, size):
     """A radiograph-like background in [0, 1]: [size, size] float32."""
     small = min(size, BACKGROUND_SIZE)
@@ -152,12 +157,12 @@ def _background(rng, size):
     # Body: a rounded rectangle filling most of the frame; dark air only near the edges.
     body_r = (np.abs((x - rng.uniform(-0.04, 0.04)) / rng.uniform(0.9, 1.0)) ** 3
               + np.abs((y - rng.uniform(0.1, 0.2)) / rng.uniform(1.05, 1.15)) ** 3) ** (1 / 3)
-    body = 1 / (1 + np.exp((body_r - 1) / 0.04))
+    body = _soft_inside(body_r, 0.04)
     lungs = 0
     for side in (-1, 1):
         lung_r = np.hypot((x - side * rng.uniform(0.34, 0.42)) / rng.uniform(0.24, 0.3),
                           (y + rng.uniform(0.08, 0.16)) / rng.uniform(0.48, 0.56))
-        lungs = lungs + 1 / (1 + np.exp((lung_r - 1) / 0.06))
+        lungs = lungs + _soft_inside(lung_r, 0.06)
     ribs = np.sin(2 * np.pi * (rng.uniform(5, 7) * y + rng.uniform(0.5, 0.9) * x * x)
                   + rng.uniform(0, 2 * np.pi))
     spine = np.exp(-(x / rng.uniform(0.08, 0.12)) ** 2)
