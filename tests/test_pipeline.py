@@ -1,0 +1,287 @@
+"""tfcxr.data.pipeline.make_dataset at toy sizes: 128 px originals, small 64, crops 56 / 32 / 112.
+
+`toy_records` writes records of known pixels (noise from a sparse value set, so a crop can be
+found in its source and nearest rotation keeps the value set) in both encodings, with small-only
+shards; `records_dir` (tests/conftest.py) is the synthetic tree sharded by tfcxr.data.sharding.
+"""
+
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from tfcxr.constants import NUM_LABELS, ROTATION_DEGREES
+from tfcxr.data import schema
+from tfcxr.data.pipeline import make_dataset
+from test_augment import expected_zero_fraction
+
+ORIGINAL, SMALL = 128, 64
+SIZES = {1: dict(image_size=56, resize_size=SMALL), 2: dict(image_size=32), 3: dict(image_size=112)}
+SHARDS = {"train": [4, 4, 4], "val": [3, 2]}  # records per shard
+VALUES = np.arange(1, 256, 4, dtype=np.uint8)  # pixel values of the originals (never 0)
+
+
+def png(pixels):
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_records(out_dir, sources, encoding):
+    """Shards `sources` as SHARDS says, with small-only copies under small/ and a manifest."""
+    splits, names = {}, iter(sources)
+    (out_dir / "small").mkdir(parents=True)
+    for split, sizes in SHARDS.items():
+        splits[split] = {"shards": [], "small_shards": []}
+        for index, size in enumerate(sizes):
+            name = schema.shard_name(split, index, len(sizes))
+            with tf.io.TFRecordWriter(str(out_dir / name)) as full, tf.io.TFRecordWriter(str(out_dir / "small" / name)) as small:
+                for _ in range(size):
+                    filename = next(names)
+                    source = sources[filename]
+                    original = source["original"]
+                    example = schema.make_example(
+                        encoded=original.tobytes() if encoding == "raw" else png(original),
+                        image_format=encoding, small=png(source["small"]), filename=filename,
+                        height=ORIGINAL, width=ORIGINAL, labels=source["labels"], patient_id=source["patient_id"])
+                    full.write(example.SerializeToString())
+                    del example.features.feature[schema.ENCODED]  # small-only: no original
+                    small.write(example.SerializeToString())
+            splits[split]["shards"].append({"file": name, "records": size})
+            splits[split]["small_shards"].append({"file": f"small/{name}", "records": size})
+    (out_dir / schema.MANIFEST).write_text(json.dumps({"encoding": encoding, "small_size": SMALL, "splits": splits}))
+
+
+@pytest.fixture(scope="module")
+def sources():
+    """filename -> original [128, 128], small [64, 64], labels, patient_id; in shard order."""
+    rng = np.random.default_rng(0)
+    sources = {}
+    for i in range(sum(sum(sizes) for sizes in SHARDS.values())):
+        original = rng.choice(VALUES, (ORIGINAL, ORIGINAL))
+        small = np.asarray(Image.fromarray(original).resize((SMALL, SMALL), Image.BILINEAR))
+        labels = rng.integers(0, 2, NUM_LABELS)
+        sources[f"{i:08d}_000.png"] = dict(original=original, small=small, labels=labels, patient_id=1000 + i)
+    return sources
+
+
+@pytest.fixture(scope="module")
+def toy_records(sources, tmp_path_factory):
+    """{"png": dir, "raw": dir}: the same sources in both encodings."""
+    dirs = {}
+    for encoding in ("png", "raw"):
+        dirs[encoding] = tmp_path_factory.mktemp(f"toy_{encoding}")
+        write_records(dirs[encoding], sources, encoding)
+    return dirs
+
+
+def batches(records, split, stage, batch_size=4, training=False, take=None, **kwargs):
+    dataset = make_dataset(records, split, stage, batch_size, training, include_metadata=True, **{**SIZES[stage], **kwargs})
+    return list((dataset.take(take) if take else dataset).as_numpy_iterator())
+
+
+def stacked(batch_list, key):
+    return np.concatenate([batch[key] for batch in batch_list])
+
+
+def names(batch_list):
+    return [name.decode() for name in stacked(batch_list, "filename")]
+
+
+def find_window(source, patch):
+    """(y, x) of `patch` inside `source`, or None."""
+    height, width = patch.shape
+    ys, xs = np.nonzero(source[: source.shape[0] - height + 1, : source.shape[1] - width + 1] == patch[0, 0])
+    for y, x in zip(ys, xs):
+        if np.array_equal(source[y:y + height, x:x + width], patch):
+            return int(y), int(x)
+    return None
+
+
+def locate(source, patch):
+    """(horizontal flip, vertical flip, y, x) under which `patch` is a window of `source`."""
+    for horizontal in (False, True):
+        for vertical in (False, True):
+            candidate = patch[:, ::-1] if horizontal else patch
+            found = find_window(source, candidate[::-1] if vertical else candidate)
+            if found:
+                return (horizontal, vertical, *found)
+    return None
+
+
+def as_uint8(images):
+    pixels = np.round(images * 255)
+    assert np.allclose(images * 255, pixels, atol=1e-3)  # float images are exact uint8 / 255
+    return pixels.astype(np.uint8)
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+@pytest.mark.parametrize("training", [False, True])
+def test_shapes_range_labels_metadata(toy_records, sources, stage, training):
+    result = batches(toy_records["png"], "train", stage, training=training, seed=0)
+    size = SMALL if stage == 1 and not training else SIZES[stage]["image_size"]
+    for batch in result:
+        assert batch["image"].shape == (4, size, size, 1) and batch["image"].dtype == np.float32
+        assert 0.0 <= batch["image"].min() and batch["image"].max() <= 1.0
+        assert batch["labels"].shape == (4, NUM_LABELS) and batch["labels"].dtype == np.float32
+        assert batch["patient_id"].dtype == np.int64
+    assert sorted(names(result)) == [name for name in sources][:12]
+    for name, labels, patient_id in zip(names(result), stacked(result, "labels"), stacked(result, "patient_id")):
+        np.testing.assert_array_equal(labels, sources[name]["labels"])
+        assert patient_id == sources[name]["patient_id"]
+
+
+def test_eval_images_and_record_order(toy_records, sources):
+    stage1 = batches(toy_records["png"], "val", 1, batch_size=2)
+    assert names(stage1) == list(sources)[12:]  # manifest order of shards, file order of records
+    assert [len(batch["filename"]) for batch in stage1] == [2, 2, 1]  # eval keeps the remainder
+    for name, image in zip(names(stage1), stacked(stage1, "image")):
+        np.testing.assert_array_equal(as_uint8(image[..., 0]), sources[name]["small"])
+    for stage in (2, 3):
+        size = SIZES[stage]["image_size"]
+        result = batches(toy_records["png"], "val", stage)
+        assert names(result) == list(sources)[12:]
+        for name, image in zip(names(result), stacked(result, "image")):
+            pil = np.asarray(Image.fromarray(sources[name]["original"]).resize((size, size), Image.BILINEAR))
+            assert np.abs(as_uint8(image[..., 0]).astype(int) - pil).max() <= 2  # PIL's antialiased resize
+
+
+@pytest.mark.parametrize("stage", [1, 3])
+def test_eval_is_deterministic(toy_records, stage):
+    dataset = make_dataset(toy_records["png"], "val", stage, 2, False, **SIZES[stage])
+    first, second = list(dataset.as_numpy_iterator()), list(dataset.as_numpy_iterator())
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a["image"], b["image"])
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_training_is_seeded(toy_records, stage):
+    def images(seed):
+        return stacked(batches(toy_records["png"], "train", stage, training=True, seed=seed), "image")
+
+    np.testing.assert_array_equal(images(1), images(1))
+    assert not np.array_equal(images(1), images(2))
+
+
+def test_stage2_patches_are_flipped_windows(toy_records, sources):
+    result = batches(toy_records["png"], "train", 2, batch_size=8, training=True, seed=0, repeat=True, take=16)
+    found = [locate(sources[name]["original"], as_uint8(image[..., 0])) for name, image in zip(names(result), stacked(result, "image"))]
+    assert None not in found  # every patch is a full-resolution window of its own original
+    horizontal, vertical = np.mean([f[0] for f in found]), np.mean([f[1] for f in found])
+    assert 0.35 < horizontal < 0.65 and 0.35 < vertical < 0.65
+    assert len({f[2:] for f in found}) > 100  # offsets vary
+
+
+def test_stage3_crops_without_rotation_by_default(toy_records, sources):
+    result = batches(toy_records["png"], "train", 3, batch_size=8, training=True, seed=0, repeat=True, take=8)
+    found = [locate(sources[name]["original"], as_uint8(image[..., 0])) for name, image in zip(names(result), stacked(result, "image"))]
+    assert None not in found and not any(f[1] for f in found)  # crops, horizontal flips only
+    assert 0.3 < np.mean([f[0] for f in found]) < 0.7
+
+
+def test_stage3_rotation_in_pipeline(toy_records):
+    result = batches(toy_records["png"], "train", 3, batch_size=8, training=True, seed=0, repeat=True, take=8, rotation="pipeline")
+    images = as_uint8(stacked(result, "image"))
+    assert set(np.unique(images)) <= set(VALUES) | {0}  # nearest: no new values, black fill
+    expected = expected_zero_fraction(SIZES[3]["image_size"], ROTATION_DEGREES)
+    assert abs((images == 0).mean() - expected) < 0.2 * expected
+
+
+def test_stage1_bl5_and_fmix(toy_records, sources):
+    bl5 = batches(toy_records["png"], "train", 1, batch_size=4, training=True, seed=0, repeat=True, take=8)
+    assert (stacked(bl5, "image") == 0).mean() > 0  # rotation corners (the smalls have no black)
+    for name, labels in zip(names(bl5), stacked(bl5, "labels")):
+        np.testing.assert_array_equal(labels, sources[name]["labels"])
+    fmix = batches(toy_records["png"], "train", 1, batch_size=4, training=True, seed=0, repeat=True, take=8, augment="fmix")
+    assert (stacked(fmix, "image") == 0).mean() == 0  # no rotation with FMix
+    fractions = [batch["labels"][(batch["labels"] > 0) & (batch["labels"] < 1)] for batch in fmix]
+    assert sum(len(f) for f in fractions) > 0  # labels are mixed
+    for fraction in fractions:  # by one lambda per batch: every mixed label is lambda or 1 - lambda
+        assert len(np.unique(np.round(np.minimum(fraction, 1 - fraction), 5))) <= 1
+    assert not np.array_equal(stacked(bl5, "image"), stacked(fmix, "image"))
+
+
+def test_stage1_reads_small_shards(toy_records, sources, tmp_path):
+    records = tmp_path / "records"
+    shutil.copytree(toy_records["png"], records)
+    for path in records.glob("*.tfrecord"):
+        path.unlink()  # only small/ is left: stage 1 must not need the full shards
+    result = batches(records, "val", 1)
+    assert names(result) == list(sources)[12:]
+    with pytest.raises(FileNotFoundError, match="val-00000-of-00002.tfrecord"):
+        make_dataset(records, "val", 2, 4, False)
+
+
+def test_stage1_falls_back_to_full_shards_and_glob(toy_records, sources, tmp_path):
+    records = tmp_path / "records"
+    shutil.copytree(toy_records["png"], records)
+    shutil.rmtree(records / "small")
+    manifest = json.loads((records / schema.MANIFEST).read_text())
+    for split in manifest["splits"].values():
+        del split["small_shards"]
+    (records / schema.MANIFEST).write_text(json.dumps(manifest))
+    assert names(batches(records, "val", 1)) == list(sources)[12:]
+    (records / schema.MANIFEST).unlink()
+    assert names(batches(records, "val", 1)) == list(sources)[12:]
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_input_context_shards_files(toy_records, sources, training):
+    seen = []
+    for pipeline_id in range(2):
+        context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pipeline_id, num_replicas_in_sync=2)
+        result = batches(toy_records["png"], "train", 2, batch_size=4, training=training, seed=0, input_context=context)
+        assert all(len(batch["filename"]) == 2 for batch in result)  # per-replica batch
+        seen.append(set(names(result)))
+    assert not seen[0] & seen[1] and seen[0] | seen[1] == set(list(sources)[:12])
+    context = tf.distribute.InputContext(num_input_pipelines=3, input_pipeline_id=0, num_replicas_in_sync=3)
+    with pytest.raises(ValueError, match="2 val shards cannot feed 3"):
+        make_dataset(toy_records["png"], "val", 2, 6, False, input_context=context)
+
+
+@pytest.mark.parametrize("stage, source_key", [(1, "small"), (3, "original")])
+def test_tencrop(toy_records, sources, stage, source_key):
+    size = SIZES[stage]["image_size"]
+    result = batches(toy_records["png"], "val", stage, tta="tencrop")
+    for name, crops in zip(names(result), stacked(result, "image")):
+        assert crops.shape == (10, size, size, 1)
+        image = sources[name][source_key]
+        height, width = image.shape
+        corners = [(0, 0), (0, width - size), (height - size, 0), (height - size, width - size),
+                   ((height - size) // 2, (width - size) // 2)]  # even margins here: no rounding
+        expected = [image[y:y + size, x:x + size] for y, x in corners]
+        expected += [image[:, ::-1][y:y + size, x:x + size] for y, x in corners]
+        np.testing.assert_array_equal(as_uint8(crops[..., 0]), np.stack(expected))
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+@pytest.mark.parametrize("training", [False, True])
+def test_raw_and_png_records_give_identical_images(toy_records, stage, training):
+    png_batches, raw_batches = (batches(toy_records[e], "train", stage, training=training, seed=3, rotation="pipeline" if stage == 3 else None)
+                                for e in ("png", "raw"))
+    np.testing.assert_array_equal(stacked(png_batches, "image"), stacked(raw_batches, "image"))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(stage=1, rotation="device"), "rotation"),
+    (dict(stage=2, augment="fmix"), "augment"),
+    (dict(stage=3, training=True, tta="tencrop"), "tta"),
+    (dict(stage=2, tta="tencrop"), "tta"),
+    (dict(stage=3, resize_size=256), "resize_size"),
+    (dict(stage=4), "stage"),
+])
+def test_bad_arguments(toy_records, kwargs, message):
+    kwargs = {"split": "val", "batch_size": 2, "training": False, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        make_dataset(toy_records["png"], **kwargs)
+
+
+def test_missing_split(toy_records, tmp_path):
+    with pytest.raises(ValueError, match="no split 'test'"):
+        make_dataset(toy_records["png"], "test", 1, 2, False)
+    with pytest.raises(FileNotFoundError, match="no test shards"):
+        make_dataset(tmp_path, "test", 1, 2, False)
