@@ -1,0 +1,95 @@
+"""Command line: python -m tfcxr.main --stage=1|2|3 --flagfile=configs/stageN.cfg [--mode=train].
+
+Modes live in MODES; each is a function of the parsed flags.
+"""
+
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+from absl import app, flags
+
+from tfcxr.constants import EPOCHS, LEARNING_RATE
+from tfcxr.train import loop, stages, strategy
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("mode", "train", "what to do: one of MODES (train)")
+flags.DEFINE_integer("stage", 1, "1: D121 BL5 baseline, 2: autoencoder, 3: joint AECNN", lower_bound=1, upper_bound=3)
+flags.DEFINE_string("records_dir", None, "TFRecords and manifest.json of tools/shard_cxr14.py")
+flags.DEFINE_string("model_dir", None, "the run's folder: checkpoints/, best.keras, log.csv, tensorboard/, config.json")
+flags.DEFINE_integer("epochs", EPOCHS, "epochs in all (a resumed run continues to this many)")
+flags.DEFINE_integer("batch_size", 16, "global batch size, over all replicas and workers")
+flags.DEFINE_integer("steps_per_epoch", None, "train steps per epoch (default: one pass over train)")
+flags.DEFINE_integer("val_steps", None, "validation steps per epoch (default: one pass over val)")
+flags.DEFINE_integer("image_size", None, "crop / patch / resize size (default: the stage's, from constants)")
+flags.DEFINE_integer("resize_size", None, "stage 1: resize before the crop (default: constants.SMALL_SIZE)")
+flags.DEFINE_string("weights", "imagenet", "stage 1 DenseNet121 initialisation: imagenet, none or a local .h5")
+flags.DEFINE_enum("augment", "bl5", ["bl5", "fmix"], "stage 1 augmentation")
+flags.DEFINE_enum("strategy", "mirrored", ["mirrored", "one_device", "multi_worker"], "tf.distribute strategy")
+flags.DEFINE_integer("cpu_replicas", 1, "split the CPU into this many logical devices (mirrored on a CPU)")
+flags.DEFINE_enum("mixed_precision", "none", ["none", "bfloat16", "float16"], "mixed precision policy")
+flags.DEFINE_integer("seed", 0, "seed of weights, shuffling and augmentation")
+flags.DEFINE_bool("deterministic", False, "deterministic ops (tf.config.experimental.enable_op_determinism)")
+flags.DEFINE_string("init_autoencoder", None, "stage 3: stage 2's best.keras")
+flags.DEFINE_string("init_classifier", None, "stage 3: stage 1's best.keras")
+flags.DEFINE_float("learning_rate", LEARNING_RATE, "Adam learning rate")
+flags.DEFINE_integer("log_every", 20, "steps between progress-bar and TensorBoard batch-loss updates")
+flags.DEFINE_integer("checkpoint_every", 0, "steps between mid-epoch checkpoints (0: at epoch ends only)")
+flags.DEFINE_integer("preview_images", 4, "validation images shown in TensorBoard (stages 2 and 3)")
+
+
+def train_config():
+    """The TrainConfig of the flags."""
+    names = [field.name for field in dataclasses.fields(stages.TrainConfig)]
+    return stages.TrainConfig(**{name: FLAGS[name].value for name in names})
+
+
+def write_json_atomic(data, path):
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(partial, path)
+
+
+def print_best(log_path):
+    """The epoch of lowest val_loss in log.csv, with its mean val AUC when the stage has one."""
+    log = pd.read_csv(log_path)
+    best = log.loc[log["val_loss"].idxmin()]
+    auc = f", val mean AUC {best['val_auc']:.4f}" if "val_auc" in log else ""
+    print(f"best val_loss {best['val_loss']:.5f} at epoch {int(best['epoch']) + 1}{auc}")
+
+
+def train():
+    if not (FLAGS.records_dir and FLAGS.model_dir):
+        raise app.UsageError("--mode=train needs --records_dir and --model_dir")
+    distribution = strategy.make_strategy(FLAGS.strategy, FLAGS.cpu_replicas)
+    config = train_config()
+    model_dir = Path(config.model_dir)
+    chief = strategy.is_chief(distribution)
+    if chief:
+        model_dir.mkdir(parents=True, exist_ok=True)
+        run = {"stage": FLAGS.stage, "strategy": FLAGS.strategy, "cpu_replicas": FLAGS.cpu_replicas}
+        write_json_atomic({**run, **dataclasses.asdict(config)}, model_dir / "config.json")
+    loop.train(stages.STAGES[FLAGS.stage], config, distribution)
+    if chief:
+        print_best(model_dir / "log.csv")
+
+
+MODES = {"train": train}
+
+
+def main(argv):
+    del argv
+    if FLAGS.mode not in MODES:
+        raise app.UsageError(f"--mode={FLAGS.mode}: expected one of {', '.join(MODES)}")
+    try:
+        MODES[FLAGS.mode]()
+    except (FileNotFoundError, ValueError, loop.TrainingStopped) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    app.run(main)

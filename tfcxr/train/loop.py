@@ -1,0 +1,240 @@
+"""One custom training loop for every stage, under any tf.distribute strategy.
+
+Per epoch: `steps` train steps on a freshly seeded input pipeline, one pass over val (or
+`val_steps`), then the CallbackList (ReduceLROnPlateau, TerminateOnNaN and, on the chief,
+BestModel, CSVLogger, Summaries), then a checkpoint.
+
+Fault tolerance: a tf.train.Checkpoint holds the model, the optimizer (its learning rate
+included), the device augmentation's seed state and a JSON `progress` string (epoch, step,
+running train-loss sums, the callbacks' RESUMABLE state), so a run killed at any moment and
+started again with the same command ends where an uninterrupted run would. Why not
+keras.callbacks.BackupAndRestore: it restores through model.fit (fit reads the initial epoch
+it sets) and only knows the model and the compiled optimizer; this loop must restore its own
+epoch, step, input position and callback state anyway, and one Checkpoint, committed by
+CheckpointManager's atomic rename of its state file, carries all of them at once.
+"""
+
+import collections
+import itertools
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from tfcxr.constants import LABELS, PLATEAU_FACTOR, PLATEAU_PATIENCE
+from tfcxr.data import schema
+from tfcxr.evaluate.metrics import label_aucs
+from tfcxr.train import callbacks as callbacks_lib
+from tfcxr.train.strategy import is_chief, write_dir
+
+POLICIES = {"none": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+
+
+class TrainingStopped(RuntimeError):
+    """A callback (TerminateOnNaN) stopped training; nothing of the failing epoch is saved."""
+
+
+def check_init_files(stage, config):
+    """Stops at once, naming the flag and path, when a previous stage's file is missing."""
+    for flag, path in stage.init_files(config).items():
+        if not path:
+            raise FileNotFoundError(f"stage {stage.number} needs --{flag} (a best.keras of an earlier stage)")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--{flag}={path}: file not found (train the earlier stage first)")
+
+
+def split_size(records_dir, split):
+    """Records written for `split`, from the records' manifest."""
+    manifest = json.loads((Path(records_dir) / schema.MANIFEST).read_text())
+    return manifest["splits"][split]["written"]
+
+
+def epoch_seed(seed, epoch):
+    """A distinct input seed per epoch, the same again when the epoch is re-run after a restart."""
+    return seed * 10_007 + epoch
+
+
+def make_optimizer(config):
+    """Adam (default betas); under float16 wrapped in a LossScaleOptimizer."""
+    optimizer = keras.optimizers.Adam(config.learning_rate)
+    if config.mixed_precision == "float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def make_train_step(stage, model, optimizer, augmentation, strategy):
+    """A tf.function: one optimizer step on a distributed batch -> {term: global batch mean}."""
+
+    def replica_step(batch):
+        if augmentation is not None:
+            batch = {**batch, "image": augmentation(batch["image"], training=True)}
+        with tf.GradientTape() as tape:
+            outputs = model(batch["image"], training=True)
+            terms = {name: tf.nn.compute_average_loss(value) for name, value in stage.loss(batch, outputs).items()}
+            loss = terms["loss"]
+            if model.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+            scaled_loss = optimizer.scale_loss(loss)  # identity unless LossScaleOptimizer
+        gradients = tape.gradient(scaled_loss, model.trainable_variables)
+        optimizer.apply(gradients, model.trainable_variables)  # all-reduces over replicas, unscales
+        return terms
+
+    @tf.function
+    def train_step(batch):
+        terms = strategy.run(replica_step, args=(batch,))
+        return {name: strategy.reduce("SUM", value, axis=None) for name, value in terms.items()}
+
+    return train_step
+
+
+def make_eval_step(stage, model, strategy):
+    """A tf.function: sums of the per-example loss terms and "count"; with AUC, labels and probabilities."""
+
+    def replica_step(batch):
+        outputs = model(batch["image"], training=False)
+        sums = {name: tf.reduce_sum(value) for name, value in stage.loss(batch, outputs).items()}
+        sums["count"] = tf.cast(tf.shape(batch["image"])[0], tf.float32)
+        if not stage.computes_auc:
+            return sums, ()
+        return sums, (batch["labels"], tf.sigmoid(tf.cast(outputs["logits"], tf.float32)))
+
+    @tf.function
+    def eval_step(batch):
+        sums, predictions = strategy.run(replica_step, args=(batch,))
+        sums = {name: strategy.reduce("SUM", value, axis=None) for name, value in sums.items()}
+        return sums, tuple(strategy.gather(value, axis=0) for value in predictions)  # from every worker
+
+    return eval_step
+
+
+def evaluate(eval_step, dataset, steps, show):
+    """val_<term> means over the examples, and val_auc (+ one per label) when the stage predicts labels."""
+    sums = collections.defaultdict(float)
+    labels, probabilities = [], []
+    for batch in tqdm(itertools.islice(dataset, steps), desc="val", total=steps, leave=False, disable=not show):
+        batch_sums, predictions = eval_step(batch)
+        for name, value in batch_sums.items():
+            sums[name] += float(value)
+        if predictions:
+            labels.append(predictions[0].numpy())
+            probabilities.append(predictions[1].numpy())
+    count = sums.pop("count")
+    logs = {f"val_{name}": total / count for name, total in sums.items()}
+    if labels:
+        aucs = label_aucs(np.concatenate(labels), np.concatenate(probabilities))
+        logs["val_auc"] = float(np.nanmean(aucs)) if not np.isnan(aucs).all() else math.nan
+        logs.update({f"val_auc_{label}": float(auc) for label, auc in zip(LABELS, aucs)})
+    return logs
+
+
+def train(stage, config, strategy, callbacks=()):
+    """Trains `stage` under `strategy` and returns the model.
+
+    Writes (chief only) config.model_dir/{checkpoints/, best.keras, log.csv, tensorboard/};
+    resumes from the latest checkpoint there. Extra Keras `callbacks` run after the loop's own.
+    """
+    check_init_files(stage, config)
+    chief = is_chief(strategy)
+    model_dir = Path(config.model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.mixed_precision.set_global_policy(POLICIES[config.mixed_precision])
+
+    with strategy.scope():
+        model = stage.build_model(config)
+        optimizer = make_optimizer(config)
+        optimizer.build(model.trainable_variables)  # Adam's slots, mirrored, before the first step
+        augmentation = stage.augmentation()
+    model.optimizer = optimizer  # ReduceLROnPlateau reads and sets model.optimizer.learning_rate
+    model.stop_training = False  # TerminateOnNaN sets it
+
+    progress = tf.Variable(json.dumps({"epoch": 0, "step": 0, "train_sums": {}, "callbacks": {}}))
+    checkpoint = tf.train.Checkpoint(
+        model=model, optimizer=optimizer, progress=progress,
+        augmentation=augmentation.variables if augmentation is not None else [])
+    checkpoint_dir = model_dir / "checkpoints"
+    manager = tf.train.CheckpointManager(checkpoint, write_dir(str(checkpoint_dir), strategy), max_to_keep=2)
+    latest = tf.train.latest_checkpoint(checkpoint_dir)  # the chief's, read by every worker
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+    state = json.loads(progress.numpy())
+
+    steps = config.steps_per_epoch or split_size(config.records_dir, "train") // config.batch_size
+    log_path = model_dir / "log.csv"
+    loop_callbacks = [
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=PLATEAU_FACTOR, patience=PLATEAU_PATIENCE),
+        keras.callbacks.TerminateOnNaN(),
+    ]
+    if chief:
+        preview = None
+        if stage.image_outputs:
+            preview = next(iter(stage.make_dataset(config, "val", False)))["image"][: config.preview_images]
+        if latest:
+            callbacks_lib.truncate_log(log_path, state["epoch"])
+        loop_callbacks += [
+            callbacks_lib.BestModel(model_dir / "best.keras"),
+            keras.callbacks.CSVLogger(str(log_path), append=bool(latest)),
+            callbacks_lib.Summaries(str(model_dir / "tensorboard"), preview, stage.image_outputs, config.log_every),
+        ]
+    callback_list = keras.callbacks.CallbackList(
+        loop_callbacks + list(callbacks), model=model, epochs=config.epochs, steps=steps)
+
+    def save(epoch, step, train_sums):
+        progress.assign(json.dumps({
+            "epoch": epoch, "step": step, "train_sums": train_sums,
+            "callbacks": callbacks_lib.callback_state(callback_list.callbacks),
+        }, default=float))  # numpy scalars -> float
+        manager.save()
+        if not chief:
+            shutil.rmtree(manager.directory, ignore_errors=True)
+
+    train_step = make_train_step(stage, model, optimizer, augmentation, strategy)
+    eval_step = make_eval_step(stage, model, strategy)
+    val_dataset = strategy.distribute_datasets_from_function(
+        lambda context: stage.make_dataset(config, "val", False, context))
+
+    callback_list.on_train_begin()  # resets ReduceLROnPlateau: restore its state after this
+    callbacks_lib.restore_callback_state(callback_list.callbacks, state["callbacks"])
+    for epoch in range(state["epoch"], config.epochs):
+        first_step = state["step"] if epoch == state["epoch"] else 0
+        train_sums = collections.Counter(state["train_sums"] if first_step else {})
+        callback_list.on_epoch_begin(epoch)
+
+        def train_input(context, epoch=epoch, first_step=first_step):
+            dataset = stage.make_dataset(config, "train", True, context, epoch_seed(config.seed, epoch), True)
+            # Each step takes one batch per local replica from this pipeline.
+            return dataset.skip(first_step * context.num_replicas_in_sync // context.num_input_pipelines)
+
+        batches = iter(strategy.distribute_datasets_from_function(train_input))
+        bar = tqdm(range(first_step, steps), desc=f"epoch {epoch + 1}/{config.epochs}", initial=first_step,
+                   total=steps, disable=not chief)
+        start = time.perf_counter()
+        for step in bar:
+            callback_list.on_train_batch_begin(step)
+            terms = {name: float(value) for name, value in train_step(next(batches)).items()}
+            train_sums.update(terms)
+            callback_list.on_train_batch_end(step, terms)
+            if model.stop_training:
+                raise TrainingStopped(f"epoch {epoch + 1}, step {step + 1}: loss is {terms['loss']}; training stopped")
+            if step % config.log_every == 0 or step == steps - 1:
+                done = step + 1 - first_step
+                bar.set_postfix(loss=f"{train_sums['loss'] / (step + 1):.4f}",
+                                images_per_s=f"{done * config.batch_size / (time.perf_counter() - start):.1f}")
+            if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < steps:
+                save(epoch, step + 1, dict(train_sums))
+
+        logs = {name: total / steps for name, total in train_sums.items()}
+        logs.update(evaluate(eval_step, val_dataset, config.val_steps, chief))
+        logs["learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+        callback_list.on_epoch_end(epoch, logs)
+        save(epoch + 1, 0, {})
+    callback_list.on_train_end()
+    return model

@@ -1,0 +1,114 @@
+"""The three training stages of AECNN as small records; the loop in loop.py runs any of them.
+
+stage 1  D121 BL5 baseline: BCE with logits                    (best.keras: the baseline)
+stage 2  autoencoder head start: MSE on the reconstruction     (best.keras: the autoencoder)
+stage 3  joint AECNN from stages 1 and 2: 0.9 BCE + 0.1 MSE    (best.keras: the AECNN)
+"""
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import tensorflow as tf
+
+from tfcxr import models
+from tfcxr.constants import CLASSIFICATION_WEIGHT, EPOCHS, LEARNING_RATE
+from tfcxr.data import augment, pipeline
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """The settings of one run (the flags of tfcxr.main); written to model_dir/config.json."""
+
+    records_dir: str
+    model_dir: str
+    batch_size: int  # global, over all replicas and workers
+    epochs: int = EPOCHS
+    steps_per_epoch: int | None = None  # None: one pass over the train split
+    val_steps: int | None = None  # None: one pass over the val split
+    image_size: int | None = None  # None: the stage's size from constants
+    resize_size: int | None = None
+    weights: str | None = "imagenet"  # stage 1 DenseNet121: "imagenet", None or a local .h5
+    augment: str = "bl5"  # stage 1: "bl5" or "fmix"
+    learning_rate: float = LEARNING_RATE
+    mixed_precision: str = "none"  # "none", "bfloat16" or "float16"
+    seed: int = 0
+    deterministic: bool = False  # tf.config.experimental.enable_op_determinism()
+    init_autoencoder: str | None = None  # stage 3: stage 2's best.keras
+    init_classifier: str | None = None  # stage 3: stage 1's best.keras
+    log_every: int = 20  # steps between progress-bar and TensorBoard batch updates
+    checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0: at epoch ends only
+    preview_images: int = 4  # validation images shown in TensorBoard (stages 2 and 3)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """What differs between stages. Everything else is the one loop in loop.py."""
+
+    number: int
+    build_model: Callable  # (config) -> keras.Model, called inside strategy.scope()
+    loss: Callable  # (batch, outputs) -> {"loss": [B], ...}: per-example terms, "loss" is minimised
+    make_dataset: Callable  # (config, split, training, input_context, seed, repeat) -> tf.data.Dataset
+    init_files: Callable = lambda config: {}  # (config) -> {flag: path} that must exist before training
+    augmentation: Callable = lambda: None  # () -> Keras layer applied to the batch in the train step
+    image_outputs: tuple = ()  # model outputs shown as images in TensorBoard, beside the input
+    computes_auc: bool = False  # validation ROC-AUC of outputs["logits"] against batch["labels"]
+
+
+def classification_loss(batch, outputs):
+    """BCE with logits, averaged over the labels: [B]."""
+    labels = tf.cast(batch["labels"], tf.float32)
+    logits = tf.cast(outputs["logits"], tf.float32)
+    return {"loss": tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels, logits), axis=-1)}
+
+
+def reconstruction_loss(batch, outputs):
+    """MSE between the input image and its reconstruction, averaged over pixels: [B]."""
+    error = tf.cast(outputs["reconstruction"], tf.float32) - tf.cast(batch["image"], tf.float32)
+    return {"loss": tf.reduce_mean(tf.square(error), axis=[1, 2, 3])}
+
+
+def joint_loss(batch, outputs):
+    """Stage 3: CLASSIFICATION_WEIGHT * BCE + (1 - CLASSIFICATION_WEIGHT) * MSE, with both terms: [B]."""
+    bce = classification_loss(batch, outputs)["loss"]
+    mse = reconstruction_loss(batch, outputs)["loss"]
+    return {"loss": CLASSIFICATION_WEIGHT * bce + (1.0 - CLASSIFICATION_WEIGHT) * mse, "bce": bce, "mse": mse}
+
+
+def records_dataset(stage, config, split, training, input_context=None, seed=None, repeat=False):
+    """The stage's split of config.records_dir through tfcxr.data.pipeline."""
+    return pipeline.make_dataset(
+        config.records_dir, split, stage, config.batch_size, training,
+        image_size=config.image_size, resize_size=config.resize_size, augment=config.augment,
+        seed=seed, input_context=input_context, repeat=repeat,
+    )
+
+
+# Models take any image size: stage 1 trains on 224 crops and validates on 256 resizes.
+def build_baseline(config):
+    weights = config.weights if config.weights not in (None, "none") else None
+    return models.build_baseline(models.build_classifier(weights=weights))
+
+
+def build_autoencoder(config):
+    return models.build_autoencoder()
+
+
+def build_aecnn(config):
+    """AECNN with the encoder and decoder of stage 2's best.keras and the classifier of stage 1's."""
+    aecnn = models.build_aecnn(models.build_encoder(), models.build_decoder(), models.build_classifier())
+    return models.load_stage_weights(aecnn, config.init_autoencoder, config.init_classifier)
+
+
+def stage3_files(config):
+    return {"init_autoencoder": config.init_autoencoder, "init_classifier": config.init_classifier}
+
+
+STAGES = {
+    1: Stage(1, build_baseline, classification_loss, functools.partial(records_dataset, 1), computes_auc=True),
+    2: Stage(2, build_autoencoder, reconstruction_loss, functools.partial(records_dataset, 2),
+             image_outputs=("reconstruction", "latent")),
+    3: Stage(3, build_aecnn, joint_loss, functools.partial(records_dataset, 3), init_files=stage3_files,
+             augmentation=functools.partial(augment.device_augmentation, 3),
+             image_outputs=("reconstruction", "latent"), computes_auc=True),
+}
