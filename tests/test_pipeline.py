@@ -135,6 +135,29 @@ def test_shapes_range_labels_metadata(toy_records, sources, stage, training):
         assert patient_id == sources[name]["patient_id"]
 
 
+def record_labels(records_dir, split):
+    """filename -> labels, parsed straight from the split's full shards."""
+    manifest = json.loads((records_dir / schema.MANIFEST).read_text())
+    paths = [str(records_dir / shard["file"]) for shard in manifest["splits"][split]["shards"]]
+    records = tf.data.TFRecordDataset(paths).map(lambda r: schema.parse(r, [schema.FILENAME, schema.LABELS]))
+    return {r[schema.FILENAME].decode(): r[schema.LABELS] for r in records.as_numpy_iterator()}
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+@pytest.mark.parametrize("training", [False, True])
+def test_sharded_synthetic_records(records_dir, stage, training):
+    expected = record_labels(records_dir, "train")
+    result = batches(records_dir, "train", stage, batch_size=8, training=training, seed=0)
+    size = SMALL if stage == 1 and not training else SIZES[stage]["image_size"]
+    assert stacked(result, "image").shape[1:] == (size, size, 1)
+    assert 0.0 <= stacked(result, "image").min() and stacked(result, "image").max() <= 1.0
+    assert len(result) == (len(expected) // 8 if training else -(-len(expected) // 8))
+    for name, labels in zip(names(result), stacked(result, "labels"), strict=True):
+        np.testing.assert_array_equal(labels, expected[name])
+    if not training:
+        assert names(result) == list(expected)  # record order
+
+
 def test_eval_images_and_record_order(toy_records, sources):
     stage1 = batches(toy_records["png"], "val", 1, batch_size=2)
     assert names(stage1) == list(sources)[12:]  # manifest order of shards, file order of records
