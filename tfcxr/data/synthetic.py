@@ -27,7 +27,7 @@ towards black (these sit below the lungs, where the background is bright):
 | Fibrosis           | diagonal stripes, bright      | (20, 20)                 |
 | Hernia             | ring, bright                  | (40, 60)                 |
 | Infiltration       | 3x3 dotted grid, bright       | (60, 20)                 |
-| Mass               | soft dome, bright             | (40, 40)                 |
+| Mass               | filled diamond, bright        | (40, 40)                 |
 | Nodule             | plus-shaped cross, bright     | (40, 20)                 |
 | Pleural_Thickening | hollow square frame, bright   | (20, 40)                 |
 | Pneumonia          | X-shaped cross, bright        | (80, 20)                 |
@@ -82,7 +82,7 @@ PNG_OPTIONS = dict(format="PNG", compress_level=1, compress_type=2, optimize=Fal
 
 BOX_SIZE = (0.10, 0.14)  # pattern box side, fraction of the image side
 JITTER = 0.02  # centre jitter, fraction of the image side
-OPACITY = (0.7, 1.0)  # how far a pattern pulls pixels to BRIGHT / DARK
+OPACITY = (0.8, 1.0)  # how far a pattern pulls pixels to BRIGHT / DARK
 BRIGHT, DARK = 0.95, 0.05
 CELLS = (0.2, 0.4, 0.6, 0.8)  # grid cell centres, fraction of the image side
 BACKGROUND_SIZE = 64  # the background is drawn at most this large, then upsampled
@@ -130,7 +130,7 @@ PATTERNS = {
     "Fibrosis": (lambda u, v: _stripes((u + v) / 1.4), (0, 0)),
     "Hernia": (lambda u, v: _between(_radius(u, v), 0.55, 0.95), (1, 2)),
     "Infiltration": (_dots, (2, 0)),
-    "Mass": (_dome, (1, 1)),
+    "Mass": (lambda u, v: _between(np.abs(u) + np.abs(v), -1, 0.95), (1, 1)),
     "Nodule": (lambda u, v: (np.minimum(np.abs(u), np.abs(v)) < 0.28).astype(np.float32), (1, 0)),
     "Pleural_Thickening": (lambda u, v: _between(_square_radius(u, v), 0.6, 0.95), (0, 1)),
     "Pneumonia": (lambda u, v: _between(np.abs(np.abs(u) - np.abs(v)), -1, 0.25), (3, 0)),
@@ -167,7 +167,7 @@ def _background(rng, size):
                   + rng.uniform(0, 2 * np.pi))
     spine = np.exp(-(x / rng.uniform(0.08, 0.12)) ** 2)
     image = (0.05 + body * (rng.uniform(0.5, 0.62) + 0.12 * spine)
-             - lungs * (rng.uniform(0.2, 0.28) + 0.04 * ribs)
+             - lungs * (rng.uniform(0.2, 0.28) + 0.025 * ribs)
              + 0.03 * _smooth_noise(rng, 6, small))  # [small, small]
     image = Image.fromarray(image.astype(np.float32)).resize((size, size), Image.BILINEAR)
     return np.asarray(image) + rng.standard_normal((size, size), dtype=np.float32) * (1.5 / 255)
