@@ -1,11 +1,19 @@
-"""ROC-AUC, patient-level bootstrap and Table 1 (tfcxr.evaluate.metrics / tables)."""
+"""ROC-AUC, patient-level bootstrap, Table 1 and evaluate_classifier (tfcxr.evaluate)."""
+
+import json
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+import tensorflow as tf
+from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from tfcxr.constants import LABELS, TABLE1
-from tfcxr.evaluate import metrics, tables
+from tfcxr.data.pipeline import make_dataset
+from tfcxr.evaluate import classification, metrics, tables
+from tiny_models import tiny_baseline
 
 
 def _scores(n=600, seed=0):
@@ -80,3 +88,84 @@ def test_table1_puts_ours_beside_the_papers_columns():
     assert rows["Atelectasis"].endswith("| 0.5000 [0.400, 0.600] | n/a |")
     assert "| n/a |" in rows["Hernia"]
     assert rows["Mean"] == "| **Mean** | " + " | ".join(f"**{v:.4f}**" for v in TABLE1["Mean"]) + " | **0.5500** | **n/a** |"
+
+
+# --- evaluate_classifier on the synthetic records (tests/conftest.py records_dir) ---------------
+
+STAGE1_TOY = dict(stage=1, image_size=48, resize_size=64, batch_size=8)
+
+
+def _read_json(path):
+    return json.loads(Path(path).read_text())
+
+
+@pytest.fixture(scope="module")
+def baseline():
+    return tiny_baseline()
+
+
+@pytest.fixture(scope="module")
+def evaluated(baseline, records_dir, tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("run")
+    summary = classification.evaluate_classifier(baseline, records_dir, model_dir, split="test", resamples=50, **STAGE1_TOY)
+    return model_dir, summary
+
+
+def test_evaluate_classifier_writes_every_output(evaluated, records_dir):
+    model_dir, summary = evaluated
+    out = model_dir / "eval" / "test"
+    assert sorted(p.name for p in out.iterdir()) == ["auc.csv", "auc.json", "predictions.csv", "roc.png", "table1.md"]
+    manifest = _read_json(records_dir / "manifest.json")
+    stated_as_text = {"label_file": str, "label_version": str, "protocol": str}
+    predictions = pd.read_csv(out / "predictions.csv", dtype=stated_as_text)
+    assert len(predictions) == summary["images"] == manifest["splits"]["test"]["written"]
+    assert predictions["filename"].is_unique
+    assert summary["protocol"].startswith("resize: one 64x64 resize")
+    for stated in ("label_file", "label_version", "protocol"):  # every output says which labels / protocol
+        assert summary[stated] == manifest.get(stated, summary[stated])
+        assert (predictions[stated] == summary[stated]).all()
+        assert (pd.read_csv(out / "auc.csv", dtype=stated_as_text)[stated] == summary[stated]).all()
+    table = (out / "table1.md").read_text()
+    assert manifest["label_file"] in table and manifest["label_version"] in table and "resize" in table
+    assert Image.open(out / "roc.png").size[0] > 300
+
+
+def test_evaluate_classifier_aucs_match_sklearn_on_its_predictions(evaluated):
+    model_dir, summary = evaluated
+    predictions = pd.read_csv(model_dir / "eval" / "test" / "predictions.csv")
+    expected = {}
+    for label in LABELS:
+        truth = predictions[f"label_{label}"]
+        if truth.nunique() == 2:
+            expected[label] = roc_auc_score(truth, predictions[f"prob_{label}"])
+            assert summary["auc"][label]["auc"] == pytest.approx(expected[label])
+        else:
+            assert summary["auc"][label]["auc"] is None and label in summary["excluded_from_mean"]
+    assert summary["auc"]["Mean"]["auc"] == pytest.approx(np.mean(list(expected.values())))
+    if summary["excluded_from_mean"]:
+        assert "left out of the mean" in (model_dir / "eval" / "test" / "table1.md").read_text()
+
+
+def test_evaluate_classifier_probabilities_are_the_models(evaluated, baseline, records_dir):
+    model_dir, _ = evaluated
+    predictions = pd.read_csv(model_dir / "eval" / "test" / "predictions.csv").set_index("filename")
+    batch = next(iter(make_dataset(records_dir, "test", 1, 8, training=False, image_size=48, resize_size=64,
+                                   include_metadata=True)))
+    expected = tf.sigmoid(baseline(batch["image"])["logits"]).numpy()
+    names = [n.decode() for n in batch["filename"].numpy()]
+    np.testing.assert_allclose(predictions.loc[names, [f"prob_{l}" for l in LABELS]], expected, atol=1e-6)
+    np.testing.assert_array_equal(predictions.loc[names, [f"label_{l}" for l in LABELS]], batch["labels"].numpy())
+    np.testing.assert_array_equal(predictions.loc[names, "patient_id"], batch["patient_id"].numpy())
+
+
+def test_evaluate_classifier_tencrop_averages_ten_crop_probabilities(baseline, records_dir, tmp_path):
+    summary = classification.evaluate_classifier(baseline, records_dir, tmp_path, split="test", tta="tencrop",
+                                                 resamples=20, **STAGE1_TOY)
+    assert summary["protocol"].startswith("tencrop") and "48x48" in summary["protocol"]
+    predictions = pd.read_csv(tmp_path / "eval" / "test_tencrop" / "predictions.csv").set_index("filename")
+    batch = next(iter(make_dataset(records_dir, "test", 1, 8, training=False, image_size=48, resize_size=64,
+                                   include_metadata=True, tta="tencrop")))
+    crops = [tf.sigmoid(baseline(batch["image"][:, k])["logits"]) for k in range(10)]
+    names = [n.decode() for n in batch["filename"].numpy()]
+    np.testing.assert_allclose(predictions.loc[names, [f"prob_{l}" for l in LABELS]], np.mean(crops, axis=0), atol=1e-6)
+    assert (predictions["protocol"] == summary["protocol"]).all()

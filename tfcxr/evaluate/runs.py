@@ -5,19 +5,7 @@ import os
 import tempfile
 from pathlib import Path
 
-import keras
-
 from tfcxr.data import schema
-
-
-def load_model(path):
-    """A .keras model written by training (tfcxr.models registers its custom layers)."""
-    import tfcxr.models  # noqa: F401  (registers the package's serializable layers)
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such model file")
-    return keras.saving.load_model(path, compile=False)
 
 
 def label_source(records_dir):

@@ -1,0 +1,45 @@
+"""PSNR / SSIM of plain resizing 1024 -> 256 -> 1024 on real chest X-rays (the README's baseline).
+
+    .venv/bin/python benchmarks/bench_resize_psnr.py [--images=../shared/cxr14-real/images] [--ssim]
+
+SSIM is optional: tf.image.ssim's depthwise convolution takes seconds per 1024 image on CPU.
+
+Uses the same round trip as --mode=evaluate's reconstruction report
+(tfcxr.evaluate.reconstruction.resize_round_trip: antialiased downsizing, clipped to [0, 1]).
+"""
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from tfcxr.evaluate.reconstruction import resize_round_trip
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "cxr14-real" / "images")
+    parser.add_argument("--ssim", action="store_true", help="also SSIM (slow on CPU)")
+    args = parser.parse_args()
+    files = sorted(args.images.glob("*.png"))
+    if not files:
+        raise SystemExit(f"{args.images}: no PNGs")
+    scores = {f"{m}{s}": [] for m in ("bicubic", "bilinear") for s in ("", "_8bit")}
+    for path in files:
+        image = tf.io.decode_png(tf.io.read_file(str(path)), channels=1)  # RGBA -> gray too
+        image = tf.image.convert_image_dtype(image, tf.float32)[None]  # [1,H,W,1] in [0, 1]
+        for name in scores:
+            output = resize_round_trip(image, name.removesuffix("_8bit"), quantized=name.endswith("_8bit"))
+            ssim = float(tf.image.ssim(output, image, 1.0)[0]) if args.ssim else float("nan")
+            scores[name].append((float(tf.image.psnr(output, image, 1.0)[0]), ssim))
+    print(f"{len(files)} images from {args.images}, {image.shape[1]}x{image.shape[2]} -> /4 -> back")
+    for name, values in scores.items():
+        psnr, ssim = np.mean(values, axis=0)
+        print(f"{name:14s} PSNR {psnr:6.2f} dB  SSIM {ssim:.4f}")
+
+
+if __name__ == "__main__":
+    main()

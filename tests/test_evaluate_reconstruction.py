@@ -1,0 +1,72 @@
+"""Reconstruction quality (tfcxr.evaluate.reconstruction): PSNR / SSIM against plain resizing."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfcxr import models
+from tfcxr.data.pipeline import make_dataset
+from tfcxr.evaluate import reconstruction
+from tiny_models import tiny_aecnn
+
+
+def test_quantize_gives_the_256_levels_of_an_8bit_png():
+    latent = tf.random.uniform([2, 8, 8, 1], seed=1)
+    quantized = reconstruction.quantize(latent).numpy()
+    np.testing.assert_allclose(quantized * 255, np.round(quantized * 255), atol=1e-4)
+    assert np.abs(quantized - latent.numpy()).max() <= 0.5 / 255 + 1e-7
+    np.testing.assert_array_equal(reconstruction.quantize(quantized).numpy(), quantized)
+
+
+@pytest.mark.parametrize("method", ["bicubic", "bilinear"])
+def test_resize_round_trip_antialiases_the_downsizing(method):
+    checkerboard = (np.indices((64, 64)).sum(axis=0) % 2).astype(np.float32)[None, :, :, None]
+    output = reconstruction.resize_round_trip(tf.constant(checkerboard), method).numpy()
+    assert output.shape == checkerboard.shape
+    np.testing.assert_allclose(output[:, 8:-8, 8:-8], 0.5, atol=0.02)  # aliasing would give 0 or 1
+
+
+def test_reconstructions_of_the_autoencoder_use_the_float_and_the_8bit_latent():
+    aecnn = tiny_aecnn()
+    encoder, decoder = aecnn.get_layer("encoder"), aecnn.get_layer("decoder")
+    images = tf.random.uniform([2, 32, 32, 1], seed=2)
+    outputs = reconstruction.reconstructions(encoder, decoder, images)
+    assert sorted(outputs) == sorted(reconstruction.METHODS)
+    latent = encoder(images)
+    np.testing.assert_allclose(outputs["autoencoder"], decoder(latent), atol=1e-6)
+    np.testing.assert_allclose(outputs["autoencoder_8bit"], decoder(tf.round(latent * 255) / 255), atol=1e-6)
+    for output in outputs.values():
+        assert output.shape == images.shape
+
+
+def _expected_psnr(model, dataset):
+    encoder, decoder = model.get_layer("encoder"), model.get_layer("decoder")
+    psnr = [tf.image.psnr(decoder(reconstruction.quantize(encoder(b["image"]))), b["image"], 1.0) for b in dataset]
+    return float(tf.reduce_mean(tf.concat(psnr, 0)))
+
+
+def test_stage3_reconstruction_report(records_dir, tmp_path):
+    aecnn = tiny_aecnn()
+    summary = reconstruction.evaluate_reconstruction(aecnn, records_dir, tmp_path, split="val", stage=3,
+                                                     batch_size=8, image_size=64)
+    written = json.loads((tmp_path / "eval" / "val" / "reconstruction.json").read_text())
+    assert written == summary and summary["images"] == json.loads((records_dir / "manifest.json").read_text())["splits"]["val"]["written"]
+    assert "64x64" in summary["protocol"] and "latent 16x16" in summary["protocol"]
+    assert summary["label_version"] and sorted(summary["methods"]) == sorted(reconstruction.METHODS)
+    dataset = make_dataset(records_dir, "val", 3, 8, training=False, image_size=64)
+    assert summary["methods"]["autoencoder_8bit"]["psnr"] == pytest.approx(_expected_psnr(aecnn, dataset), rel=1e-5)
+    for values in summary["methods"].values():
+        assert 0 < values["ssim"] <= 1 and values["psnr"] > 0
+    table = (tmp_path / "eval" / "val" / "reconstruction.md").read_text()
+    assert "| bicubic_8bit |" in table and f"{summary['methods']['autoencoder']['psnr']:.2f}" in table
+
+
+def test_stage2_is_measured_at_the_records_full_resolution(records_dir, tmp_path):
+    autoencoder = models.build_autoencoder()
+    summary = reconstruction.evaluate_reconstruction(autoencoder, records_dir, tmp_path, split="val", stage=2, batch_size=8)
+    assert reconstruction.original_size(records_dir, "val") == (128, 128)  # the synthetic tree's size
+    assert "128x128" in summary["protocol"] and "full resolution" in summary["protocol"]
+    dataset = make_dataset(records_dir, "val", 2, 8, training=False, image_size=128)
+    assert summary["methods"]["autoencoder_8bit"]["psnr"] == pytest.approx(_expected_psnr(autoencoder, dataset), rel=1e-5)

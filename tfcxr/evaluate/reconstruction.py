@@ -1,0 +1,113 @@
+"""--mode=evaluate for autoencoders (stage 2, stage 3): PSNR / SSIM against plain resizing.
+
+Every image of the split is compressed to the latent (COMPRESSION times smaller per side)
+and decoded, once with the float latent and once with the latent quantised to 8 bits (what
+a latent PNG stores). Beside them: bicubic and bilinear resizing to the same small size
+and back (antialiased downsizing), with the small image kept as float and as 8 bits.
+
+Evaluation size (a choice): stage 3 at its evaluation size (the pipeline's whole-image
+resize, STAGE3_CROP); stage 2 at the records' full original resolution (the autoencoder is
+fully convolutional, so it is measured on what it will actually compress, not on the
+128-pixel validation resize). Writes model_dir/eval/<split>/reconstruction.json and .md.
+"""
+
+import glob
+import os
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from tfcxr.constants import COMPRESSION
+from tfcxr.data import pipeline, schema
+from tfcxr.evaluate import runs
+
+METHODS = {
+    "autoencoder": "learned encoder -> decoder, float latent",
+    "autoencoder_8bit": "learned encoder -> decoder, latent rounded to 8 bits",
+    "bicubic": "bicubic resize down (antialiased) and back, float",
+    "bicubic_8bit": "bicubic resize down (antialiased) and back, small image rounded to 8 bits",
+    "bilinear": "bilinear resize down (antialiased) and back, float",
+    "bilinear_8bit": "bilinear resize down (antialiased) and back, small image rounded to 8 bits",
+}
+
+
+def quantize(latent):
+    """[0, 1] image -> the nearest of 256 levels: exactly what an 8-bit PNG stores."""
+    return tf.round(tf.clip_by_value(latent, 0.0, 1.0) * 255.0) / 255.0
+
+
+def resize_round_trip(images, method, quantized=False):
+    """[B,H,W,1] -> [B,H/4,W/4,1] (antialiased) -> [B,H,W,1] clipped to [0, 1]."""
+    size = tf.shape(images)[1:3]
+    small = tf.image.resize(images, size // COMPRESSION, method, antialias=True)  # [B,H/4,W/4,1]
+    if quantized:
+        small = quantize(small)
+    return tf.clip_by_value(tf.image.resize(small, size, method), 0.0, 1.0)  # [B,H,W,1]
+
+
+def reconstructions(encoder, decoder, images):
+    """{method: reconstruction [B,H,W,1]} for every entry of METHODS."""
+    latent = encoder(images, training=False)  # [B,H/4,W/4,1]
+    return {
+        "autoencoder": decoder(latent, training=False),
+        "autoencoder_8bit": decoder(quantize(latent), training=False),
+        **{f"{method}{suffix}": resize_round_trip(images, method, quantized=bool(suffix))
+           for method in ("bicubic", "bilinear") for suffix in ("", "_8bit")},
+    }
+
+
+def original_size(records_dir, split):
+    """(height, width) of the split's first record: the full resolution stage 2 is measured at."""
+    files = sorted(glob.glob(os.path.join(records_dir, f"{split}-*.tfrecord")))
+    if not files:
+        raise FileNotFoundError(f"{records_dir}: no {split}-*.tfrecord files")
+    record = next(iter(tf.data.TFRecordDataset(files[:1]).take(1)))
+    example = schema.parse(record, keys=[schema.HEIGHT, schema.WIDTH])
+    return int(example[schema.HEIGHT]), int(example[schema.WIDTH])
+
+
+def measure(encoder, decoder, dataset):
+    """Mean PSNR (dB) and SSIM (max_val 1) per method over `dataset`, plus the image count."""
+    @tf.function(reduce_retracing=True)
+    def scores(images):
+        images = tf.cast(images, tf.float32)
+        return {name: (tf.image.psnr(output, images, 1.0), tf.image.ssim(tf.cast(output, tf.float32), images, 1.0))
+                for name, output in reconstructions(encoder, decoder, images).items()}
+
+    totals = {name: np.zeros(2) for name in METHODS}
+    count, shape = 0, None
+    for batch in tqdm(dataset, desc="reconstruct", unit="batch"):
+        shape = batch["image"].shape[1:3]
+        for name, (psnr, ssim) in scores(batch["image"]).items():
+            totals[name] += [tf.reduce_sum(psnr).numpy(), tf.reduce_sum(ssim).numpy()]
+        count += batch["image"].shape[0]
+    if not count:
+        raise ValueError("the split holds no images")
+    return {name: {"psnr": total[0] / count, "ssim": total[1] / count} for name, total in totals.items()}, count, shape
+
+
+def evaluate_reconstruction(model, records_dir, model_dir, *, split="test", stage=3, batch_size=8,
+                            image_size=None, checkpoint=None):
+    """Measures an autoencoder or AECNN (anything with "encoder" and "decoder" sub-models)."""
+    if stage == 2 and image_size is None:
+        image_size = original_size(records_dir, split)[0]
+    dataset = pipeline.make_dataset(records_dir, split, stage, batch_size, training=False, image_size=image_size)
+    methods, count, (height, width) = measure(model.get_layer("encoder"), model.get_layer("decoder"), dataset)
+    protocol = (f"stage {stage}: whole images resized to {height}x{width}"
+                + (" (the records' full resolution)" if stage == 2 else " (the stage-3 evaluation size)")
+                + f", latent {height // COMPRESSION}x{width // COMPRESSION}")
+    summary = {
+        "split": split, "stage": stage, "checkpoint": str(checkpoint) if checkpoint else None,
+        "protocol": protocol, **runs.label_source(records_dir), "images": count,
+        "metrics": "mean over images of tf.image.psnr / tf.image.ssim, max_val 1",
+        "methods": {name: {**values, "description": METHODS[name]} for name, values in methods.items()},
+    }
+    lines = [f"# Reconstruction quality: `{split}`, {count} images", "", f"Protocol: {protocol}.", "",
+             "| method | PSNR (dB) | SSIM | what |", "|---|---|---|---|"]
+    lines += [f"| {name} | {v['psnr']:.2f} | {v['ssim']:.4f} | {METHODS[name]} |" for name, v in methods.items()]
+    out = Path(model_dir) / "eval" / split
+    runs.write_json(out / "reconstruction.json", summary)
+    runs.write_text(out / "reconstruction.md", "\n".join(lines) + "\n")
+    return summary
