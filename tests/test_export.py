@@ -1,0 +1,195 @@
+"""SavedModel export for TF Serving (tfcxr.export.saved_model) and tools/serving_client.py."""
+
+import base64
+import io
+import json
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from tfcxr.constants import LABELS
+from tfcxr.export import saved_model
+from tiny_models import tiny_aecnn, tiny_baseline
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = 64  # the toy evaluation size the models are exported with
+
+
+def encode(pixels, format="PNG", mode=None):
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode).save(buffer, format=format)
+    return buffer.getvalue()
+
+
+def gray(height, width, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (height, width), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def aecnn():
+    return tiny_aecnn()
+
+
+@pytest.fixture(scope="module")
+def exported(aecnn, tmp_path_factory):
+    export_dir = tmp_path_factory.mktemp("exports")
+    path = saved_model.export(aecnn, export_dir, image_size=SIZE, model_name="tfcxr_aecnn")
+    return path, tf.saved_model.load(str(path))
+
+
+def test_tf_serving_layout_and_versions(aecnn, exported):
+    path, _ = exported
+    assert path.name == "1" and path.parent.name == "tfcxr_aecnn"
+    assert (path / "saved_model.pb").is_file() and (path / "variables").is_dir()
+    assert [p.name for p in path.parent.iterdir()] == ["1"]  # no temporary left behind
+    with pytest.raises(FileExistsError, match="version 1 already exported"):
+        saved_model.export(aecnn, path.parent.parent, image_size=SIZE, model_name="tfcxr_aecnn", version=1)
+    assert saved_model.next_version(path.parent) == 2
+
+
+def test_saved_model_cli_lists_the_signatures(exported):
+    path, _ = exported
+    shown = subprocess.run([str(Path(sys.executable).parent / "saved_model_cli"), "show", "--dir", str(path), "--all"],
+                           capture_output=True, text=True, check=True).stdout
+    for signature in ("serving_default", "predict_images", "compress", "reconstruct"):
+        assert f"signature_def['{signature}']" in shown
+    assert "inputs['image_bytes']" in shown and "outputs['probabilities']" in shown and "outputs['latent_png']" in shown
+
+
+def test_serving_default_matches_the_keras_model(aecnn, exported):
+    _, loaded = exported
+    pixels = [gray(SIZE, SIZE, seed) for seed in range(3)]  # already the eval size: decoding is exact
+    outputs = loaded.signatures["serving_default"](image_bytes=tf.constant([encode(p) for p in pixels]))
+    images = np.stack(pixels)[..., None].astype(np.float32) / 255
+    expected = tf.sigmoid(aecnn(images)["logits"]).numpy()
+    np.testing.assert_allclose(outputs["probabilities"].numpy(), expected, atol=1e-5)
+    assert outputs["labels"].shape == (3, len(LABELS))
+    assert [label.decode() for label in outputs["labels"].numpy()[0]] == list(LABELS)
+    predicted = loaded.signatures["predict_images"](images=tf.constant(images))["probabilities"]
+    np.testing.assert_allclose(predicted.numpy(), expected, atol=1e-5)
+
+
+def test_a_batch_mixing_sizes_and_modes(exported):
+    _, loaded = exported
+    pixels = gray(1024, 1000)
+    rgba = np.dstack([gray(300, 300, 1)] * 3 + [np.full((300, 300), 255, np.uint8)])
+    batch = [encode(pixels), encode(np.dstack([gray(200, 240, 2)] * 3), "JPEG"), encode(rgba, mode="RGBA")]
+    probabilities = loaded.signatures["serving_default"](image_bytes=tf.constant(batch))["probabilities"].numpy()
+    assert probabilities.shape == (3, len(LABELS)) and np.isfinite(probabilities).all()
+    alone = [loaded.signatures["serving_default"](image_bytes=tf.constant([b]))["probabilities"].numpy()[0] for b in batch]
+    np.testing.assert_allclose(probabilities, alone, atol=1e-6)
+    as_gray = loaded.signatures["serving_default"](image_bytes=tf.constant([encode(rgba[..., 0])]))["probabilities"]
+    np.testing.assert_allclose(probabilities[2], as_gray.numpy()[0], atol=1e-6)  # RGBA with R=G=B == its gray
+
+
+def test_invalid_bytes_fail_naming_the_input_and_the_next_call_works(exported):
+    _, loaded = exported
+    serve = loaded.signatures["serving_default"]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="image_bytes"):
+        serve(image_bytes=tf.constant([encode(gray(SIZE, SIZE)), b"this is not an image"]))
+    assert serve(image_bytes=tf.constant([encode(gray(SIZE, SIZE))]))["probabilities"].shape == (1, len(LABELS))
+
+
+def test_compress_and_reconstruct_signatures(aecnn, exported):
+    _, loaded = exported
+    pixels = gray(SIZE, SIZE, 3)
+    compressed = loaded.signatures["compress"](image_bytes=tf.constant([encode(pixels)]))
+    latent = aecnn.get_layer("encoder")(pixels[None, ..., None].astype(np.float32) / 255)
+    np.testing.assert_allclose(compressed["latent"].numpy(), latent.numpy(), atol=1e-6)
+    stored = np.asarray(Image.open(io.BytesIO(compressed["latent_png"].numpy()[0])))
+    assert stored.shape == (SIZE // 4, SIZE // 4) and stored.dtype == np.uint8
+    np.testing.assert_array_equal(stored, np.round(latent.numpy()[0, ..., 0] * 255))
+    reconstruction = loaded.signatures["reconstruct"](latent=compressed["latent"])["reconstruction"]
+    np.testing.assert_allclose(reconstruction.numpy(), aecnn.get_layer("decoder")(latent).numpy(), atol=1e-6)
+
+
+def test_baseline_export_has_no_codec_signatures(tmp_path):
+    baseline = tiny_baseline()
+    path = saved_model.export(baseline, tmp_path, image_size=SIZE, model_name="tfcxr_d121", version=7)
+    loaded = tf.saved_model.load(str(path))
+    assert sorted(loaded.signatures) == ["predict_images", "serving_default"] and path.name == "7"
+    pixels = gray(SIZE, SIZE)
+    probabilities = loaded.signatures["serving_default"](image_bytes=tf.constant([encode(pixels)]))["probabilities"]
+    expected = tf.sigmoid(baseline(pixels[None, ..., None].astype(np.float32) / 255)["logits"])
+    np.testing.assert_allclose(probabilities.numpy(), expected.numpy(), atol=1e-5)
+
+
+class ServingStub(BaseHTTPRequestHandler):
+    """TF Serving's REST predict contract, answered by the loaded serving_default signature."""
+
+    signature = None
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        if not self.path.endswith(":predict"):
+            return self._reply(404, {"error": f"no such endpoint {self.path}"})
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        images = [base64.b64decode(instance["b64"]) for instance in request["instances"]]
+        try:
+            outputs = self.signature(image_bytes=tf.constant(images))
+        except tf.errors.InvalidArgumentError as error:
+            return self._reply(400, {"error": error.message})
+        rows = [{"probabilities": p.tolist(), "labels": [label.decode() for label in names]}
+                for p, names in zip(outputs["probabilities"].numpy(), outputs["labels"].numpy())]
+        self._reply(200, {"predictions": rows})
+
+    def _reply(self, status, body):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def serving_url(exported):
+    _, loaded = exported
+    handler = type("Handler", (ServingStub,), {"signature": staticmethod(loaded.signatures["serving_default"])})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/v1/models/tfcxr_aecnn:predict"
+    server.shutdown()
+    thread.join()
+
+
+def client(url, *files):
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "serving_client.py"), f"--url={url}", *map(str, files)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_serving_client_prints_the_probabilities_of_each_file(aecnn, serving_url, tmp_path):
+    files = []
+    for seed in range(2):
+        files.append(tmp_path / f"image_{seed}.png")
+        files[-1].write_bytes(encode(gray(SIZE, SIZE, seed)))
+    result = client(serving_url, *files)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "image_0.png" in lines[0] and "image_1.png" in lines[0]
+    images = np.stack([gray(SIZE, SIZE, seed) for seed in range(2)])[..., None].astype(np.float32) / 255
+    expected = tf.sigmoid(aecnn(images)["logits"]).numpy()
+    for k, label in enumerate(LABELS):
+        name, *values = lines[1 + k].split()
+        assert name == label
+        np.testing.assert_allclose([float(v) for v in values], expected[:, k], atol=1e-4)
+
+
+def test_serving_client_reports_server_errors_in_one_line(serving_url, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png at all")
+    result = client(serving_url, bad)
+    assert result.returncode == 1 and "HTTP 400" in result.stderr and "image_bytes" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    missing = client(serving_url, tmp_path / "missing.png")
+    assert missing.returncode == 1 and "missing.png: no such file" in missing.stderr

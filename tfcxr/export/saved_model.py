@@ -1,0 +1,129 @@
+"""--mode=export: a SavedModel in TF Serving's layout, DIR/<model_name>/<version>/.
+
+Signatures (stage 1 D121 baseline and stage 3 AECNN):
+  serving_default  image_bytes string [None] (PNG or JPEG, any size, gray / RGB / RGBA)
+                   -> probabilities float32 [None, 14], labels string [None, 14]
+  predict_images   images float32 [None, H, W, 1] in [0, 1] -> probabilities
+AECNN only:
+  compress         image_bytes -> latent float32 [None, h, w, 1], latent_png string [None]
+  reconstruct      latent float32 [None, h, w, 1] in [0, 1] -> reconstruction [None, 4h, 4w, 1]
+
+Bytes are decoded to one 8-bit gray channel and resized to the run's evaluation size exactly
+as the input pipeline resizes evaluation images. `labels` repeats the 14 names per image, so
+every output has the batch dimension TF Serving's row ("instances") format needs.
+"""
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import tensorflow as tf
+
+from tfcxr.constants import LABELS
+from tfcxr.data import pipeline
+
+IMAGE_BYTES = "image_bytes"
+MODEL_NAMES = {1: "tfcxr_d121", 3: "tfcxr_aecnn"}
+PNG_MAGIC, JPEG_MAGIC = b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"
+
+
+def decode_image(image_bytes, size, index=0):
+    """One PNG / JPEG (any size, mode or bit depth) -> float32 [size, size, 1] in [0, 1].
+
+    The same antialiased resize, rounded to 8 bits, as the pipeline's evaluation images.
+    Bytes of anything else fail with InvalidArgumentError naming the input and the index.
+    """
+    is_image = tf.logical_or(tf.strings.substr(image_bytes, 0, len(PNG_MAGIC)) == PNG_MAGIC,
+                             tf.strings.substr(image_bytes, 0, len(JPEG_MAGIC)) == JPEG_MAGIC)
+    check = tf.debugging.Assert(is_image, [f"{IMAGE_BYTES}: not a PNG or JPEG image, at index", index])
+    with tf.control_dependencies([check]):
+        image = tf.io.decode_image(image_bytes, channels=1, expand_animations=False)  # uint8 [H, W, 1]
+    return pipeline.to_float(pipeline.resize_uint8(image, size))  # [size, size, 1]
+
+
+def decode_images(image_bytes, size):
+    """string [B] -> float32 [B, size, size, 1]."""
+    indices = tf.range(tf.size(image_bytes))
+    return tf.map_fn(lambda pair: decode_image(pair[0], size, pair[1]), (image_bytes, indices),
+                     fn_output_signature=tf.TensorSpec([size, size, 1], tf.float32))
+
+
+def encode_latent_png(latent):
+    """float [h, w, 1] in [0, 1] -> 8-bit grayscale PNG bytes (the stored compressed image)."""
+    return tf.io.encode_png(tf.cast(tf.round(tf.clip_by_value(latent, 0.0, 1.0) * 255.0), tf.uint8))
+
+
+class ServingModule(tf.Module):
+    """Holds a baseline (or AECNN) Keras model and its classification signatures."""
+
+    def __init__(self, model, image_size):
+        super().__init__()
+        self.model = model
+        self.image_size = image_size
+        self.label_names = tf.constant(LABELS)
+
+    def _probabilities(self, images):
+        return tf.sigmoid(tf.cast(self.model(images, training=False)["logits"], tf.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=IMAGE_BYTES)])
+    def serve_bytes(self, image_bytes):
+        probabilities = self._probabilities(decode_images(image_bytes, self.image_size))  # [B, 14]
+        labels = tf.tile(self.label_names[None], [tf.shape(probabilities)[0], 1])  # [B, 14]
+        return {"probabilities": probabilities, "labels": labels}
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 1], tf.float32, name="images")])
+    def predict_images(self, images):
+        return {"probabilities": self._probabilities(images)}
+
+    def signatures(self):
+        return {"serving_default": self.serve_bytes, "predict_images": self.predict_images}
+
+
+class AECNNServingModule(ServingModule):
+    """An AECNN adds the compressed image as a product: compress and reconstruct."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=IMAGE_BYTES)])
+    def compress(self, image_bytes):
+        latent = self.model.get_layer("encoder")(decode_images(image_bytes, self.image_size), training=False)
+        latent_png = tf.map_fn(encode_latent_png, latent, fn_output_signature=tf.TensorSpec([], tf.string))
+        return {"latent": latent, "latent_png": latent_png}  # [B, h, w, 1], [B]
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 1], tf.float32, name="latent")])
+    def reconstruct(self, latent):
+        return {"reconstruction": self.model.get_layer("decoder")(latent, training=False)}
+
+    def signatures(self):
+        return {**super().signatures(), "compress": self.compress, "reconstruct": self.reconstruct}
+
+
+def next_version(model_dir):
+    """1 + the highest numeric version folder under DIR/<model_name> (1 when none)."""
+    versions = [int(p.name) for p in Path(model_dir).glob("*") if re.fullmatch(r"\d+", p.name)]
+    return max(versions, default=0) + 1
+
+
+def export(model, export_dir, *, image_size, model_name, version=None):
+    """Saves `model` (baseline or AECNN) to export_dir/model_name/version/; returns that path.
+
+    image_size: the run's evaluation size (stage 1: resize_size; stage 3: image_size).
+    Written under a temporary name and renamed, so TF Serving never sees half a version.
+    """
+    base = Path(export_dir) / model_name
+    version = next_version(base) if version is None else int(version)
+    target = base / str(version)
+    if target.exists():
+        raise FileExistsError(f"{target}: version {version} already exported; pass another --version")
+    base.mkdir(parents=True, exist_ok=True)
+    is_aecnn = "encoder" in [layer.name for layer in model.layers]
+    module = (AECNNServingModule if is_aecnn else ServingModule)(model, image_size)
+    temporary = tempfile.mkdtemp(dir=base, prefix=f".{version}-")  # not numeric: Serving ignores it
+    try:
+        tf.saved_model.save(module, temporary, signatures=module.signatures())
+        os.chmod(temporary, 0o755)
+        os.replace(temporary, target)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    return target
