@@ -31,10 +31,14 @@ def restore_callback_state(callbacks, state):
 
 
 def save_model_atomic(model, path):
-    """model.save(path), never leaving a half-written file under `path`."""
+    """model.save(path) without the optimizer (checkpoints hold it), never half-written under `path`."""
     path = Path(path)
     partial = path.with_name(f".{path.stem}.partial.keras")  # Keras insists on the .keras suffix
-    model.save(partial)
+    optimizer, model.optimizer = model.optimizer, None  # else saved too: 3x the file
+    try:
+        model.save(partial)
+    finally:
+        model.optimizer = optimizer
     os.replace(partial, path)
 
 

@@ -1,0 +1,211 @@
+"""The training loop across replicas, workers and restarts, each run in its own process.
+
+Logical CPU devices and TF_CONFIG must be set before TensorFlow initialises, and kill -9 needs a
+process to kill, so every run is this file executed as a script (`run`); it trains stage 1's
+pipeline with a tiny classifier and exits with os._exit (MirroredStrategy can hang at exit).
+"""
+
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tfcxr.constants import NUM_LABELS, PLATEAU_FACTOR, PLATEAU_PATIENCE
+
+TIMEOUT = 300
+SIZES = dict(image_size=32, resize_size=40)  # stage 1: the 64 px image/small resized, then cropped
+
+
+def tiny_classifier(config):
+    """Stage 1's baseline around a 2-layer classifier instead of DenseNet121 (trains in seconds)."""
+    import keras
+
+    from tfcxr import models
+
+    image = keras.Input(shape=(None, None, 3), name="image")
+    x = keras.layers.Conv2D(4, 3, strides=2, activation="relu", name="conv")(image)  # [B,H/2,W/2,4]
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)  # [B,4]
+    logits = keras.layers.Dense(NUM_LABELS, dtype="float32", name="logits")(x)  # [B,14]
+    return models.build_baseline(keras.Model(image, logits, name="classifier"))
+
+
+def tiny_stage(fixed_input=False):
+    """Stage 1 with the tiny classifier; `fixed_input`: the eval pipeline (no augmentation) on train,
+    so a global batch is the same records however it is split over replicas."""
+    from tfcxr.train import stages
+
+    stage = dataclasses.replace(stages.STAGES[1], build_model=tiny_classifier)
+    if fixed_input:
+        def unaugmented(config, split, training, *args):
+            return stages.records_dataset(1, config, split, False, *args)
+
+        stage = dataclasses.replace(stage, make_dataset=unaugmented)
+    return stage
+
+
+def run(spec):
+    """The script side: trains as `spec` says, writes the final weights to spec["weights_out"]."""
+    import keras
+
+    from tfcxr.train import loop, stages, strategy
+
+    class KillAt(keras.callbacks.Callback):
+        """kill -9 at the end of `epoch` (its log row written, its checkpoint not), or after its batch `step`."""
+
+        def __init__(self, epoch, step):
+            super().__init__()
+            self.epoch, self.step, self.current = epoch, step, None
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.current = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self.step is not None and (self.current, batch) == (self.epoch, self.step):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        def on_epoch_end(self, epoch, logs=None):
+            if self.step is None and epoch == self.epoch:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    class SaveInitial(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            np.savez(spec["initial_out"], *self.model.get_weights())
+
+    distribution = strategy.make_strategy(spec["strategy"], spec.get("cpu_replicas", 1))
+    config = stages.TrainConfig(**spec["config"], **SIZES, weights=None)
+    callbacks = [KillAt(*spec["kill_at"])] if spec.get("kill_at") else []
+    callbacks += [SaveInitial()] if spec.get("initial_out") else []
+    model = loop.train(tiny_stage(spec.get("fixed_input", False)), config, distribution, callbacks=callbacks)
+    np.savez(spec["weights_out"], *model.get_weights())
+    sys.stdout.flush()
+    os._exit(0)
+
+
+def start(spec, env=None):
+    """Starts this file as a training process."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+    return subprocess.Popen([sys.executable, __file__, json.dumps(spec)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(process, expect=0):
+    output, _ = process.communicate(timeout=TIMEOUT)
+    assert process.returncode == expect, output[-3000:]
+    return output
+
+
+def weights(path):
+    with np.load(path) as saved:
+        return [saved[key] for key in sorted(saved.files, key=lambda name: int(name.split("_")[1]))]
+
+
+def config(records_dir, model_dir, **overrides):
+    return {"records_dir": str(records_dir), "model_dir": str(model_dir), "batch_size": 8, "epochs": 1,
+            "steps_per_epoch": 1, "val_steps": 1, **overrides}
+
+
+def test_two_replicas_step_equals_one_replica(records_dir, tmp_path):
+    """One step of global batch 8 on 2 CPU replicas (4 each) == on 1 replica; the update is not zero."""
+    processes = {
+        replicas: start({"strategy": "mirrored", "cpu_replicas": replicas, "fixed_input": True,
+                         "config": config(records_dir, tmp_path / f"run{replicas}", learning_rate=1e-2),
+                         "weights_out": str(tmp_path / f"weights{replicas}.npz"),
+                         "initial_out": str(tmp_path / f"initial{replicas}.npz")})
+        for replicas in (1, 2)
+    }
+    for process in processes.values():
+        finish(process)
+    one, two = weights(tmp_path / "weights1.npz"), weights(tmp_path / "weights2.npz")
+    assert len(one) == len(two) == 4  # conv and dense kernels and biases
+    for a, b in zip(one, two):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    for initial in weights(tmp_path / "initial1.npz"), weights(tmp_path / "initial2.npz"):
+        assert min(np.abs(a - b).max() for a, b in zip(one, initial)) > 1e-3  # every weight moved
+
+
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_multi_worker_trains_in_step_and_only_the_chief_writes(records_dir, tmp_path):
+    """Two MultiWorkerMirroredStrategy processes on localhost: identical weights, one set of files."""
+    cluster = {"worker": [f"localhost:{port}" for port in free_ports(2)]}
+    model_dir = tmp_path / "run"
+    processes = []
+    for index in range(2):
+        worker_tmp = tmp_path / f"tmp{index}"
+        worker_tmp.mkdir()
+        tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+        spec = {"strategy": "multi_worker", "weights_out": str(tmp_path / f"weights{index}.npz"),
+                "config": config(records_dir, model_dir, epochs=2, steps_per_epoch=2, val_steps=None)}
+        processes.append(start(spec, {"TF_CONFIG": json.dumps(tf_config), "TMPDIR": str(worker_tmp)}))
+    for process in processes:
+        finish(process)
+
+    for a, b in zip(weights(tmp_path / "weights0.npz"), weights(tmp_path / "weights1.npz")):
+        np.testing.assert_array_equal(a, b)
+    assert sorted(path.name for path in model_dir.iterdir()) == ["best.keras", "checkpoints", "log.csv", "tensorboard"]
+    assert len((model_dir / "log.csv").read_text().splitlines()) == 1 + 2  # header + one row per epoch
+    assert not list((tmp_path / "tmp1").glob("tfcxr-worker-*"))  # the worker's checkpoint copies were deleted
+
+
+def checkpoint_tensors(model_dir):
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(str(model_dir / "checkpoints"))
+    names = [name for name in reader.get_variable_to_shape_map() if "OBJECT_GRAPH" not in name]
+    return {name: reader.get_tensor(name) for name in names}
+
+
+def test_kill_9_and_rerun_ends_where_an_uninterrupted_run_ends(records_dir, tmp_path):
+    """Killed at an epoch end (log row written, checkpoint not) and mid-epoch (after a mid-epoch
+    checkpoint), rerun each time: the same weights, optimizer state and log.csv as no kill.
+
+    The learning rate is so small that val_loss never improves by the plateau's min_delta, so
+    the learning rate drops at the end of epoch PLATEAU_PATIENCE: only if the plateau's wait
+    survives both restarts does it drop at the same epoch.
+    """
+    epochs = PLATEAU_PATIENCE + 2
+    settings = dict(epochs=epochs, steps_per_epoch=4, checkpoint_every=2, learning_rate=1e-9,
+                    deterministic=True, val_steps=None)
+
+    def spec(name, kill_at=None):
+        return {"strategy": "one_device", "kill_at": kill_at, "weights_out": str(tmp_path / f"{name}.npz"),
+                "config": config(records_dir, tmp_path / name, **settings)}
+
+    uninterrupted = start(spec("uninterrupted"))
+    finish(start(spec("killed", kill_at=(2, None))), expect=-signal.SIGKILL)
+    rows = (tmp_path / "killed" / "log.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in rows[1:]] == ["0", "1", "2"]  # epoch 2 logged, not checkpointed
+    finish(start(spec("killed", kill_at=(4, 2))), expect=-signal.SIGKILL)  # after the step-2 checkpoint
+    finish(start(spec("killed")))
+    finish(uninterrupted)
+
+    expected, resumed = checkpoint_tensors(tmp_path / "uninterrupted"), checkpoint_tensors(tmp_path / "killed")
+    assert sorted(expected) == sorted(resumed)
+    assert any("optimizer" in name for name in expected)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(resumed[name], value, err_msg=name)
+    log = (tmp_path / "uninterrupted" / "log.csv").read_text()
+    assert (tmp_path / "killed" / "log.csv").read_text() == log
+    learning_rates = [float(row.split(",")[1]) for row in log.splitlines()[1:]]  # the column after epoch
+    assert len(learning_rates) == epochs
+    np.testing.assert_allclose(learning_rates[: PLATEAU_PATIENCE + 1], 1e-9, rtol=1e-6)
+    np.testing.assert_allclose(learning_rates[PLATEAU_PATIENCE + 1:], 1e-9 * PLATEAU_FACTOR, rtol=1e-6)
+
+
+if __name__ == "__main__":
+    run(json.loads(sys.argv[1]))
