@@ -1,6 +1,8 @@
 """ROC-AUC, patient-level bootstrap, Table 1 and evaluate_classifier (tfcxr.evaluate)."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,8 @@ from tfcxr.constants import LABELS, TABLE1
 from tfcxr.data.pipeline import make_dataset
 from tfcxr.evaluate import classification, metrics, tables
 from tiny_models import tiny_baseline
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _scores(n=600, seed=0):
@@ -169,3 +173,42 @@ def test_evaluate_classifier_tencrop_averages_ten_crop_probabilities(baseline, r
     names = [n.decode() for n in batch["filename"].numpy()]
     np.testing.assert_allclose(predictions.loc[names, [f"prob_{l}" for l in LABELS]], np.mean(crops, axis=0), atol=1e-6)
     assert (predictions["protocol"] == summary["protocol"]).all()
+
+
+# --- tools/compare_runs.py --------------------------------------------------------------------
+
+def _fake_run(run_dir, mean, label_version="v2020", protocol="resize: one 896x896 resize of the whole image"):
+    auc = {label: {"auc": mean + k / 1000, "ci_low": mean - 0.01, "ci_high": mean + 0.02} for k, label in enumerate(LABELS)}
+    auc["Mean"] = {"auc": mean, "ci_low": mean - 0.005, "ci_high": mean + 0.005}
+    summary = {"split": "test", "images": 25596, "label_file": "Data_Entry_2017_v2020.csv",
+               "label_version": label_version, "protocol": protocol, "auc": auc}
+    (run_dir / "eval" / "test").mkdir(parents=True)
+    (run_dir / "eval" / "test" / "auc.json").write_text(json.dumps(summary))
+    return run_dir
+
+
+def compare_runs(*args):
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "compare_runs.py"), *map(str, args)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_compare_runs_puts_runs_beside_the_papers_columns(tmp_path):
+    d121, aecnn = _fake_run(tmp_path / "d121", 0.81), _fake_run(tmp_path / "aecnn", 0.82)
+    result = compare_runs(d121, aecnn, "--names=D121,AECNN", "--out", tmp_path / "table.md")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].endswith("| FMix (repro) | D121 | AECNN |")
+    assert lines[2] == "| Atelectasis | 0.7829 | 0.7860 | 0.7848 | 0.7844 | 0.7810 | 0.8100 [0.800, 0.830] | 0.8200 [0.810, 0.840] |"
+    assert "| **0.8100 [0.805, 0.815]** | **0.8200 [0.815, 0.825]** |" in lines[16]
+    assert "Data_Entry_2017_v2020.csv" in result.stdout and "Warning" not in result.stdout
+    assert (tmp_path / "table.md").read_text() == result.stdout
+
+
+def test_compare_runs_warns_when_runs_differ_and_fails_on_a_missing_run(tmp_path):
+    old = _fake_run(tmp_path / "old", 0.8, label_version="2017")
+    new = _fake_run(tmp_path / "new", 0.8, protocol="tencrop: mean probability of 10 crops of 896x896")
+    result = compare_runs(old, new)
+    assert result.returncode == 0 and "| old | new |" in result.stdout.splitlines()[0]
+    assert "differ in label_version" in result.stdout and "differ in protocol" in result.stdout
+    missing = compare_runs(old, tmp_path / "nowhere")
+    assert missing.returncode == 1 and "nowhere/eval/test/auc.json: not found" in missing.stderr

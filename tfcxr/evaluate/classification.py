@@ -25,11 +25,6 @@ from tfcxr.evaluate import metrics, runs, tables  # noqa: E402
 RESAMPLES = 1000
 
 
-def eval_dir(model_dir, split, tta="none"):
-    """model_dir/eval/<split> or model_dir/eval/<split>_tencrop."""
-    return Path(model_dir) / "eval" / (split if tta == "none" else f"{split}_{tta}")
-
-
 def logits_of(outputs):
     """The logits of a baseline / AECNN (dict outputs) or of a bare classifier."""
     return outputs["logits"] if isinstance(outputs, dict) else outputs
@@ -118,7 +113,7 @@ def evaluate_classifier(model, records_dir, model_dir, *, split="test", stage=1,
     if excluded:
         notes.append(f"Without both classes in this split (AUC n/a, left out of the mean): {', '.join(excluded)}.")
 
-    out = eval_dir(model_dir, split, tta)
+    out = runs.eval_dir(model_dir, split, tta)
     runs.write_json(out / "auc.json", summary)
     runs.write_text(out / "auc.csv", table.reset_index().assign(**stated).to_csv(index=False))
     runs.write_text(out / "predictions.csv", predictions.assign(**stated).to_csv(index=False))

@@ -8,6 +8,11 @@ from pathlib import Path
 from tfcxr.data import schema
 
 
+def eval_dir(model_dir, split, tta="none"):
+    """model_dir/eval/<split>, or model_dir/eval/<split>_tencrop for the ten-crop protocol."""
+    return Path(model_dir) / "eval" / (split if tta == "none" else f"{split}_{tta}")
+
+
 def label_source(records_dir):
     """{"label_file", "label_version"} of the records' manifest.json (what every output states)."""
     path = Path(records_dir) / schema.MANIFEST

@@ -35,3 +35,19 @@ def table1(columns):
             cells = [f"**{cell}**" for cell in cells]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def compare(summaries):
+    """Markdown comparing runs: {name: auc.json dict} -> Table 1 with one column per run.
+
+    Under the table, each run's split, images, label file and protocol; a warning when the
+    runs were not evaluated alike (AUCs of different label versions or protocols differ).
+    """
+    lines = [table1({name: summary["auc"] for name, summary in summaries.items()})]
+    for name, summary in summaries.items():
+        lines.append(f"- {name}: `{summary['split']}` split, {summary['images']} images, labels "
+                     f"`{summary['label_file']}` ({summary['label_version']}), protocol: {summary['protocol']}")
+    for key in ("split", "label_version", "protocol"):
+        if len({summary[key] for summary in summaries.values()}) > 1:
+            lines.append(f"\n**Warning:** the runs differ in {key}; their AUCs are not directly comparable.")
+    return "\n".join(lines) + "\n"
