@@ -1,0 +1,187 @@
+"""The training loop in this process: losses, plateau schedule, run files, callbacks' state, chief."""
+
+import dataclasses
+import json
+import types
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfcxr import models
+from tfcxr.constants import CLASSIFICATION_WEIGHT, NUM_LABELS, PLATEAU_FACTOR, PLATEAU_PATIENCE
+from tfcxr.train import callbacks as callbacks_lib
+from tfcxr.train import loop, stages, strategy
+from test_train_distributed import SIZES, tiny_stage
+
+
+@pytest.fixture(autouse=True)
+def float32_policy():
+    """train() sets the global precision policy; leave float32 to the tests that follow."""
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def train_config(records_dir, model_dir, **overrides):
+    settings = dict(batch_size=8, epochs=1, steps_per_epoch=2, val_steps=2, weights=None, **SIZES)
+    return stages.TrainConfig(str(records_dir), str(model_dir), **{**settings, **overrides})
+
+
+def read_log(model_dir):
+    import pandas as pd
+
+    return pd.read_csv(model_dir / "log.csv")
+
+
+def test_stage3_loss_is_the_weighted_sum_of_bce_and_mse():
+    labels = tf.constant([[1.0] * 7 + [0.0] * 7, [0.0] * 14])
+    logits = tf.constant([np.linspace(-3, 3, NUM_LABELS), np.linspace(2, -1, NUM_LABELS)], tf.float32)
+    image = tf.reshape(tf.range(32, dtype=tf.float32) / 32, [2, 4, 4, 1])
+    reconstruction = tf.reverse(image, axis=[2])
+    terms = stages.joint_loss({"image": image, "labels": labels}, {"logits": logits, "reconstruction": reconstruction})
+
+    probability = 1 / (1 + np.exp(-logits.numpy()))
+    bce = -(labels * np.log(probability) + (1 - labels) * np.log(1 - probability)).numpy().mean(axis=1)
+    mse = ((reconstruction - image).numpy() ** 2).mean(axis=(1, 2, 3))
+    np.testing.assert_allclose(terms["bce"], bce, rtol=1e-6)
+    np.testing.assert_allclose(terms["mse"], mse, rtol=1e-6)
+    np.testing.assert_allclose(terms["loss"], CLASSIFICATION_WEIGHT * bce + (1 - CLASSIFICATION_WEIGHT) * mse, rtol=1e-6)
+    assert CLASSIFICATION_WEIGHT == 0.9
+    np.testing.assert_allclose(stages.classification_loss({"labels": labels}, {"logits": logits})["loss"], bce, rtol=1e-6)
+    np.testing.assert_allclose(
+        stages.reconstruction_loss({"image": image}, {"reconstruction": reconstruction})["loss"], mse, rtol=1e-6)
+
+
+def test_stage_records():
+    assert [stages.STAGES[n].computes_auc for n in (1, 2, 3)] == [True, False, True]
+    assert stages.STAGES[1].augmentation() is None
+    assert stages.STAGES[3].augmentation() is not None  # the rotation, on the accelerator
+    config = stages.TrainConfig("records", "run", 8, init_autoencoder="a.keras", init_classifier="b.keras")
+    assert stages.STAGES[3].init_files(config) == {"init_autoencoder": "a.keras", "init_classifier": "b.keras"}
+    assert stages.STAGES[1].init_files(config) == {}
+
+
+def test_missing_earlier_stage_file_stops_before_anything_is_built(tmp_path):
+    config = stages.TrainConfig("records", str(tmp_path / "run"), 8, init_autoencoder=str(tmp_path / "stage2.keras"))
+    with pytest.raises(FileNotFoundError, match="stage2.keras: file not found"):
+        loop.train(stages.STAGES[3], config, strategy.make_strategy("one_device"))
+    (tmp_path / "stage2.keras").touch()
+    with pytest.raises(FileNotFoundError, match="needs --init_classifier"):
+        loop.train(stages.STAGES[3], config, strategy.make_strategy("one_device"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_plateau_divides_the_learning_rate_after_patience_epochs_without_improvement(records_dir, tmp_path):
+    # So small a learning rate that val_loss never improves by ReduceLROnPlateau's min_delta.
+    config = train_config(records_dir, tmp_path, epochs=PLATEAU_PATIENCE + 3, steps_per_epoch=1, val_steps=1,
+                          learning_rate=1e-9)
+    loop.train(tiny_stage(), config, strategy.make_strategy("one_device"))
+    learning_rates = read_log(tmp_path)["learning_rate"].to_numpy()  # the rate each epoch trained with
+    np.testing.assert_allclose(learning_rates[: PLATEAU_PATIENCE + 1], 1e-9, rtol=1e-6)
+    np.testing.assert_allclose(learning_rates[PLATEAU_PATIENCE + 1:], 1e-9 * PLATEAU_FACTOR, rtol=1e-6)
+
+
+def event_tags(directory):
+    tags = set()
+    for path in directory.glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            tags.update(value.tag for value in event.summary.value)
+    return tags
+
+
+def test_stage2_run_writes_best_model_log_tensorboard_and_checkpoints(records_dir, tmp_path):
+    config = train_config(records_dir, tmp_path, epochs=2, image_size=32, resize_size=None, preview_images=2)
+    loop.train(stages.STAGES[2], config, strategy.make_strategy("one_device"))
+
+    log = read_log(tmp_path)
+    assert list(log["epoch"]) == [0, 1]
+    assert {"loss", "val_loss", "learning_rate"} <= set(log.columns) and "val_auc" not in log
+    best = models.load_model(tmp_path / "best.keras")
+    outputs = best(tf.zeros([1, 32, 32, 1]))
+    assert outputs["reconstruction"].shape == (1, 32, 32, 1) and outputs["latent"].shape == (1, 8, 8, 1)
+    assert not hasattr(best, "optimizer") or best.optimizer is None
+    assert tf.train.latest_checkpoint(tmp_path / "checkpoints").endswith("ckpt-2")
+    assert {"epoch_loss", "epoch_learning_rate", "batch_loss"} <= event_tags(tmp_path / "tensorboard" / "train")
+    assert {"epoch_loss", "input", "reconstruction", "latent"} <= event_tags(tmp_path / "tensorboard" / "validation")
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_classifier_run_logs_validation_auc_per_label(records_dir, tmp_path):
+    loop.train(tiny_stage(), train_config(records_dir, tmp_path, val_steps=None), strategy.make_strategy("one_device"))
+    log = read_log(tmp_path)
+    aucs = log[[column for column in log if column.startswith("val_auc_")]].to_numpy()
+    assert aucs.shape == (1, NUM_LABELS)
+    np.testing.assert_allclose(log["val_auc"], np.nanmean(aucs))
+    assert {"epoch_auc", "epoch_auc_Cardiomegaly"} <= event_tags(tmp_path / "tensorboard" / "validation")
+
+
+def test_device_augmentation_feeds_the_train_step_only(records_dir, tmp_path):
+    """The augmentation layer changes what the train step sees (and the loss target), not val."""
+
+    def mean_image(batch, outputs):
+        return {"loss": tf.reduce_mean(batch["image"], axis=[1, 2, 3]) + 0.0 * tf.reduce_sum(outputs["logits"], -1)}
+
+    stage = dataclasses.replace(
+        tiny_stage(), loss=mean_image, computes_auc=False,
+        augmentation=lambda: keras.layers.Lambda(lambda images: 0.0 * images + 0.25))
+    loop.train(stage, train_config(records_dir, tmp_path), strategy.make_strategy("one_device"))
+    log = read_log(tmp_path)
+    assert log["loss"][0] == pytest.approx(0.25)
+    assert log["val_loss"][0] != pytest.approx(0.25, abs=0.01)
+
+
+def test_nan_loss_stops_training_before_anything_is_saved(records_dir, tmp_path):
+    def nan_loss(batch, outputs):
+        return {"loss": tf.reduce_sum(outputs["logits"], -1) * np.nan}
+
+    stage = dataclasses.replace(tiny_stage(), loss=nan_loss)
+    with pytest.raises(loop.TrainingStopped, match="epoch 1, step 1: loss is nan"):
+        loop.train(stage, train_config(records_dir, tmp_path), strategy.make_strategy("one_device"))
+    assert tf.train.latest_checkpoint(tmp_path / "checkpoints") is None
+    assert not (tmp_path / "best.keras").exists()
+
+
+def test_bfloat16_step(records_dir, tmp_path):
+    config = train_config(records_dir, tmp_path, steps_per_epoch=1, val_steps=1, mixed_precision="bfloat16")
+    model = loop.train(tiny_stage(), config, strategy.make_strategy("one_device"))
+    assert model.get_layer("classifier").get_layer("conv").compute_dtype == "bfloat16"
+    assert np.isfinite(read_log(tmp_path)[["loss", "val_loss"]].to_numpy()).all()
+
+
+def test_callback_state_survives_a_round_trip_through_json():
+    plateau = keras.callbacks.ReduceLROnPlateau()
+    plateau.wait, plateau.best, plateau.cooldown_counter = 3, np.float32(0.25), 1
+    best_model = callbacks_lib.BestModel("best.keras")
+    state = json.loads(json.dumps(callbacks_lib.callback_state([plateau, best_model]), default=float))
+
+    fresh_plateau, fresh_best = keras.callbacks.ReduceLROnPlateau(), callbacks_lib.BestModel("best.keras")
+    fresh_plateau.on_train_begin()  # the reset that restoring must come after
+    callbacks_lib.restore_callback_state([fresh_plateau, fresh_best, keras.callbacks.TerminateOnNaN()], state)
+    assert (fresh_plateau.wait, fresh_plateau.best, fresh_plateau.cooldown_counter) == (3, 0.25, 1)
+    assert fresh_best.best == np.inf
+
+
+def test_truncate_log_keeps_earlier_epochs_and_drops_a_cut_row(tmp_path):
+    log = tmp_path / "log.csv"
+    log.write_text("epoch,loss\n0,0.5\n1,0.4\n2,0.3\n3,0.")
+    callbacks_lib.truncate_log(log, 2)
+    assert log.read_text() == "epoch,loss\n0,0.5\n1,0.4\n"
+    callbacks_lib.truncate_log(tmp_path / "absent.csv", 2)  # nothing to do
+
+
+def fake_strategy(task_type, task_id, cluster):
+    resolver = types.SimpleNamespace(
+        task_type=task_type, task_id=task_id, cluster_spec=lambda: tf.train.ClusterSpec(cluster))
+    return types.SimpleNamespace(cluster_resolver=resolver)
+
+
+def test_only_the_chief_writes_into_the_run_directory(tmp_path):
+    workers = {"worker": ["a:1", "b:1"]}
+    assert strategy.is_chief(types.SimpleNamespace(cluster_resolver=None))
+    assert strategy.is_chief(fake_strategy("worker", 0, workers))
+    assert not strategy.is_chief(fake_strategy("worker", 1, workers))
+    assert not strategy.is_chief(fake_strategy("worker", 0, {**workers, "chief": ["c:1"]}))
+    assert strategy.is_chief(fake_strategy("chief", 0, {**workers, "chief": ["c:1"]}))
+    assert strategy.write_dir(str(tmp_path), fake_strategy("worker", 0, workers)) == str(tmp_path)
+    assert not strategy.write_dir(str(tmp_path), fake_strategy("worker", 1, workers)).startswith(str(tmp_path))
