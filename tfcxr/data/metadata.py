@@ -100,7 +100,7 @@ def read_metadata(path):
     column per label (LABELS order), in file order."""
     path = Path(path)
     try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False, index_col=False)
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, index_col=False, skipinitialspace=True)
     except (OSError, ValueError, EOFError) as error:
         raise ShardingError(f"{path}: unreadable CSV ({error})") from None
     frame = pd.DataFrame(index=raw.index)
@@ -108,7 +108,7 @@ def read_metadata(path):
         header = next((name for name in spellings if name in raw.columns), None)
         if header is None:
             raise ShardingError(f"{path}: missing column {spellings[0]!r}")
-        frame[column] = raw[header].str.strip()
+        frame[column] = raw[header]
     for column in INTEGER_COLUMNS + FLOAT_COLUMNS:
         values = pd.to_numeric(frame[column], errors="coerce")
         if values.isna().any():
