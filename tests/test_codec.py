@@ -1,0 +1,107 @@
+"""tools/cxr_codec.py and tfcxr.export.codec: image <-> 8-bit latent PNG, classify from the latent."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from tfcxr import models
+from tfcxr.constants import LABELS
+from tfcxr.evaluate.reconstruction import quantize
+from tfcxr.export import codec
+from tiny_models import box_codec, tiny_aecnn
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cxr_codec(*args):
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "cxr_codec.py"), *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def smooth_image(height, width, seed=0):
+    """A smooth, radiograph-like uint8 image (noise would make PSNR meaningless)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width] / max(height, width)
+    image = 0.5 + 0.3 * np.sin(6 * x + rng.uniform(0, 6)) * np.cos(4 * y) + 0.02 * rng.standard_normal((height, width))
+    return np.clip(np.round(image * 255), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def aecnn_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("run") / "best.keras"
+    box_codec(tiny_aecnn()).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def round_trip(aecnn_file, tmp_path_factory):
+    """compress -> reconstruct -> classify through the CLI, on a gray 64x64 and an RGBA 66x70 image."""
+    folder = tmp_path_factory.mktemp("codec")
+    gray, rgba = smooth_image(64, 64), smooth_image(66, 70, 1)
+    Image.fromarray(gray).save(folder / "gray.png")
+    Image.fromarray(np.dstack([rgba] * 3 + [np.full_like(rgba, 255)]), "RGBA").save(folder / "rgba.png")
+    out = folder / "out"
+    results = [cxr_codec("compress", folder / "gray.png", folder / "rgba.png", f"--model={aecnn_file}", f"--out_dir={out}"),
+               cxr_codec("reconstruct", out / "gray.latent.png", out / "rgba.latent.png", f"--model={aecnn_file}", f"--out_dir={out}"),
+               cxr_codec("classify", out / "gray.latent.png", out / "rgba.latent.png", f"--model={aecnn_file}", f"--out_dir={out}")]
+    for result in results:
+        assert result.returncode == 0, result.stderr
+    kept = codec.fit(tf.constant(rgba[..., None])).numpy()[..., 0]  # 66x70 resized to 64x68, as compress does
+    return {"gray": gray, "rgba": kept}, out, results
+
+
+def test_compress_writes_8bit_latents_with_16x_fewer_pixels(round_trip):
+    images, out, (compressed, _, _) = round_trip
+    assert np.asarray(Image.open(out / "gray.latent.png")).shape == (16, 16)
+    assert np.asarray(Image.open(out / "rgba.latent.png")).shape == (16, 17)  # 66x70 -> 64x68 -> 16x17
+    assert Image.open(out / "gray.latent.png").mode == "L"
+    assert "gray.png -> gray.latent.png: 64x64 -> 16x16 pixels" in compressed.stdout
+    assert f"{(out / 'gray.latent.png').stat().st_size:,} bytes" in compressed.stdout and "total:" in compressed.stdout
+
+
+def test_reconstruct_equals_the_in_model_8bit_latent_reconstruction(aecnn_file, round_trip):
+    aecnn = models.load_model(aecnn_file)
+    images, out, _ = round_trip
+    for name, image in images.items():
+        pixels = image[None, ..., None].astype(np.float32) / 255
+        in_model = aecnn.get_layer("decoder")(quantize(aecnn.get_layer("encoder")(pixels)))
+        stored = np.asarray(Image.open(out / f"{name}.png"))
+        np.testing.assert_array_equal(stored, np.round(in_model.numpy()[0, ..., 0] * 255))
+        psnr_file = tf.image.psnr(stored[None, ..., None] / 255, pixels, 1.0).numpy()[0]
+        psnr_model = tf.image.psnr(in_model, pixels, 1.0).numpy()[0]
+        assert psnr_model > 18 and psnr_file == pytest.approx(psnr_model, abs=0.05)
+
+
+def test_classify_from_latent_png_equals_the_aecnn_with_an_8bit_latent(aecnn_file, round_trip):
+    aecnn = models.load_model(aecnn_file)
+    images, out, (_, _, classified) = round_trip
+    table = pd.read_csv(out / "classify.csv", index_col="file")
+    assert list(table.columns) == list(LABELS)
+    pixels = images["gray"][None, ..., None].astype(np.float32) / 255
+    latent = quantize(aecnn.get_layer("encoder")(pixels))
+    normalized = aecnn.get_layer("imagenet_normalization")(latent)
+    expected = tf.sigmoid(aecnn.get_layer("classifier")(normalized)).numpy()[0]
+    np.testing.assert_allclose(table.loc["gray.latent.png"], expected, atol=1e-5)
+    float_latent = tf.sigmoid(aecnn(pixels)["logits"]).numpy()[0]  # the AECNN itself, float latent: close
+    np.testing.assert_allclose(table.loc["gray.latent.png"], float_latent, atol=1e-2)
+    assert "Atelectasis" in classified.stdout and "gray.latent.png" in classified.stdout
+
+
+def test_codec_refuses_bad_input_in_one_line(tmp_path):
+    autoencoder_file = tmp_path / "autoencoder.keras"
+    models.build_autoencoder().save(autoencoder_file)
+    (tmp_path / "latent.png").write_bytes(b"\x89PNG but broken")
+    result = cxr_codec("classify", tmp_path / "latent.png", f"--model={autoencoder_file}", f"--out_dir={tmp_path / 'out'}")
+    assert result.returncode == 1 and "has no imagenet_normalization, classifier" in result.stderr
+    result = cxr_codec("compress", tmp_path / "latent.png", f"--model={autoencoder_file}", f"--out_dir={tmp_path / 'out'}")
+    assert result.returncode == 1 and "latent.png: not a readable PNG or JPEG image" in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'latent.png'}: not a readable PNG or JPEG image (Unknown image file format. "
+        "One of JPEG, JPEG XL, PNG, GIF, BMP, WebP required.)")
+    assert not (tmp_path / "out").exists()

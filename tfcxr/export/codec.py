@@ -1,0 +1,79 @@
+"""The compressed image as a product of its own: image <-> 8-bit latent PNG, and classification
+straight from the latent PNG, with a stage-3 AECNN (or a stage-2 autoencoder for the codec).
+
+Geometry (a choice): an image is compressed at its own resolution rounded down to a multiple
+of COMPRESSION (1024x1024 -> a 256x256 latent: 16x fewer pixels), or at size x size when
+asked. Own resolution is the scale stage 3 trains at (random 896 crops of the unresized
+1024 originals); size=896 gives the stage-3 evaluation geometry instead. The encoder and
+decoder are fully convolutional, and the classifier pools globally, so both work.
+"""
+
+import re
+
+import tensorflow as tf
+
+from tfcxr.constants import COMPRESSION
+
+
+class CodecError(ValueError):
+    """Bad input for the codec: the message names the file and the problem."""
+
+
+def read_gray(path):
+    """Any PNG / JPEG (gray, RGB, RGBA, 8 or 16 bit) -> uint8 [H, W, 1]."""
+    try:
+        data = tf.io.read_file(str(path))
+        return tf.io.decode_image(data, channels=1, expand_animations=False)  # 16 bit -> 8 bit too
+    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as error:
+        reason = re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:.*", "", error.message.splitlines()[0])  # TF's op decoration
+        raise CodecError(f"{path}: not a readable PNG or JPEG image ({reason})") from None
+
+
+def encode_png(pixels):
+    """uint8 [H, W, 1] -> PNG bytes."""
+    return tf.io.encode_png(pixels).numpy()
+
+
+def to_uint8(images):
+    """float [..., 1] in [0, 1] -> uint8: round(x * 255), what a PNG stores."""
+    return tf.cast(tf.round(tf.clip_by_value(images, 0.0, 1.0) * 255.0), tf.uint8)
+
+
+def fit(image, size=None):
+    """uint8 [H, W, 1] -> [size, size, 1] or [H - H % 4, W - W % 4, 1] (antialiased, rounded)."""
+    height, width = image.shape[:2]
+    target = (size, size) if size else (height - height % COMPRESSION, width - width % COMPRESSION)
+    if target[0] % COMPRESSION or min(target) < COMPRESSION:
+        raise CodecError(f"cannot compress to {target[1]}x{target[0]}: sides must be positive multiples of {COMPRESSION}")
+    if target == (height, width):
+        return image
+    return to_uint8(tf.image.resize(tf.cast(image, tf.float32) / 255.0, target, antialias=True))
+
+
+def compress(encoder, image):
+    """uint8 [H, W, 1] (H, W multiples of 4) -> the 8-bit latent, uint8 [H/4, W/4, 1]."""
+    latent = encoder(tf.cast(image, tf.float32)[None] / 255.0, training=False)  # [1, H/4, W/4, 1]
+    return to_uint8(latent)[0]
+
+
+def reconstruct(decoder, latent):
+    """uint8 latent [h, w, 1] -> uint8 image [4h, 4w, 1]."""
+    return to_uint8(decoder(tf.cast(latent, tf.float32)[None] / 255.0, training=False))[0]
+
+
+def classify(aecnn, latent):
+    """uint8 latent [h, w, 1] -> the 14 probabilities, through the AECNN's normalization and classifier."""
+    normalized = aecnn.get_layer("imagenet_normalization")(tf.cast(latent, tf.float32)[None] / 255.0)  # [1,h,w,3]
+    logits = aecnn.get_layer("classifier")(normalized, training=False)  # [1, 14]
+    return tf.sigmoid(tf.cast(logits, tf.float32))[0].numpy()
+
+
+def parts(model, names, path):
+    """The named sub-models of a loaded model, or a CodecError saying what the file lacks."""
+    present = [layer.name for layer in model.layers]
+    missing = [name for name in names if name not in present]
+    if missing:
+        raise CodecError(f"{path}: has no {', '.join(missing)} (needs a stage-3 AECNN"
+                         f"{'' if 'classifier' in names else ' or a stage-2 autoencoder'})")
+    return [model.get_layer(name) for name in names]
+
