@@ -24,8 +24,9 @@ Augmentation when training:
                   apply augment.device_augmentation(3) to the batch).
 
 Performance (tf.data performance guide): shard files are shuffled and read interleaved, records
-shuffled, only the needed features parsed, decode and crop run in a parallel map and stay uint8;
-flips, rotation, the float conversion, contrast and FMix run once per batch; prefetch at the end.
+shuffled, only the needed features parsed; decode, crop and flips (a copy only when flipped) run
+in a parallel map and stay uint8; rotation, the float conversion, contrast and FMix run once per
+batch (vectorised); prefetch at the end.
 Random ops are stateless, seeded per record from `seed`, so a seeded pipeline repeats exactly.
 Evaluation reads shards in manifest order and records in file order, deterministically.
 """
@@ -98,25 +99,28 @@ def _decode(features, stage):
         tf.cast(features[schema.HEIGHT], tf.int32), tf.cast(features[schema.WIDTH], tf.int32))
 
 
-def _record_image(image, seed, stage, training, tta, image_size, resize_size):
-    """Per-record geometry, uint8 in and out: decoded [H, W, 1] -> the crop, crops or resize."""
+def _record_image(image, seed, stage, training, augment, tta, image_size, resize_size):
+    """Per-record geometry, uint8 in and out: decoded [H, W, 1] -> the crop (flipped), crops or resize."""
     if stage == 1:
         image = resize_uint8(image, resize_size)  # [resize, resize, 1]
     if training:
-        return augmentations.random_crop(image, image_size, seed)  # [size, size, 1]
+        crop_seed, flip_seed = augmentations.split_seed(seed, 2)
+        image = augmentations.random_crop(image, image_size, crop_seed)  # [size, size, 1]
+        if augment == "fmix":
+            return image
+        return augmentations.random_flip(image, flip_seed, horizontal=True, vertical=stage == 2)
     if tta == "tencrop":
         return augmentations.ten_crop(image, image_size)  # [10, size, size, 1]
     return image if stage == 1 else resize_uint8(image, image_size)  # [size, size, 1]
 
 
 def _augment_batch(batch, seed, stage, augment, rotation):
-    """Per-batch augmentation when training: uint8 crops [B, H, W, 1] -> float32 in [0, 1]."""
-    flip_seed, rotation_seed, color_seed = augmentations.split_seed(seed, 3)
+    """Per-batch augmentation when training: uint8 flipped crops [B, H, W, 1] -> float32 in [0, 1]."""
+    rotation_seed, color_seed = augmentations.split_seed(seed, 2)
     images = batch["image"]
-    if stage == 1 and augment == "fmix":
+    if augment == "fmix":
         images, labels = fmix_lib.fmix(to_float(images), batch["labels"], color_seed)
         return {**batch, "image": images, "labels": labels}
-    images = augmentations.random_flip(images, flip_seed, horizontal=True, vertical=stage == 2)
     if stage != 2 and rotation == "pipeline":
         images = augmentations.random_rotation(images, rotation_seed)
     images = to_float(images)
@@ -194,7 +198,7 @@ def make_dataset(
     def load(serialized, seed):
         features = schema.parse(serialized, keys)
         record_seed, batch_seed = augmentations.split_seed(seed, 2)
-        image = _record_image(_decode(features, stage), record_seed, stage, training, tta, image_size, resize_size)
+        image = _record_image(_decode(features, stage), record_seed, stage, training, augment, tta, image_size, resize_size)
         example = {"image": image, "labels": tf.cast(features[schema.LABELS], tf.float32)}
         if include_metadata:
             example.update(filename=features[schema.FILENAME], patient_id=features[schema.PATIENT_ID])

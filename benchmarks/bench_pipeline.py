@@ -1,0 +1,236 @@
+"""Images/s of each stage's training input pipeline on real-size 1024x1024 chest radiographs.
+
+    .venv/bin/python benchmarks/bench_pipeline.py [--images=256] [--min_seconds=5]
+
+Builds a ChestX-ray14 tree of --images copies (new names, new patients) of the 64 real PNGs in
+../shared/cxr14-real/images (synthetic 1024 px images when that folder is absent), shards it with
+tfcxr.data.sharding.shard in both encodings (png, raw), and measures, in the same run:
+  - the bare PNG decode rate of the same PNGs (PIL, 2 processes): stage 2's and 3's upper bound
+    for PNG records;
+  - a reference loader per stage doing what the paper's PyTorch code does per sample: PIL
+    decode of the 1024 PNG, then the stage's transforms with PIL / numpy (torchvision's
+    transforms on PIL images), in a pool of 2 worker processes. Its workers return only the
+    array's shape, so the reference pays no inter-process copy (in its favour);
+  - tfcxr.data.pipeline.make_dataset(training=True, repeat=True) per stage and encoding.
+Each rate is timed over a fixed number of images, chosen after a warm-up so the run lasts at
+least --min_seconds. Writes benchmarks/results/pipeline.md.
+"""
+
+import argparse
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageEnhance
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_DIR = ROOT.parent / "shared" / "cxr14-real"
+WORKERS = 2
+# batch size per stage: stage 1 and 2 train small inputs in big batches, stage 3 896 px in small ones
+BATCH = {1: 32, 2: 32, 3: 8}
+# (name, stage, make_dataset kwargs)
+PIPELINES = [
+    ("stage 1 BL5", 1, {}),
+    ("stage 1 FMix", 1, {"augment": "fmix"}),
+    ("stage 2", 2, {}),
+    ("stage 3, rotation in pipeline", 3, {"rotation": "pipeline"}),
+    ("stage 3, rotation=device", 3, {"rotation": "device"}),
+]
+
+
+# -- the reference: per sample, PIL decode + torchvision-style PIL transforms (spawned workers) --
+
+def _seed_worker():
+    global RNG
+    RNG = np.random.default_rng()
+
+
+def _random_crop(image, size):
+    x, y = RNG.integers(0, image.width - size + 1), RNG.integers(0, image.height - size + 1)
+    return image.crop((x, y, x + size, y + size))
+
+
+def _flip(image, method):
+    return image.transpose(method) if RNG.random() < 0.5 else image
+
+
+def _to_tensor(image):
+    return np.asarray(image, np.float32) / 255.0  # ToTensor
+
+
+def decode(path):
+    with Image.open(path) as image:
+        image.load()
+    return image.size
+
+
+def reference_stage1(path):
+    image = Image.open(path).convert("RGB")  # the paper's loader
+    image = _random_crop(image.resize((256, 256), Image.BILINEAR), 224)  # Resize(256), RandomCrop(224)
+    image = _flip(image, Image.FLIP_LEFT_RIGHT)  # RandomHorizontalFlip
+    image = image.rotate(RNG.uniform(-5, 5), resample=Image.NEAREST)  # RandomRotation(5)
+    image = ImageEnhance.Contrast(image).enhance(RNG.uniform(0.75, 1.25))  # ColorJitter(contrast=0.25)
+    return _to_tensor(image).shape
+
+
+def reference_stage2(path):
+    image = _random_crop(Image.open(path).convert("L"), 128)  # RandomCrop(128)
+    image = _flip(_flip(image, Image.FLIP_LEFT_RIGHT), Image.FLIP_TOP_BOTTOM)
+    return _to_tensor(image).shape
+
+
+def reference_stage3(path):
+    image = _random_crop(Image.open(path).convert("L"), 896)  # RandomCrop(896)
+    image = image.rotate(RNG.uniform(-5, 5), resample=Image.NEAREST)  # RandomRotation(5)
+    image = _flip(image, Image.FLIP_LEFT_RIGHT)  # RandomHorizontalFlip
+    return _to_tensor(image).shape
+
+
+# -- timing --
+
+def timed_rate(run, min_seconds):
+    """run(n) processes n images. Times a fixed count, grown until one run lasts min_seconds
+    (the shorter runs before it are the warm-up). -> (images/s, images, seconds)."""
+    images = 16
+    run(images)
+    while True:
+        start = time.perf_counter()
+        run(images)
+        seconds = time.perf_counter() - start
+        if seconds >= min_seconds:
+            return images / seconds, images, seconds
+        images = int(images * min(10.0, 1.2 * min_seconds / max(seconds, 1e-3))) + 1
+
+
+def pool_rate(pool, function, paths, min_seconds):
+    def run(count):
+        for _ in pool.imap_unordered(function, [paths[i % len(paths)] for i in range(count)], chunksize=4):
+            pass
+
+    return timed_rate(run, min_seconds)
+
+
+def dataset_rate(dataset, batch_size, min_seconds):
+    iterator = iter(dataset)
+    next(iterator)  # fills the shuffle buffer
+
+    def run(count):
+        for _ in range(-(-count // batch_size)):
+            next(iterator)
+
+    _, images, seconds = timed_rate(run, min_seconds)
+    images = -(-images // batch_size) * batch_size  # whole batches were timed
+    return images / seconds, images, seconds
+
+
+# -- the data --
+
+def build_tree(tree, count):
+    """`count` copies of the real PNGs (+16 for val/test), new names and patients, NIH layout."""
+    images = sorted((REAL_DIR / "images").glob("*.png"))
+    table = pd.read_csv(REAL_DIR / "metadata" / "Data_Entry_2017_v2020.csv", index_col=False)
+    table = table.set_index("Image Index").loc[[p.name for p in images]].reset_index()
+    (tree / "images").mkdir(parents=True)
+    rows = []
+    for i in range(count + 16):
+        name = f"{i + 1:08d}_000.png"
+        shutil.copyfile(images[i % len(images)], tree / "images" / name)
+        rows.append({**table.iloc[i % len(images)].to_dict(), "Image Index": name, "Patient ID": i + 1, "Follow-up #": 0})
+    pd.DataFrame(rows).to_csv(tree / "Data_Entry_2017_v2020.csv", index=False)
+    names = [row["Image Index"] for row in rows]
+    (tree / "train_val_list.txt").write_text("\n".join(names[: count + 8]) + "\n")
+    (tree / "test_list.txt").write_text("\n".join(names[count + 8:]) + "\n")
+
+
+def build_synthetic_tree(tree, count):
+    from tfcxr.data import synthetic
+
+    synthetic.generate(tree, num_patients=count, image_size=1024, layout="nih", seed=0)
+
+
+def write_markdown(path, lines):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".md.tmp")
+    temporary.write_text("\n".join(lines) + "\n")
+    os.replace(temporary, path)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=256, help="training images in the tree")
+    parser.add_argument("--min_seconds", type=float, default=5.0, help="least time per measurement")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "pipeline.md")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench_pipeline_"))
+    try:
+        real = (REAL_DIR / "images").is_dir()
+        (build_tree if real else build_synthetic_tree)(work / "raw", args.images)
+        paths = sorted(str(p) for p in (work / "raw").rglob("*.png"))
+        source = f"{len(paths)} copies of the {len(list((REAL_DIR / 'images').glob('*.png')))} real PNGs" if real else f"{len(paths)} synthetic 1024 px PNGs"
+
+        # The reference workers are spawned before TensorFlow is imported: PIL and numpy only.
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(WORKERS, initializer=_seed_worker) as pool:
+            decode_rate = pool_rate(pool, decode, paths, args.min_seconds)
+            print(f"PNG decode (PIL, {WORKERS} processes): {decode_rate[0]:.1f} images/s", flush=True)
+            references = {}
+            for stage, function in ((1, reference_stage1), (2, reference_stage2), (3, reference_stage3)):
+                references[stage] = pool_rate(pool, function, paths, args.min_seconds)
+                print(f"reference stage {stage}: {references[stage][0]:.1f} images/s", flush=True)
+
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        from tfcxr.data import sharding
+        from tfcxr.data.pipeline import make_dataset
+
+        rows = []
+        for encoding in ("png", "raw"):
+            records = work / f"records_{encoding}"
+            manifest = sharding.shard(work / "raw", records, seed=0, val_images=8, shard_mb=16, workers=WORKERS, encoding=encoding)
+            shards = len(manifest["splits"]["train"]["shards"])
+            for name, stage, kwargs in PIPELINES:
+                dataset = make_dataset(records, "train", stage, BATCH[stage], True, seed=0, repeat=True, **kwargs)
+                rate = dataset_rate(dataset, BATCH[stage], args.min_seconds)
+                rows.append((name, stage, encoding, shards, rate))
+                print(f"{name} ({encoding}): {rate[0]:.1f} images/s", flush=True)
+                del dataset
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    target = {1: ("reference", 10.0), 2: ("decode", 0.8), 3: ("reference", 1.5)}
+    lines = [
+        "# Input pipeline throughput (training, images/s)",
+        "",
+        f"Data: {source}, 1024x1024, sharded by `tfcxr.data.sharding.shard` (shard_mb=16) as PNG and as raw records.",
+        f"Machine: {os.cpu_count()} CPU cores (shared with other work; load average {os.getloadavg()[0]:.1f} at the end), no GPU.",
+        f"Batch sizes: stage 1: {BATCH[1]}, stage 2: {BATCH[2]}, stage 3: {BATCH[3]}. Each rate is one timed run of a fixed number of images after a warm-up.",
+        "",
+        "Command:",
+        "",
+        "```bash",
+        f".venv/bin/python benchmarks/bench_pipeline.py --images={args.images} --min_seconds={args.min_seconds:g}",
+        "```",
+        "",
+        "| loader | encoding | train shards | images/s | images timed | seconds | x reference (same stage) | x PNG decode bound | target | met |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| PNG decode only (PIL, {WORKERS} processes) | png files | - | {decode_rate[0]:.1f} | {decode_rate[1]} | {decode_rate[2]:.1f} | - | 1.00 | - | - |",
+    ]
+    for stage, (rate, images, seconds) in references.items():
+        lines.append(f"| reference stage {stage} (PIL + numpy, {WORKERS} processes) | png files | - | {rate:.1f} | {images} | {seconds:.1f} | 1.00 | {rate / decode_rate[0]:.2f} | - | - |")
+    for name, stage, encoding, shards, (rate, images, seconds) in rows:
+        versus_reference, versus_decode = rate / references[stage][0], rate / decode_rate[0]
+        kind, factor = target[stage]
+        met = (versus_reference if kind == "reference" else versus_decode) >= factor
+        lines.append(f"| {name} | {encoding} | {shards} | {rate:.1f} | {images} | {seconds:.1f} | {versus_reference:.2f} | {versus_decode:.2f} | >= {factor:g}x {kind} | {'yes' if met else 'no'} |")
+    write_markdown(args.out, lines)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
