@@ -361,6 +361,6 @@ def shard(data_dir, out_dir, seed=0, val_images=VAL_IMAGES, shard_mb=150, worker
         written_names = set(plan[split].image_index) - set(missing[split]) - {u["image"] for u in unreadable}
         manifest["splits"][split] = _split_summary(plan[split], written_names, mine)
         manifest["unreadable"][split] = unreadable
-    _remove_stale(out_dir, manifest)
     _write_atomic(out_dir / schema.MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    _remove_stale(out_dir, manifest)  # after: a crash here leaves a true manifest and some litter
     return manifest
