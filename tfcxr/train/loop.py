@@ -216,7 +216,6 @@ def train(stage, config, strategy, callbacks=()):
         batches = iter(strategy.distribute_datasets_from_function(train_input))
         bar = tqdm(range(first_step, steps), desc=f"epoch {epoch + 1}/{config.epochs}", initial=first_step,
                    total=steps, disable=not chief)
-        start = time.perf_counter()
         for step in bar:
             callback_list.on_train_batch_begin(step)
             terms = {name: float(value) for name, value in train_step(next(batches)).items()}
@@ -224,10 +223,11 @@ def train(stage, config, strategy, callbacks=()):
             callback_list.on_train_batch_end(step, terms)
             if model.stop_training:
                 raise TrainingStopped(f"epoch {epoch + 1}, step {step + 1}: loss is {terms['loss']}; training stopped")
-            if step % config.log_every == 0 or step == steps - 1:
-                done = step + 1 - first_step
-                bar.set_postfix(loss=f"{train_sums['loss'] / (step + 1):.4f}",
-                                images_per_s=f"{done * config.batch_size / (time.perf_counter() - start):.1f}")
+            if step == first_step:  # the rate leaves out the first step: it traces and fills buffers
+                start = time.perf_counter()
+            elif step % config.log_every == 0 or step == steps - 1:
+                rate = (step - first_step) * config.batch_size / (time.perf_counter() - start)
+                bar.set_postfix(loss=f"{train_sums['loss'] / (step + 1):.4f}", images_per_s=f"{rate:.1f}")
             if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < steps:
                 save(epoch, step + 1, dict(train_sums))
 

@@ -1,0 +1,181 @@
+"""Training throughput (images/s) and peak memory of each stage's train step, at the paper's sizes.
+
+Every case runs in a process of its own, so its peak memory is that process's ru_maxrss:
+- loop: tfcxr.train.loop.make_train_step (the step `python -m tfcxr.main` runs: MirroredStrategy
+  over the local devices, strategy.run, compute_average_loss, Adam built in the scope; stage 3
+  with its device rotation), fed by strategy.distribute_datasets_from_function;
+- fit (the reference): the same model and loss in plain Keras `model.compile()` + `model.fit()`,
+  jit_compile=False like the loop (fit's default "auto" would compile with XLA, slower on CPUs).
+Both are fed one synthetic in-memory batch, repeated, so the input pipeline is not measured;
+float32 and mixed bfloat16. DenseNet121 has weights=None (the speed does not depend on them).
+
+    .venv/bin/python benchmarks/bench_training.py [--steps=5] [--stages=1,2,3]
+
+writes benchmarks/results/training.md (the table and the command).
+"""
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from absl import app, flags
+
+from tfcxr.constants import CLASSIFICATION_WEIGHT, LEARNING_RATE, NUM_LABELS, STAGE1_CROP, STAGE2_PATCH, STAGE3_CROP
+
+flags.DEFINE_integer("steps", None, "timed steps per case, after one untimed step (default: per stage, SIZES)")
+flags.DEFINE_list("stages", ["1", "2", "3"], "stages to measure")
+flags.DEFINE_string("case", None, "internal: measure one case (stage,implementation,precision) in this process")
+flags.DEFINE_string("out", str(Path(__file__).parent / "results" / "training.md"), "Markdown results")
+FLAGS = flags.FLAGS
+
+# (input side, global batch, timed steps) per stage: the paper's sizes, batches small enough for a CPU.
+SIZES = {1: (STAGE1_CROP, 8, 5), 2: (STAGE2_PATCH, 32, 20), 3: (STAGE3_CROP, 2, 3)}
+PRECISIONS = ("none", "bfloat16")
+IMPLEMENTATIONS = ("loop", "fit")
+
+
+def build_model(stage):
+    from tfcxr import models
+
+    if stage == 1:
+        return models.build_baseline(models.build_classifier())
+    if stage == 2:
+        return models.build_autoencoder()
+    return models.build_aecnn(models.build_encoder(), models.build_decoder(), models.build_classifier())
+
+
+def synthetic_batch(stage):
+    """One batch as the pipeline yields it: {"image": [B,S,S,1] in [0, 1], "labels": [B,14]}."""
+    import tensorflow as tf
+
+    size, batch_size, _ = SIZES[stage]
+    tf.random.set_seed(0)
+    return {"image": tf.random.uniform([batch_size, size, size, 1]),
+            "labels": tf.cast(tf.random.uniform([batch_size, NUM_LABELS]) < 0.2, tf.float32)}
+
+
+def loop_steps(stage_number, batch):
+    """A function (n) -> None running n train steps of the tfcxr loop."""
+    import keras
+    import tensorflow as tf
+
+    from tfcxr.train import loop, stages, strategy
+
+    stage = stages.STAGES[stage_number]
+    distribution = strategy.make_strategy("mirrored")
+    with distribution.scope():
+        model = build_model(stage_number)
+        optimizer = keras.optimizers.Adam(LEARNING_RATE)
+        optimizer.build(model.trainable_variables)
+        augmentation = stage.augmentation()
+    train_step = loop.make_train_step(stage, model, optimizer, augmentation, distribution)
+    batches = iter(distribution.distribute_datasets_from_function(
+        lambda context: tf.data.Dataset.from_tensors(batch).repeat()))
+
+    def run(steps):
+        for _ in range(steps):
+            train_step(next(batches))["loss"].numpy()  # the loop reads the loss every step, too
+
+    return run
+
+
+def fit_steps(stage_number, batch):
+    """A function (n) -> None running n steps of model.fit on the same model and loss."""
+    import keras
+    import tensorflow as tf
+
+    model = build_model(stage_number)
+    losses = {"logits": keras.losses.BinaryCrossentropy(from_logits=True), "reconstruction": "mse"}
+    weights = {1: {"logits": 1.0}, 2: {"reconstruction": 1.0},
+               3: {"logits": CLASSIFICATION_WEIGHT, "reconstruction": 1.0 - CLASSIFICATION_WEIGHT}}[stage_number]
+    targets = {"logits": batch["labels"], "reconstruction": batch["image"], "latent": None}
+    model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE), loss={name: losses[name] for name in weights},
+                  loss_weights=weights, jit_compile=False)
+    data = tf.data.Dataset.from_tensors((batch["image"], {name: targets[name] for name in weights})).repeat()
+    return lambda steps: model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
+
+
+def measure(stage, implementation, precision, steps=None):
+    """images/s over `steps` steps after one untimed step, and this process's peak RSS."""
+    import keras
+
+    steps = steps or SIZES[stage][2]
+    keras.mixed_precision.set_global_policy({"none": "float32", "bfloat16": "mixed_bfloat16"}[precision])
+    batch = synthetic_batch(stage)
+    run = (loop_steps if implementation == "loop" else fit_steps)(stage, batch)
+    start = time.perf_counter()
+    run(1)  # traces
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    run(steps)
+    seconds = time.perf_counter() - start
+    return {"images_per_s": steps * SIZES[stage][1] / seconds, "first_step_s": first,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def run_case(stage, implementation, precision, steps):
+    """measure() in a fresh process; its JSON is the last line it prints."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    command = [sys.executable, __file__, f"--case={stage},{implementation},{precision}"]
+    command += [f"--steps={steps}"] if steps else []
+    result = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def table(results):
+    lines = ["| stage | input | batch | precision | loop images/s | fit images/s | loop / fit "
+             "| loop peak RSS MB | fit peak RSS MB | first step (trace) loop / fit s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for (stage, precision), case in results.items():
+        loop, fit = case["loop"], case["fit"]
+        size, batch, _ = SIZES[stage]
+        lines.append(
+            f"| {stage} | {size}x{size} | {batch} | {precision} | {loop['images_per_s']:.2f} | "
+            f"{fit['images_per_s']:.2f} | {loop['images_per_s'] / fit['images_per_s']:.2f} | "
+            f"{loop['peak_rss_mb']:.0f} | {fit['peak_rss_mb']:.0f} | "
+            f"{loop['first_step_s']:.0f} / {fit['first_step_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    if FLAGS.case:
+        stage, implementation, precision = FLAGS.case.split(",")
+        print(json.dumps(measure(int(stage), implementation, precision, FLAGS.steps)))
+        sys.stdout.flush()
+        os._exit(0)  # MirroredStrategy processes can hang at exit
+
+    results = {}
+    for stage in map(int, FLAGS.stages):
+        for precision in PRECISIONS:
+            results[stage, precision] = {
+                implementation: run_case(stage, implementation, precision, FLAGS.steps)
+                for implementation in IMPLEMENTATIONS
+            }
+            print(table({(stage, precision): results[stage, precision]}).splitlines()[-1], flush=True)
+
+    import tensorflow as tf
+    import keras
+
+    out = Path(FLAGS.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    command = " ".join(["python", "benchmarks/bench_training.py", *sys.argv[1:]])
+    steps = FLAGS.steps or ", ".join(f"stage {stage}: {SIZES[stage][2]}" for stage in SIZES)
+    text = (f"# Training throughput\n\n`{command}`\n\n"
+            f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
+            f"TensorFlow {tf.__version__}, Keras {keras.__version__}; timed steps per case ({steps}) "
+            f"after one untimed (tracing) step; synthetic in-memory batches; DenseNet121 weights=None.\n\n"
+            f"{table(results)}\n")
+    partial = out.with_name(f".{out.name}.partial")
+    partial.write_text(text)
+    os.replace(partial, out)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    app.run(main)

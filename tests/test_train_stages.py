@@ -1,0 +1,59 @@
+"""The real stages through `python -m tfcxr.main`: DenseNet121 (weights=None) and the autoencoder
+at toy sizes, a couple of steps each, stage 3 starting from stages 1 and 2's best.keras."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+TIMEOUT = 600
+
+
+def tfcxr_main(*flags, expect=0):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    result = subprocess.run([sys.executable, "-m", "tfcxr.main", *flags], env=env, capture_output=True, text=True,
+                            timeout=TIMEOUT)
+    assert result.returncode == expect, result.stderr[-3000:]
+    return result
+
+
+def test_stage3_without_the_earlier_stages_stops_with_one_line(records_dir, tmp_path):
+    missing = tmp_path / "stage2" / "best.keras"
+    result = tfcxr_main("--stage=3", f"--records_dir={records_dir}", f"--model_dir={tmp_path / 'stage3'}",
+                        f"--init_autoencoder={missing}", f"--init_classifier={missing}", expect=1)
+    assert result.stderr.splitlines()[-1] == f"error: --init_autoencoder={missing}: file not found (train the earlier stage first)"
+    assert not (tmp_path / "stage3" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_stages_1_2_3_end_to_end(records_dir, tmp_path):
+    from tfcxr import models
+
+    common = [f"--records_dir={records_dir}", "--batch_size=8", "--steps_per_epoch=2", "--val_steps=2"]
+    stage1 = tfcxr_main("--stage=1", f"--model_dir={tmp_path / 'stage1'}", "--weights=none", "--image_size=32",
+                        "--resize_size=40", "--strategy=one_device", "--epochs=1", *common)
+    assert "best val_loss" in stage1.stdout and "val mean AUC" in stage1.stdout
+
+    # Two CPU replicas and float16 with loss scaling on the (tiny) autoencoder.
+    stage2 = tfcxr_main("--stage=2", f"--model_dir={tmp_path / 'stage2'}", "--image_size=32", "--cpu_replicas=2",
+                        "--mixed_precision=float16", "--epochs=2", *common)
+    assert "best val_loss" in stage2.stdout and "AUC" not in stage2.stdout
+    config = json.loads((tmp_path / "stage2" / "config.json").read_text())
+    assert (config["stage"], config["cpu_replicas"], config["mixed_precision"], config["epochs"]) == (2, 2, "float16", 2)
+
+    # learning_rate 0: stage 3 must hold exactly the weights it was initialised with.
+    stage3 = tfcxr_main("--stage=3", f"--model_dir={tmp_path / 'stage3'}", "--image_size=128",
+                        "--mixed_precision=bfloat16", "--learning_rate=0", "--strategy=one_device", "--epochs=1",
+                        f"--init_autoencoder={tmp_path / 'stage2' / 'best.keras'}",
+                        f"--init_classifier={tmp_path / 'stage1' / 'best.keras'}", *common)
+    assert "val mean AUC" in stage3.stdout
+    aecnn = models.load_model(tmp_path / "stage3" / "best.keras")
+    assert set(aecnn.output) == {"latent", "reconstruction", "logits"}
+    sources = {"encoder": "stage2", "decoder": "stage2", "classifier": "stage1"}
+    for part, stage in sources.items():
+        source = models.load_model(tmp_path / stage / "best.keras").get_layer(part)
+        for trained, initial in zip(aecnn.get_layer(part).trainable_weights, source.trainable_weights):
+            np.testing.assert_array_equal(trained.numpy(), initial.numpy(), err_msg=f"{part} {trained.path}")
