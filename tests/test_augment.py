@@ -84,6 +84,15 @@ def test_random_flip_statistics():
     assert all(np.array_equal(o, i) or np.array_equal(o, i[:, ::-1]) for i, o in zip(images.numpy(), only_horizontal))
 
 
+def test_random_flip_single_image():
+    image = noise((8, 8, 1))
+    outputs = [augment.random_flip(tf.constant(image), SEED + i, horizontal=True, vertical=True).numpy() for i in range(80)]
+    flips = [(np.array_equal(o, image[:, ::-1]) or np.array_equal(o, image[::-1, ::-1]),
+              np.array_equal(o, image[::-1]) or np.array_equal(o, image[::-1, ::-1])) for o in outputs]
+    assert all(np.array_equal(o, image) or any(f) for o, f in zip(outputs, flips))
+    assert 25 < sum(f[0] for f in flips) < 55 and 25 < sum(f[1] for f in flips) < 55
+
+
 def torchvision_adjust_contrast(image, factor):
     """torchvision.transforms.functional.adjust_contrast on a float CHW-as-HWC numpy image."""
     gray = image[..., 0] if image.shape[-1] == 1 else image @ np.array([0.2989, 0.587, 0.114])

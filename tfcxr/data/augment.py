@@ -52,7 +52,8 @@ def _random_reverse(images, seed, axis):
 def random_flip(images, seed, horizontal=True, vertical=False):
     """Flips each image left-right and/or up-down with probability 1/2 each.
 
-    On one image only the flipped ones are copied, so flip records before batching.
+    One image is copied only when it flips (a cond); a batch is reversed whole, then selected
+    from, so flipping records before batching is cheaper.
     """
     horizontal_seed, vertical_seed = split_seed(seed, 2)
     if horizontal:
