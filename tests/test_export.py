@@ -49,7 +49,7 @@ def test_tf_serving_layout_and_versions(aecnn, exported):
     assert path.name == "1" and path.parent.name == "tfcxr_aecnn"
     assert (path / "saved_model.pb").is_file() and (path / "variables").is_dir()
     assert [p.name for p in path.parent.iterdir()] == ["1"]  # no temporary left behind
-    with pytest.raises(FileExistsError, match="version 1 already exported"):
+    with pytest.raises(ValueError, match="version 1 already exported"):
         saved_model.export(aecnn, path.parent.parent, image_size=SIZE, model_name="tfcxr_aecnn", version=1)
     assert saved_model.next_version(path.parent) == 2
 
