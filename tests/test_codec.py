@@ -105,3 +105,18 @@ def test_codec_refuses_bad_input_in_one_line(tmp_path):
         f"error: {tmp_path / 'latent.png'}: not a readable PNG or JPEG image (Unknown image file format. "
         "One of JPEG, JPEG XL, PNG, GIF, BMP, WebP required.)")
     assert not (tmp_path / "out").exists()
+
+
+def test_real_radiograph_round_trip(aecnn_file, real_dir, tmp_path):
+    """A real 1024x1024 PNG -> 256x256 latent PNG (fewer bytes) -> 1024x1024 reconstruction."""
+    source = real_dir / "images" / "00000002_000.png"
+    compressed = cxr_codec("compress", source, f"--model={aecnn_file}", f"--out_dir={tmp_path}")
+    assert compressed.returncode == 0, compressed.stderr
+    latent = tmp_path / "00000002_000.latent.png"
+    assert np.asarray(Image.open(latent)).shape == (256, 256)
+    assert latent.stat().st_size < source.stat().st_size / 4  # 16x fewer pixels; 5.8x fewer bytes here
+    restored = cxr_codec("reconstruct", latent, f"--model={aecnn_file}", f"--out_dir={tmp_path}")
+    assert restored.returncode == 0, restored.stderr
+    original = np.asarray(Image.open(source))[None, ..., None]
+    reconstruction = np.asarray(Image.open(tmp_path / "00000002_000.png"))[None, ..., None]
+    assert float(tf.image.psnr(original, reconstruction, 255)[0]) > 25  # the box codec on a real X-ray

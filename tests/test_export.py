@@ -193,3 +193,15 @@ def test_serving_client_reports_server_errors_in_one_line(serving_url, tmp_path)
     assert len(result.stderr.strip().splitlines()) == 1
     missing = client(serving_url, tmp_path / "missing.png")
     assert missing.returncode == 1 and "missing.png: no such file" in missing.stderr
+
+
+def test_real_rgba_radiograph_is_served_as_its_gray_image(exported, real_dir):
+    """A real ChestX-ray14 RGBA PNG (alpha 255, R=G=B): the signature sees the gray image."""
+    _, loaded = exported
+    data = (real_dir / "images" / "00001369_000.png").read_bytes()
+    served = loaded.signatures["serving_default"](image_bytes=tf.constant([data]))["probabilities"]
+    rgba = np.asarray(Image.open(io.BytesIO(data)))
+    assert rgba.shape == (1024, 1024, 4)
+    gray_png = encode(rgba[..., 0])
+    as_gray = loaded.signatures["serving_default"](image_bytes=tf.constant([gray_png]))["probabilities"]
+    np.testing.assert_allclose(served.numpy(), as_gray.numpy(), atol=1e-6)

@@ -22,7 +22,7 @@ def main():
     parser.add_argument("--tta", default="none", choices=["none", "tencrop"])
     parser.add_argument("--out", type=Path, help="also write the Markdown here")
     args = parser.parse_args()
-    names = [n for names in args.names for n in names.split(",") if n] if args.names else [p.name for p in args.run_dirs]
+    names = [n for names in args.names or [] for n in names.split(",") if n] or [p.name for p in args.run_dirs]
     if len(names) != len(args.run_dirs):
         sys.exit(f"--names: {len(names)} names for {len(args.run_dirs)} runs")
     summaries = {}

@@ -118,8 +118,10 @@ def evaluate_classifier(model, records_dir, model_dir, *, split="test", stage=1,
     runs.write_text(out / "auc.csv", table.reset_index().assign(**stated).to_csv(index=False))
     runs.write_text(out / "predictions.csv", predictions.assign(**stated).to_csv(index=False))
     heading = f"# Table 1: per-label ROC-AUC, `{split}` split, stage {stage}\n\n"
-    runs.write_text(out / "table1.md", heading + tables.table1({"Ours": summary["auc"]}) + "\n" + "\n\n".join(notes) + "\n")
-    title = f"{split}: mean AUC {table.loc[metrics.MEAN, 'auc']:.4f}\n{protocol}\nlabels {source['label_file']} ({source['label_version']})"
+    table1 = tables.table1({"Ours": summary["auc"]})
+    runs.write_text(out / "table1.md", heading + table1 + "\n" + "\n\n".join(notes) + "\n")
+    title = (f"{split}: mean AUC {table.loc[metrics.MEAN, 'auc']:.4f}\n{protocol}\n"
+             f"labels {source['label_file']} ({source['label_version']})")
     figure = plot_roc(predictions, table, title)
     runs.save_figure(figure, out / "roc.png")
     plt.close(figure)

@@ -96,7 +96,8 @@ def file_images(paths, size):
     images = []
     for path in paths:
         pixels = read_gray(path)  # uint8 [H, W, 1]
-        images.append((Path(path).name, pipeline.to_float(pipeline.resize_uint8(pixels, size)).numpy(), pixels.shape[:2]))
+        image = pipeline.to_float(pipeline.resize_uint8(pixels, size)).numpy()  # [size, size, 1]
+        images.append((Path(path).name, image, pixels.shape[:2]))
     return images
 
 
@@ -149,7 +150,8 @@ def explain(model, images, model_dir, *, top_k=3, boxes=None):
         classes = tf.math.top_k(logits, top_k).indices  # [1, K]
         heatmaps, probabilities = gradcam(cam, image[None], classes)
         scale_x, scale_y = image.shape[1] / width, image.shape[0] / height
-        scaled = [(label, x * scale_x, y * scale_y, w * scale_x, h * scale_y) for label, x, y, w, h in (boxes or {}).get(name, [])]
+        scaled = [(label, x * scale_x, y * scale_y, w * scale_x, h * scale_y)
+                  for label, x, y, w, h in (boxes or {}).get(name, [])]
         findings = [(LABELS[k], float(probabilities[0, k])) for k in classes.numpy()[0]]
         for rank, ((label, probability), heatmap) in enumerate(zip(findings, heatmaps[0]), 1):
             own = [box[1:] for box in scaled if box[0] == label]  # this finding's boxes, if any

@@ -71,7 +71,8 @@ def evaluate():
         print(f"wrote {runs.eval_dir(model_dir, FLAGS.split, FLAGS.tta)}/")
     if FLAGS.stage in (2, 3) and FLAGS.tta == "none":
         image_size = FLAGS.image_size if FLAGS.stage == 3 else None  # stage 2: full resolution
-        summary = reconstruction.evaluate_reconstruction(model, FLAGS.records_dir, model_dir, image_size=image_size, **common)
+        summary = reconstruction.evaluate_reconstruction(model, FLAGS.records_dir, model_dir, image_size=image_size,
+                                                         **common)
         for name, values in summary["methods"].items():
             print(f"{name:18s} PSNR {values['psnr']:6.2f} dB  SSIM {values['ssim']:.4f}")
         print(f"wrote {Path(model_dir) / 'eval' / FLAGS.split / 'reconstruction.md'}")

@@ -19,7 +19,7 @@ def label_source(records_dir):
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no manifest.json; shard the data with tools/shard_cxr14.py")
     manifest = json.loads(path.read_text())
-    return {"label_file": manifest.get("label_file", "unknown"), "label_version": manifest.get("label_version", "unknown")}
+    return {key: manifest.get(key, "unknown") for key in ("label_file", "label_version")}
 
 
 def write_bytes(path, data):

@@ -44,7 +44,7 @@ def fit(image, size=None):
     height, width = image.shape[:2]
     target = (size, size) if size else (height - height % COMPRESSION, width - width % COMPRESSION)
     if target[0] % COMPRESSION or min(target) < COMPRESSION:
-        raise CodecError(f"cannot compress to {target[1]}x{target[0]}: sides must be positive multiples of {COMPRESSION}")
+        raise CodecError(f"cannot compress to {target[1]}x{target[0]}: sides must be multiples of {COMPRESSION}")
     if target == (height, width):
         return image
     return to_uint8(tf.image.resize(tf.cast(image, tf.float32) / 255.0, target, antialias=True))

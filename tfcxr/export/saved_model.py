@@ -114,7 +114,7 @@ def export(model, export_dir, *, image_size, model_name, version=None):
     version = next_version(base) if version is None else int(version)
     target = base / str(version)
     if target.exists():
-        raise ValueError(f"{target}: version {version} already exported (versions are immutable); pass another --version")
+        raise ValueError(f"{target}: version {version} already exported (versions are immutable); pass another")
     base.mkdir(parents=True, exist_ok=True)
     is_aecnn = "encoder" in [layer.name for layer in model.layers]
     module = (AECNNServingModule if is_aecnn else ServingModule)(model, image_size)
