@@ -12,33 +12,34 @@ from pathlib import Path
 import pandas as pd
 from absl import app, flags
 
-from tfcxr.constants import EPOCHS, LEARNING_RATE
+from tfcxr.constants import SMALL_SIZE
 from tfcxr.train import loop, stages, strategy
 
 FLAGS = flags.FLAGS
+DEFAULTS = {field.name: field.default for field in dataclasses.fields(stages.TrainConfig)}
 flags.DEFINE_string("mode", "train", "what to do: one of MODES (train)")
 flags.DEFINE_integer("stage", 1, "1: D121 BL5 baseline, 2: autoencoder, 3: joint AECNN", lower_bound=1, upper_bound=3)
 flags.DEFINE_string("records_dir", None, "TFRecords and manifest.json of tools/shard_cxr14.py")
-flags.DEFINE_string("model_dir", None, "the run's folder: checkpoints/, best.keras, log.csv, tensorboard/, config.json")
-flags.DEFINE_integer("epochs", EPOCHS, "epochs in all (a resumed run continues to this many)")
+flags.DEFINE_string("model_dir", None, "the run: checkpoints/, best.keras, log.csv, tensorboard/, config.json")
+flags.DEFINE_integer("epochs", DEFAULTS["epochs"], "epochs in all (a resumed run continues to this many)")
 flags.DEFINE_integer("batch_size", 16, "global batch size, over all replicas and workers")
-flags.DEFINE_integer("steps_per_epoch", None, "train steps per epoch (default: one pass over train)")
-flags.DEFINE_integer("val_steps", None, "validation steps per epoch (default: one pass over val)")
-flags.DEFINE_integer("image_size", None, "crop / patch / resize size (default: the stage's, from constants)")
-flags.DEFINE_integer("resize_size", None, "stage 1: resize before the crop (default: constants.SMALL_SIZE)")
-flags.DEFINE_string("weights", "imagenet", "stage 1 DenseNet121 initialisation: imagenet, none or a local .h5")
-flags.DEFINE_enum("augment", "bl5", ["bl5", "fmix"], "stage 1 augmentation")
-flags.DEFINE_enum("strategy", "mirrored", ["mirrored", "one_device", "multi_worker"], "tf.distribute strategy")
+flags.DEFINE_integer("steps_per_epoch", DEFAULTS["steps_per_epoch"], "train steps per epoch (default: one pass)")
+flags.DEFINE_integer("val_steps", DEFAULTS["val_steps"], "validation steps per epoch (default: one pass over val)")
+flags.DEFINE_integer("image_size", DEFAULTS["image_size"], "crop / patch / resize size (default: the stage's)")
+flags.DEFINE_integer("resize_size", DEFAULTS["resize_size"], f"stage 1: resize before the crop (default: {SMALL_SIZE})")
+flags.DEFINE_string("weights", DEFAULTS["weights"], "stage 1 DenseNet121 initialisation: imagenet, none or a local .h5")
+flags.DEFINE_enum("augment", DEFAULTS["augment"], ["bl5", "fmix"], "stage 1 augmentation")
+flags.DEFINE_enum("strategy", "mirrored", list(strategy.STRATEGIES), "tf.distribute strategy")
 flags.DEFINE_integer("cpu_replicas", 1, "split the CPU into this many logical devices (mirrored on a CPU)")
-flags.DEFINE_enum("mixed_precision", "none", ["none", "bfloat16", "float16"], "mixed precision policy")
-flags.DEFINE_integer("seed", 0, "seed of weights, shuffling and augmentation")
-flags.DEFINE_bool("deterministic", False, "deterministic ops (tf.config.experimental.enable_op_determinism)")
-flags.DEFINE_string("init_autoencoder", None, "stage 3: stage 2's best.keras")
-flags.DEFINE_string("init_classifier", None, "stage 3: stage 1's best.keras")
-flags.DEFINE_float("learning_rate", LEARNING_RATE, "Adam learning rate")
-flags.DEFINE_integer("log_every", 20, "steps between progress-bar and TensorBoard batch-loss updates")
-flags.DEFINE_integer("checkpoint_every", 0, "steps between mid-epoch checkpoints (0: at epoch ends only)")
-flags.DEFINE_integer("preview_images", 4, "validation images shown in TensorBoard (stages 2 and 3)")
+flags.DEFINE_enum("mixed_precision", DEFAULTS["mixed_precision"], list(loop.POLICIES), "mixed precision policy")
+flags.DEFINE_integer("seed", DEFAULTS["seed"], "seed of weights, shuffling and augmentation")
+flags.DEFINE_bool("deterministic", DEFAULTS["deterministic"], "tf.config.experimental.enable_op_determinism()")
+flags.DEFINE_string("init_autoencoder", DEFAULTS["init_autoencoder"], "stage 3: stage 2's best.keras")
+flags.DEFINE_string("init_classifier", DEFAULTS["init_classifier"], "stage 3: stage 1's best.keras")
+flags.DEFINE_float("learning_rate", DEFAULTS["learning_rate"], "Adam learning rate")
+flags.DEFINE_integer("log_every", DEFAULTS["log_every"], "steps between progress and TensorBoard batch-loss updates")
+flags.DEFINE_integer("checkpoint_every", DEFAULTS["checkpoint_every"], "steps between mid-epoch checkpoints (0: none)")
+flags.DEFINE_integer("preview_images", DEFAULTS["preview_images"], "val images in TensorBoard (stages 2 and 3)")
 
 
 def train_config():

@@ -133,6 +133,40 @@ def evaluate(eval_step, dataset, steps, show):
     return logs
 
 
+def build(stage, config, strategy):
+    """The stage's model, its optimizer and the device augmentation, created in the strategy's scope."""
+    keras.mixed_precision.set_global_policy(POLICIES[config.mixed_precision])
+    with strategy.scope():
+        model = stage.build_model(config)
+        optimizer = make_optimizer(config)
+        optimizer.build(model.trainable_variables)  # Adam's slots, mirrored, before the first step
+        augmentation = stage.augmentation()
+    model.optimizer = optimizer  # ReduceLROnPlateau reads and sets model.optimizer.learning_rate
+    model.stop_training = False  # TerminateOnNaN sets it
+    return model, optimizer, augmentation
+
+
+def make_callbacks(stage, config, chief, resumed_epoch):
+    """The plateau scheduler and TerminateOnNaN everywhere; the writers on the chief only."""
+    model_dir = Path(config.model_dir)
+    callbacks = [
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=PLATEAU_FACTOR, patience=PLATEAU_PATIENCE),
+        keras.callbacks.TerminateOnNaN(),
+    ]
+    if not chief:
+        return callbacks
+    preview = None
+    if stage.image_outputs:
+        preview = next(iter(stage.make_dataset(config, "val", False)))["image"][: config.preview_images]
+    if resumed_epoch is not None:
+        callbacks_lib.truncate_log(model_dir / "log.csv", resumed_epoch)  # rows of re-run epochs go
+    return callbacks + [
+        callbacks_lib.BestModel(model_dir / "best.keras"),
+        keras.callbacks.CSVLogger(str(model_dir / "log.csv"), append=resumed_epoch is not None),
+        callbacks_lib.Summaries(str(model_dir / "tensorboard"), preview, stage.image_outputs, config.log_every),
+    ]
+
+
 def train(stage, config, strategy, callbacks=()):
     """Trains `stage` under `strategy` and returns the model.
 
@@ -146,15 +180,7 @@ def train(stage, config, strategy, callbacks=()):
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
-    keras.mixed_precision.set_global_policy(POLICIES[config.mixed_precision])
-
-    with strategy.scope():
-        model = stage.build_model(config)
-        optimizer = make_optimizer(config)
-        optimizer.build(model.trainable_variables)  # Adam's slots, mirrored, before the first step
-        augmentation = stage.augmentation()
-    model.optimizer = optimizer  # ReduceLROnPlateau reads and sets model.optimizer.learning_rate
-    model.stop_training = False  # TerminateOnNaN sets it
+    model, optimizer, augmentation = build(stage, config, strategy)
 
     progress = tf.Variable(json.dumps({"epoch": 0, "step": 0, "train_sums": {}, "callbacks": {}}))
     checkpoint = tf.train.Checkpoint(
@@ -168,24 +194,9 @@ def train(stage, config, strategy, callbacks=()):
     state = json.loads(progress.numpy())
 
     steps = config.steps_per_epoch or split_size(config.records_dir, "train") // config.batch_size
-    log_path = model_dir / "log.csv"
-    loop_callbacks = [
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=PLATEAU_FACTOR, patience=PLATEAU_PATIENCE),
-        keras.callbacks.TerminateOnNaN(),
-    ]
-    if chief:
-        preview = None
-        if stage.image_outputs:
-            preview = next(iter(stage.make_dataset(config, "val", False)))["image"][: config.preview_images]
-        if latest:
-            callbacks_lib.truncate_log(log_path, state["epoch"])
-        loop_callbacks += [
-            callbacks_lib.BestModel(model_dir / "best.keras"),
-            keras.callbacks.CSVLogger(str(log_path), append=bool(latest)),
-            callbacks_lib.Summaries(str(model_dir / "tensorboard"), preview, stage.image_outputs, config.log_every),
-        ]
     callback_list = keras.callbacks.CallbackList(
-        loop_callbacks + list(callbacks), model=model, epochs=config.epochs, steps=steps)
+        make_callbacks(stage, config, chief, state["epoch"] if latest else None) + list(callbacks),
+        model=model, epochs=config.epochs, steps=steps)
 
     def save(epoch, step, train_sums):
         progress.assign(json.dumps({
