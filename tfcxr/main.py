@@ -1,4 +1,4 @@
-"""Command line: python -m tfcxr.main --stage=1|2|3 --flagfile=configs/stageN.cfg [--mode=train].
+"""Command line: python -m tfcxr.main --stage=1|2|3 --flagfile=configs/stageN.cfg [--mode=train|evaluate|explain|export].
 
 Modes live in MODES; each is a function of the parsed flags.
 """
@@ -13,11 +13,12 @@ import pandas as pd
 from absl import app, flags
 
 from tfcxr.constants import SMALL_SIZE
+from tfcxr.evaluate import modes as evaluation_modes
 from tfcxr.train import loop, stages, strategy
 
 FLAGS = flags.FLAGS
 DEFAULTS = {field.name: field.default for field in dataclasses.fields(stages.TrainConfig)}
-flags.DEFINE_string("mode", "train", "what to do: one of MODES (train)")
+flags.DEFINE_string("mode", "train", "what to do: one of MODES (train, evaluate, explain, export)")
 flags.DEFINE_integer("stage", 1, "1: D121 BL5 baseline, 2: autoencoder, 3: joint AECNN", lower_bound=1, upper_bound=3)
 flags.DEFINE_string("records_dir", None, "TFRecords and manifest.json of tools/shard_cxr14.py")
 flags.DEFINE_string("model_dir", None, "the run: checkpoints/, best.keras, log.csv, tensorboard/, config.json")
@@ -78,7 +79,7 @@ def train():
         print_best(model_dir / "log.csv")
 
 
-MODES = {"train": train}
+MODES = {"train": train, **evaluation_modes.MODES}  # evaluate, explain, export: tfcxr/evaluate/modes.py
 
 
 def main(argv):
