@@ -12,8 +12,9 @@ tfcxr.data.sharding.shard in both encodings (png, raw), and measures, in the sam
     transforms on PIL images), in a pool of 2 worker processes. Its workers return only the
     array's shape, so the reference pays no inter-process copy (in its favour);
   - tfcxr.data.pipeline.make_dataset(training=True, repeat=True) per stage and encoding.
-Each rate is timed over a fixed number of images, chosen after a warm-up so the run lasts at
-least --min_seconds. Writes benchmarks/results/pipeline.md.
+Each run times a fixed number of images, grown after a warm-up until it lasts --min_seconds; each
+pipeline run is paired with runs of its baselines just before and after it, as the machine may be
+shared. Writes benchmarks/results/pipeline.md.
 """
 
 import argparse
@@ -194,11 +195,16 @@ def write_markdown(path, lines):
     os.replace(temporary, path)
 
 
+def median_run(runs):
+    """The median (rate, images, seconds) of a list of runs."""
+    return sorted(runs)[len(runs) // 2]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=256, help="training images in the tree")
     parser.add_argument("--min_seconds", type=float, default=5.0, help="least time per measurement")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds over all loaders; the table shows medians")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds over all pipelines; the table shows medians")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "pipeline.md")
     args = parser.parse_args()
 
@@ -220,33 +226,38 @@ def main():
 
         # Spawned workers import this module only: PIL and numpy, no TensorFlow (as DataLoader workers).
         with multiprocessing.get_context("spawn").Pool(WORKERS, initializer=_seed_worker) as pool:
-            loaders = [(f"PNG decode only (PIL, {WORKERS} processes)", 0, "png files", "-",
-                        functools.partial(pool_rate, pool, decode, paths, args.min_seconds))]
-            loaders.append(("TF decode only (tf.data: read, parse, decode_png)", 0, "png", shards["png"],
-                            lambda: dataset_rate(tf_decode_dataset(work / "png"), BATCH[2], args.min_seconds)))
+            baselines = {"decode": functools.partial(pool_rate, pool, decode, paths, args.min_seconds)}
             for stage, function in ((1, reference_stage1), (2, reference_stage2), (3, reference_stage3)):
-                loaders.append((f"reference stage {stage} (PIL + numpy, {WORKERS} processes)", stage, "png files", "-",
-                                functools.partial(pool_rate, pool, function, paths, args.min_seconds)))
+                baselines[stage] = functools.partial(pool_rate, pool, function, paths, args.min_seconds)
+            rows = [("TF decode only (tf.data: read, parse, decode_png)", 0, "png", shards["png"],
+                     lambda: dataset_rate(tf_decode_dataset(work / "png"), BATCH[2], args.min_seconds))]
             for encoding in ("png", "raw"):
                 for name, stage, kwargs in PIPELINES:
                     def measure(stage=stage, encoding=encoding, kwargs=kwargs):
                         dataset = make_dataset(work / encoding, "train", stage, BATCH[stage], True, seed=0, repeat=True, **kwargs)
                         return dataset_rate(dataset, BATCH[stage], args.min_seconds)
-                    loaders.append((name, stage, encoding, shards[encoding], measure))
+                    rows.append((name, stage, encoding, shards[encoding], measure))
 
-            rates = {loader[:3]: [] for loader in loaders}
-            for round_index in range(args.rounds):  # rounds interleave the loaders: load from other work hits all alike
-                for name, stage, encoding, _, measure in loaders:
-                    rates[name, stage, encoding].append(measure())
-                    print(f"round {round_index + 1}: {name} ({encoding}): {rates[name, stage, encoding][-1][0]:.1f} images/s", flush=True)
+            # The load of other work on this machine moves every rate, so each pipeline run sits between
+            # its stage's reference and the decode bound, and its ratios compare runs minutes apart at most.
+            baseline_runs = {key: [] for key in baselines}
+            runs = {row[:3]: [] for row in rows}  # [(run, x reference, x decode)]
+            for round_index in range(args.rounds):
+                for name, stage, encoding, _, measure in rows:
+                    reference = baselines[stage]() if stage else None
+                    run = measure()
+                    bound = baselines["decode"]()
+                    baseline_runs["decode"].append(bound)
+                    if stage:
+                        baseline_runs[stage].append(reference)
+                    runs[name, stage, encoding].append((run, run[0] / reference[0] if stage else None, run[0] / bound[0]))
+                    print(f"round {round_index + 1}: {name} ({encoding}): {run[0]:.1f} images/s, "
+                          f"reference {reference[0] if stage else float('nan'):.1f}, decode {bound[0]:.1f}", flush=True)
         _seed_worker()
         tf_rotation_ms, pil_rotation_ms = rotation_costs(paths[0])
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    median = {key: sorted(runs)[len(runs) // 2] for key, runs in rates.items()}  # (rate, images, seconds)
-    decode_rate = median[loaders[0][:3]][0]
-    reference = {stage: median[key][0] for key in median for stage in (1, 2, 3) if key[1] == stage and key[2] == "png files"}
     target = {1: ("reference", 10.0), 2: ("decode", 0.8), 3: ("reference", 1.5)}
     lines = [
         "# Input pipeline throughput (training, images/s)",
@@ -254,24 +265,33 @@ def main():
         f"Data: {source}, 1024x1024; sharded by `tfcxr.data.sharding.shard` (shard_mb=16) as PNG and as raw records.",
         f"Machine: {os.cpu_count()} CPU cores shared with other work (load average {os.getloadavg()[0]:.1f} at the end), no GPU.",
         f"Batch sizes: stage 1: {BATCH[1]}, stage 2: {BATCH[2]}, stage 3: {BATCH[3]}. Pipelines: `make_dataset(training=True, seed=0, repeat=True)`.",
-        f"Each measurement times a fixed number of images (>= {args.min_seconds:g} s) after a warm-up; {args.rounds} rounds over all loaders, "
-        "the median round is shown, with the range.",
+        f"Each run times a fixed number of images (>= {args.min_seconds:g} s) after a warm-up. {args.rounds} rounds; in each, every "
+        "pipeline run is preceded by a run of its stage's reference and followed by a run of the PNG decode bound, and its "
+        "ratios are to those neighbours. Shown: median run, range of rates, median ratios.",
         "",
         "```bash",
         f".venv/bin/python benchmarks/bench_pipeline.py --images={args.images} --min_seconds={args.min_seconds:g} --rounds={args.rounds}",
         "```",
         "",
-        "| loader | encoding | train shards | images/s (median) | range over rounds | images timed | seconds | x reference (same stage) | x PNG decode bound | target | met |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| loader | encoding | train shards | images/s (median) | range | images timed / s (median run) | x reference (same stage) | x PNG decode bound | target | met |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, stage, encoding, shard_count, _ in loaders:
-        rate, images, seconds = median[name, stage, encoding]
-        runs = [run[0] for run in rates[name, stage, encoding]]
-        cells = [name, encoding, shard_count, f"{rate:.1f}", f"{min(runs):.1f}-{max(runs):.1f}", images, f"{seconds:.1f}",
-                 f"{rate / reference[stage]:.2f}" if stage else "-", f"{rate / decode_rate:.2f}", "-", "-"]
-        if stage and encoding != "png files":  # a tfcxr pipeline: its target
+    names = {"decode": f"PNG decode only (PIL, {WORKERS} processes)", **{s: f"reference stage {s} (PIL + numpy, {WORKERS} processes)" for s in (1, 2, 3)}}
+    for key, measured in baseline_runs.items():
+        rate, images, seconds = median_run(measured)
+        rates = [m[0] for m in measured]
+        lines.append(f"| {names[key]} | png files | - | {rate:.1f} | {min(rates):.1f}-{max(rates):.1f} | {images} / {seconds:.1f} | - | - | - | - |")
+    for name, stage, encoding, shard_count, _ in rows:
+        measured = runs[name, stage, encoding]
+        rate, images, seconds = median_run([m[0] for m in measured])
+        rates = [m[0][0] for m in measured]
+        versus_reference = sorted(m[1] for m in measured)[len(measured) // 2] if stage else None
+        versus_decode = sorted(m[2] for m in measured)[len(measured) // 2]
+        cells = [name, encoding, shard_count, f"{rate:.1f}", f"{min(rates):.1f}-{max(rates):.1f}", f"{images} / {seconds:.1f}",
+                 f"{versus_reference:.2f}" if stage else "-", f"{versus_decode:.2f}", "-", "-"]
+        if stage:
             kind, factor = target[stage]
-            ratio = rate / (reference[stage] if kind == "reference" else decode_rate)
+            ratio = versus_reference if kind == "reference" else versus_decode
             cells[-2:] = [f">= {factor:g}x {kind}", "yes" if ratio >= factor else "no"]
         lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
     lines += [
