@@ -34,7 +34,7 @@ def save_model_atomic(model, path):
     """model.save(path) without the optimizer (checkpoints hold it), never half-written under `path`."""
     path = Path(path)
     partial = path.with_name(f".{path.stem}.partial.keras")  # Keras insists on the .keras suffix
-    optimizer, model.optimizer = model.optimizer, None  # else saved too: 3x the file
+    optimizer, model.optimizer = getattr(model, "optimizer", None), None  # else saved too: 3x the file
     try:
         model.save(partial)
     finally:
