@@ -4,8 +4,6 @@ Modes live in MODES; each is a function of the parsed flags.
 """
 
 import dataclasses
-import json
-import os
 import sys
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import pandas as pd
 from absl import app, flags
 
 from tfcxr.constants import SMALL_SIZE
+from tfcxr.evaluate.runs import write_json
 from tfcxr.evaluate import modes as evaluation_modes
 from tfcxr.train import loop, stages, strategy
 
@@ -49,12 +48,6 @@ def train_config():
     return stages.TrainConfig(**{name: FLAGS[name].value for name in names})
 
 
-def write_json_atomic(data, path):
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(partial, path)
-
-
 def print_best(log_path):
     """The epoch of lowest val_loss in log.csv, with its mean val AUC when the stage has one."""
     log = pd.read_csv(log_path)
@@ -73,7 +66,7 @@ def train():
     if chief:
         model_dir.mkdir(parents=True, exist_ok=True)
         run = {"stage": FLAGS.stage, "strategy": FLAGS.strategy, "cpu_replicas": FLAGS.cpu_replicas}
-        write_json_atomic({**run, **dataclasses.asdict(config)}, model_dir / "config.json")
+        write_json(model_dir / "config.json", {**run, **dataclasses.asdict(config)})
     loop.train(stages.STAGES[FLAGS.stage], config, distribution)
     if chief:
         print_best(model_dir / "log.csv")

@@ -7,6 +7,8 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from tfcxr.evaluate.runs import write_text
+
 # Attributes that carry a callback's progress across epochs: checkpointed, restored on resume.
 RESUMABLE = {
     "ReduceLROnPlateau": ("wait", "best", "cooldown_counter"),
@@ -53,9 +55,7 @@ def truncate_log(path, epochs):
     if not complete:
         return
     header, *rows = complete
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(header + "".join(row for row in rows if int(row.split(",", 1)[0]) < epochs))
-    os.replace(partial, path)
+    write_text(path, header + "".join(row for row in rows if int(row.split(",", 1)[0]) < epochs))
 
 
 class BestModel(keras.callbacks.Callback):
