@@ -124,7 +124,7 @@ def test_evaluate_classifier_writes_every_output(evaluated, records_dir):
     predictions = pd.read_csv(out / "predictions.csv", dtype=stated_as_text)
     assert len(predictions) == summary["images"] == manifest["splits"]["test"]["written"]
     assert predictions["filename"].is_unique
-    assert summary["protocol"].startswith("resize: one 64x64 resize")
+    assert summary["protocol"].startswith("resize: one 64x64 resize") and summary["tta"] == "none"
     for stated in ("label_file", "label_version", "protocol"):  # every output says which labels / protocol
         assert summary[stated] == manifest.get(stated, summary[stated])
         assert (predictions[stated] == summary[stated]).all()
@@ -177,11 +177,11 @@ def test_evaluate_classifier_tencrop_averages_ten_crop_probabilities(baseline, r
 
 # --- tools/compare_runs.py --------------------------------------------------------------------
 
-def _fake_run(run_dir, mean, label_version="v2020", protocol="resize: one 896x896 resize of the whole image"):
+def _fake_run(run_dir, mean, label_version="v2020", tta="none", protocol="resize: one 896x896 resize of the whole image"):
     auc = {label: {"auc": mean + k / 1000, "ci_low": mean - 0.01, "ci_high": mean + 0.02} for k, label in enumerate(LABELS)}
     auc["Mean"] = {"auc": mean, "ci_low": mean - 0.005, "ci_high": mean + 0.005}
     summary = {"split": "test", "images": 25596, "label_file": "Data_Entry_2017_v2020.csv",
-               "label_version": label_version, "protocol": protocol, "auc": auc}
+               "label_version": label_version, "tta": tta, "protocol": protocol, "auc": auc}
     (run_dir / "eval" / "test").mkdir(parents=True)
     (run_dir / "eval" / "test" / "auc.json").write_text(json.dumps(summary))
     return run_dir
@@ -193,7 +193,8 @@ def compare_runs(*args):
 
 
 def test_compare_runs_puts_runs_beside_the_papers_columns(tmp_path):
-    d121, aecnn = _fake_run(tmp_path / "d121", 0.81), _fake_run(tmp_path / "aecnn", 0.82)
+    d121 = _fake_run(tmp_path / "d121", 0.81, protocol="resize: one 256x256 resize of the whole image")
+    aecnn = _fake_run(tmp_path / "aecnn", 0.82)
     result = compare_runs(d121, aecnn, "--names=D121,AECNN", "--out", tmp_path / "table.md")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -206,9 +207,9 @@ def test_compare_runs_puts_runs_beside_the_papers_columns(tmp_path):
 
 def test_compare_runs_warns_when_runs_differ_and_fails_on_a_missing_run(tmp_path):
     old = _fake_run(tmp_path / "old", 0.8, label_version="2017")
-    new = _fake_run(tmp_path / "new", 0.8, protocol="tencrop: mean probability of 10 crops of 896x896")
+    new = _fake_run(tmp_path / "new", 0.8, tta="tencrop", protocol="tencrop: mean probability of 10 crops of 896x896")
     result = compare_runs(old, new)
     assert result.returncode == 0 and "| old | new |" in result.stdout.splitlines()[0]
-    assert "differ in label_version" in result.stdout and "differ in protocol" in result.stdout
+    assert "differ in label version" in result.stdout and "differ in test-time protocol" in result.stdout
     missing = compare_runs(old, tmp_path / "nowhere")
     assert missing.returncode == 1 and "nowhere/eval/test/auc.json: not found" in missing.stderr

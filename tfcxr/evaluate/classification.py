@@ -98,7 +98,8 @@ def evaluate_classifier(model, records_dir, model_dir, *, split="test", stage=1,
     excluded = metrics.excluded_labels(table)
 
     summary = {
-        "split": split, "stage": stage, "checkpoint": str(checkpoint) if checkpoint else None, "protocol": protocol,
+        "split": split, "stage": stage, "checkpoint": str(checkpoint) if checkpoint else None, "tta": tta,
+        "protocol": protocol,
         **source, "images": len(predictions), "patients": int(predictions["patient_id"].nunique()),
         "confidence_interval": f"95% percentile bootstrap, {resamples} patient-level resamples, seed {seed}",
         "excluded_from_mean": excluded,

@@ -41,13 +41,14 @@ def compare(summaries):
     """Markdown comparing runs: {name: auc.json dict} -> Table 1 with one column per run.
 
     Under the table, each run's split, images, label file and protocol; a warning when the
-    runs were not evaluated alike (AUCs of different label versions or protocols differ).
+    runs were not evaluated alike: another split, label version, or test-time augmentation
+    (resize vs ten crops). Sizes differ by design (D121 256, AECNN 896) and do not warn.
     """
     lines = [table1({name: summary["auc"] for name, summary in summaries.items()})]
     for name, summary in summaries.items():
         lines.append(f"- {name}: `{summary['split']}` split, {summary['images']} images, labels "
                      f"`{summary['label_file']}` ({summary['label_version']}), protocol: {summary['protocol']}")
-    for key in ("split", "label_version", "protocol"):
-        if len({summary[key] for summary in summaries.values()}) > 1:
-            lines.append(f"\n**Warning:** the runs differ in {key}; their AUCs are not directly comparable.")
+    for key, what in (("split", "split"), ("label_version", "label version"), ("tta", "test-time protocol")):
+        if len({summary.get(key) for summary in summaries.values()}) > 1:
+            lines.append(f"\n**Warning:** the runs differ in {what}; their AUCs are not directly comparable.")
     return "\n".join(lines) + "\n"
