@@ -4,12 +4,14 @@ Every case runs in a process of its own, so its peak memory is that process's ru
 - loop: tfcxr.train.loop.make_train_step (the step `python -m tfcxr.main` runs: MirroredStrategy
   over the local devices, strategy.run, compute_average_loss, Adam built in the scope; stage 3
   with its device rotation), fed by strategy.distribute_datasets_from_function;
-- fit (the reference): the same model and loss in plain Keras `model.compile()` + `model.fit()`,
-  jit_compile=False like the loop (fit's default "auto" would compile with XLA, slower on CPUs).
-Both are fed one synthetic in-memory batch, repeated, so the input pipeline is not measured;
-float32 and mixed bfloat16. DenseNet121 has weights=None (the speed does not depend on them).
+- fit_mirrored: the same model and loss in plain Keras `model.compile()` + `model.fit()` under the
+  same MirroredStrategy;
+- fit (the reference): the same without a strategy.
+fit runs with jit_compile=False like the loop (its default "auto" compiles with XLA, slower on
+CPUs). All are fed one synthetic in-memory batch, repeated, so the input pipeline is not
+measured; float32 and mixed bfloat16. DenseNet121 has weights=None (speed does not depend on them).
 
-    .venv/bin/python benchmarks/bench_training.py [--steps=5] [--stages=1,2,3]
+    .venv/bin/python benchmarks/bench_training.py [--steps=N] [--stages=1,2,3]
 
 writes benchmarks/results/training.md (the table and the command).
 """
@@ -23,9 +25,14 @@ import sys
 import time
 from pathlib import Path
 
+import keras
+import tensorflow as tf
 from absl import app, flags
 
+from tfcxr import models
 from tfcxr.constants import CLASSIFICATION_WEIGHT, LEARNING_RATE, NUM_LABELS, STAGE1_CROP, STAGE2_PATCH, STAGE3_CROP
+from tfcxr.evaluate.runs import write_text
+from tfcxr.train import loop, stages, strategy
 
 flags.DEFINE_integer("steps", None, "timed steps per case, after one untimed step (default: per stage, SIZES)")
 flags.DEFINE_list("stages", ["1", "2", "3"], "stages to measure")
@@ -36,12 +43,11 @@ FLAGS = flags.FLAGS
 # (input side, global batch, timed steps) per stage: the paper's sizes, batches small enough for a CPU.
 SIZES = {1: (STAGE1_CROP, 8, 5), 2: (STAGE2_PATCH, 32, 20), 3: (STAGE3_CROP, 2, 3)}
 PRECISIONS = ("none", "bfloat16")
-IMPLEMENTATIONS = ("loop", "fit")
+IMPLEMENTATIONS = ("loop", "fit_mirrored", "fit")
+NOTES = "\n## Notes\n"
 
 
 def build_model(stage):
-    from tfcxr import models
-
     if stage == 1:
         return models.build_baseline(models.build_classifier())
     if stage == 2:
@@ -51,23 +57,15 @@ def build_model(stage):
 
 def synthetic_batch(stage):
     """One batch as the pipeline yields it: {"image": [B,S,S,1] in [0, 1], "labels": [B,14]}."""
-    import tensorflow as tf
-
     size, batch_size, _ = SIZES[stage]
     tf.random.set_seed(0)
     return {"image": tf.random.uniform([batch_size, size, size, 1]),
             "labels": tf.cast(tf.random.uniform([batch_size, NUM_LABELS]) < 0.2, tf.float32)}
 
 
-def loop_steps(stage_number, batch):
+def loop_steps(stage_number, batch, distribution):
     """A function (n) -> None running n train steps of the tfcxr loop."""
-    import keras
-    import tensorflow as tf
-
-    from tfcxr.train import loop, stages, strategy
-
     stage = stages.STAGES[stage_number]
-    distribution = strategy.make_strategy("mirrored")
     with distribution.scope():
         model = build_model(stage_number)
         optimizer = keras.optimizers.Adam(LEARNING_RATE)
@@ -84,30 +82,27 @@ def loop_steps(stage_number, batch):
     return run
 
 
-def fit_steps(stage_number, batch):
+def fit_steps(stage_number, batch, distribution):
     """A function (n) -> None running n steps of model.fit on the same model and loss."""
-    import keras
-    import tensorflow as tf
-
-    model = build_model(stage_number)
     losses = {"logits": keras.losses.BinaryCrossentropy(from_logits=True), "reconstruction": "mse"}
     weights = {1: {"logits": 1.0}, 2: {"reconstruction": 1.0},
                3: {"logits": CLASSIFICATION_WEIGHT, "reconstruction": 1.0 - CLASSIFICATION_WEIGHT}}[stage_number]
-    targets = {"logits": batch["labels"], "reconstruction": batch["image"], "latent": None}
-    model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE), loss={name: losses[name] for name in weights},
-                  loss_weights=weights, jit_compile=False)
+    targets = {"logits": batch["labels"], "reconstruction": batch["image"]}
+    with distribution.scope():
+        model = build_model(stage_number)
+        model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE), loss={name: losses[name] for name in weights},
+                      loss_weights=weights, jit_compile=False)
     data = tf.data.Dataset.from_tensors((batch["image"], {name: targets[name] for name in weights})).repeat()
     return lambda steps: model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
 
 
 def measure(stage, implementation, precision, steps=None):
     """images/s over `steps` steps after one untimed step, and this process's peak RSS."""
-    import keras
-
     steps = steps or SIZES[stage][2]
-    keras.mixed_precision.set_global_policy({"none": "float32", "bfloat16": "mixed_bfloat16"}[precision])
+    keras.mixed_precision.set_global_policy(loop.POLICIES[precision])
     batch = synthetic_batch(stage)
-    run = (loop_steps if implementation == "loop" else fit_steps)(stage, batch)
+    distribution = tf.distribute.get_strategy() if implementation == "fit" else strategy.make_strategy("mirrored")
+    run = (loop_steps if implementation == "loop" else fit_steps)(stage, batch, distribution)
     start = time.perf_counter()
     run(1)  # traces
     first = time.perf_counter() - start
@@ -128,17 +123,17 @@ def run_case(stage, implementation, precision, steps):
 
 
 def table(results):
-    lines = ["| stage | input | batch | precision | loop images/s | fit images/s | loop / fit "
-             "| loop peak RSS MB | fit peak RSS MB | first step (trace) loop / fit s |",
+    lines = ["| stage | input | batch | precision | loop images/s | fit_mirrored images/s | fit images/s "
+             "| loop / fit | peak RSS MB loop / fit_mirrored / fit | first step s loop / fit_mirrored / fit |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for (stage, precision), case in results.items():
-        loop, fit = case["loop"], case["fit"]
         size, batch, _ = SIZES[stage]
-        lines.append(
-            f"| {stage} | {size}x{size} | {batch} | {precision} | {loop['images_per_s']:.2f} | "
-            f"{fit['images_per_s']:.2f} | {loop['images_per_s'] / fit['images_per_s']:.2f} | "
-            f"{loop['peak_rss_mb']:.0f} | {fit['peak_rss_mb']:.0f} | "
-            f"{loop['first_step_s']:.0f} / {fit['first_step_s']:.0f} |")
+        rates = [f"{case[name]['images_per_s']:.2f}" for name in IMPLEMENTATIONS]
+        memory = " / ".join(f"{case[name]['peak_rss_mb']:.0f}" for name in IMPLEMENTATIONS)
+        first = " / ".join(f"{case[name]['first_step_s']:.0f}" for name in IMPLEMENTATIONS)
+        ratio = case["loop"]["images_per_s"] / case["fit"]["images_per_s"]
+        lines.append(f"| {stage} | {size}x{size} | {batch} | {precision} | {' | '.join(rates)} | {ratio:.2f} "
+                     f"| {memory} | {first} |")
     return "\n".join(lines)
 
 
@@ -151,6 +146,7 @@ def main(argv):
         os._exit(0)  # MirroredStrategy processes can hang at exit
 
     results = {}
+    load_start = os.getloadavg()[0]  # the machine is shared: say how busy it was
     for stage in map(int, FLAGS.stages):
         for precision in PRECISIONS:
             results[stage, precision] = {
@@ -159,21 +155,16 @@ def main(argv):
             }
             print(table({(stage, precision): results[stage, precision]}).splitlines()[-1], flush=True)
 
-    import tensorflow as tf
-    import keras
-
     out = Path(FLAGS.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     command = " ".join(["python", "benchmarks/bench_training.py", *sys.argv[1:]])
     steps = FLAGS.steps or ", ".join(f"stage {stage}: {SIZES[stage][2]}" for stage in SIZES)
-    text = (f"# Training throughput\n\n`{command}`\n\n"
-            f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
-            f"TensorFlow {tf.__version__}, Keras {keras.__version__}; timed steps per case ({steps}) "
-            f"after one untimed (tracing) step; synthetic in-memory batches; DenseNet121 weights=None.\n\n"
-            f"{table(results)}\n")
-    partial = out.with_name(f".{out.name}.partial")
-    partial.write_text(text)
-    os.replace(partial, out)
+    notes = out.read_text().partition(NOTES)[2] if out.exists() else ""  # hand-written, kept across runs
+    write_text(out, f"# Training throughput\n\n`{command}`\n\n"
+               f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
+               f"TensorFlow {tf.__version__}, Keras {keras.__version__}; timed steps per case ({steps}) "
+               f"after one untimed (tracing) step; synthetic in-memory batches; DenseNet121 weights=None. "
+               f"Load average (1 min) at start / end: {load_start:.1f} / {os.getloadavg()[0]:.1f}.\n\n"
+               f"{table(results)}\n" + (NOTES + notes if notes else ""))
     print(f"wrote {out}")
 
 

@@ -6,6 +6,7 @@ import types
 
 import keras
 import numpy as np
+import pandas as pd
 import pytest
 import tensorflow as tf
 
@@ -29,8 +30,6 @@ def train_config(records_dir, model_dir, **overrides):
 
 
 def read_log(model_dir):
-    import pandas as pd
-
     return pd.read_csv(model_dir / "log.csv")
 
 
@@ -147,6 +146,12 @@ def test_bfloat16_step(records_dir, tmp_path):
     model = loop.train(tiny_stage(), config, strategy.make_strategy("one_device"))
     assert model.get_layer("classifier").get_layer("conv").compute_dtype == "bfloat16"
     assert np.isfinite(read_log(tmp_path)[["loss", "val_loss"]].to_numpy()).all()
+
+
+def test_fmix_mixes_labels_in_the_same_loop(records_dir, tmp_path):
+    config = train_config(records_dir, tmp_path, steps_per_epoch=1, val_steps=1, augment="fmix")
+    loop.train(tiny_stage(), config, strategy.make_strategy("one_device"))
+    assert np.isfinite(read_log(tmp_path)[["loss", "val_loss", "val_auc"]].to_numpy()).all()
 
 
 def test_callback_state_survives_a_round_trip_through_json():

@@ -12,12 +12,14 @@ import signal
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
+import keras
 import numpy as np
-import pytest
+import tensorflow as tf
 
+from tfcxr import models
 from tfcxr.constants import NUM_LABELS, PLATEAU_FACTOR, PLATEAU_PATIENCE
+from tfcxr.train import loop, stages, strategy
 
 TIMEOUT = 300
 SIZES = dict(image_size=32, resize_size=40)  # stage 1: the 64 px image/small resized, then cropped
@@ -25,10 +27,6 @@ SIZES = dict(image_size=32, resize_size=40)  # stage 1: the 64 px image/small re
 
 def tiny_classifier(config):
     """Stage 1's baseline around a 2-layer classifier instead of DenseNet121 (trains in seconds)."""
-    import keras
-
-    from tfcxr import models
-
     image = keras.Input(shape=(None, None, 3), name="image")
     x = keras.layers.Conv2D(4, 3, strides=2, activation="relu", name="conv")(image)  # [B,H/2,W/2,4]
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)  # [B,4]
@@ -39,8 +37,6 @@ def tiny_classifier(config):
 def tiny_stage(fixed_input=False):
     """Stage 1 with the tiny classifier; `fixed_input`: the eval pipeline (no augmentation) on train,
     so a global batch is the same records however it is split over replicas."""
-    from tfcxr.train import stages
-
     stage = dataclasses.replace(stages.STAGES[1], build_model=tiny_classifier)
     if fixed_input:
         def unaugmented(config, split, training, *args):
@@ -52,9 +48,6 @@ def tiny_stage(fixed_input=False):
 
 def run(spec):
     """The script side: trains as `spec` says, writes the final weights to spec["weights_out"]."""
-    import keras
-
-    from tfcxr.train import loop, stages, strategy
 
     class KillAt(keras.callbacks.Callback):
         """kill -9 at the end of `epoch` (its log row written, its checkpoint not), or after its batch `step`."""
@@ -163,8 +156,6 @@ def test_multi_worker_trains_in_step_and_only_the_chief_writes(records_dir, tmp_
 
 
 def checkpoint_tensors(model_dir):
-    import tensorflow as tf
-
     reader = tf.train.load_checkpoint(str(model_dir / "checkpoints"))
     names = [name for name in reader.get_variable_to_shape_map() if "OBJECT_GRAPH" not in name]
     return {name: reader.get_tensor(name) for name in names}

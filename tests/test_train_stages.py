@@ -9,6 +9,9 @@ import sys
 import numpy as np
 import pytest
 
+from tfcxr import models
+from tfcxr.train import callbacks, stages
+
 TIMEOUT = 600
 
 
@@ -33,9 +36,6 @@ def test_stages_2_and_3_end_to_end(records_dir, tmp_path):
     """Stage 2 trains; stage 3 trains DenseNet121 in the AECNN from stage 2's best.keras and a stage 1
     best.keras (the real stage 1 model, saved untrained here: training it too would double the time;
     the tiny-classifier tests run stage 1's record through the same loop)."""
-    from tfcxr import models
-    from tfcxr.train import callbacks, stages
-
     common = [f"--records_dir={records_dir}", "--batch_size=8", "--steps_per_epoch=2", "--val_steps=2"]
     stage1 = tmp_path / "stage1" / "best.keras"
     stage1.parent.mkdir()
