@@ -1,8 +1,15 @@
 """Distribution strategies, and which process of a cluster writes files.
 
-mirrored     all local GPUs, else every logical CPU device (see --cpu_replicas)
-one_device   the first GPU, else the CPU
+mirrored     MirroredStrategy over all local GPUs, else every logical CPU device (--cpu_replicas)
+one_device   one device: the first GPU, else the CPU
 multi_worker MultiWorkerMirroredStrategy over the cluster in TF_CONFIG
+
+One device (one_device, or mirrored where there is only one) gets TensorFlow's default strategy:
+the same strategy.run / reduce / gather and distribute_datasets_from_function (which hands the
+dataset back as it is), without a distributed iterator. A live distributed iterator halves CPU
+training throughput (its threads fight the compute threads over futexes: see
+benchmarks/results/training.md, where model.fit under MirroredStrategy pays the same), and
+mirroring one device buys nothing; Keras's model.fit without a strategy takes the same path.
 """
 
 import tempfile
@@ -27,8 +34,8 @@ def make_strategy(name="mirrored", cpu_replicas=1):
     if name == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     devices = [d.name for d in tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")]
-    if name == "one_device":
-        return tf.distribute.OneDeviceStrategy(devices[0])
+    if name == "one_device" or len(devices) == 1:
+        return tf.distribute.get_strategy()  # the default strategy, on the first device
     return tf.distribute.MirroredStrategy(devices)
 
 
