@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_resize_psnr.py [--images=../shared/cxr14-real/images] [--ssim]
 
-SSIM is optional: tf.image.ssim's depthwise convolution takes seconds per 1024 image on CPU.
+SSIM is optional: tf.image.ssim's depthwise convolutions take seconds per 1024 image on a CPU.
 
 Uses the same round trip as --mode=evaluate's reconstruction report
 (tfcxr.evaluate.reconstruction.resize_round_trip: antialiased downsizing, clipped to [0, 1]).
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from tfcxr.evaluate.reconstruction import resize_round_trip
+from tfcxr.evaluate.reconstruction import resize_round_trip, ssim_per_method
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,10 +31,11 @@ def main():
     for path in files:
         image = tf.io.decode_png(tf.io.read_file(str(path)), channels=1)  # RGBA -> gray too
         image = tf.image.convert_image_dtype(image, tf.float32)[None]  # [1,H,W,1] in [0, 1]
-        for name in scores:
-            output = resize_round_trip(image, name.removesuffix("_8bit"), quantized=name.endswith("_8bit"))
-            ssim = float(tf.image.ssim(output, image, 1.0)[0]) if args.ssim else float("nan")
-            scores[name].append((float(tf.image.psnr(output, image, 1.0)[0]), ssim))
+        outputs = {name: resize_round_trip(image, name.removesuffix("_8bit"), quantized=name.endswith("_8bit"))
+                   for name in scores}
+        ssim = ssim_per_method(outputs, image) if args.ssim else {}
+        for name, output in outputs.items():
+            scores[name].append((float(tf.image.psnr(output, image, 1.0)[0]), float(ssim.get(name, [np.nan])[0])))
     print(f"{len(files)} images from {args.images}, {image.shape[1]}x{image.shape[2]} -> /4 -> back")
     for name, values in scores.items():
         psnr, ssim = np.mean(values, axis=0)

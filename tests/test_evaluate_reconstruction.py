@@ -41,6 +41,18 @@ def test_reconstructions_of_the_autoencoder_use_the_float_and_the_8bit_latent():
         assert output.shape == images.shape
 
 
+def test_ssim_per_method_is_tf_image_ssim_of_each_method():
+    images = tf.random.uniform([3, 40, 40, 1], seed=3)
+    outputs = {"same": images, "noisy": tf.clip_by_value(images + tf.random.normal(images.shape, stddev=0.1, seed=4), 0, 1),
+               "dark": images * 0.5, "flat": tf.fill(images.shape, 0.5)}
+    ssim = reconstruction.ssim_per_method(outputs, images)
+    assert list(ssim) == list(outputs)
+    for name, output in outputs.items():
+        np.testing.assert_allclose(ssim[name], tf.image.ssim(output, images, 1.0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ssim["same"], 1.0, rtol=1e-5)
+    assert np.all(ssim["noisy"].numpy() < 0.99) and np.all(ssim["flat"].numpy() < ssim["noisy"].numpy())
+
+
 def _expected_psnr(model, dataset):
     encoder, decoder = model.get_layer("encoder"), model.get_layer("decoder")
     psnr = [tf.image.psnr(decoder(reconstruction.quantize(encoder(b["image"]))), b["image"], 1.0) for b in dataset]

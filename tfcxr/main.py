@@ -4,11 +4,14 @@ Modes live in MODES; each is a function of the parsed flags.
 """
 
 import dataclasses
+import os
 import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's C++ INFO lines; set it to 0 to see them
 from pathlib import Path
 
 import pandas as pd
-from absl import app, flags
+from absl import app, flags, logging
 
 from tfcxr.constants import SMALL_SIZE
 from tfcxr.evaluate.runs import write_json
@@ -77,6 +80,8 @@ MODES = {"train": train, **evaluation_modes.MODES}  # evaluate, explain, export:
 
 def main(argv):
     del argv
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # TensorFlow's Python INFO lines (checkpoint saving...); -v 0 shows them
     if FLAGS.mode not in MODES:
         raise app.UsageError(f"--mode={FLAGS.mode}: expected one of {', '.join(MODES)}")
     try:
