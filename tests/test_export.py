@@ -175,14 +175,35 @@ def test_serving_client_prints_the_probabilities_of_each_file(aecnn, serving_url
         files[-1].write_bytes(encode(gray(SIZE, SIZE, seed)))
     result = client(serving_url, *files)
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert "image_0.png" in lines[0] and "image_1.png" in lines[0]
-    images = np.stack([gray(SIZE, SIZE, seed) for seed in range(2)])[..., None].astype(np.float32) / 255
+    assert_probability_table(result.stdout.splitlines(), aecnn, seeds=range(2))
+
+
+def assert_probability_table(lines, aecnn, seeds):
+    """The table of serving_client.table: a header naming image_<seed>.png, then one row per label."""
+    assert all(f"image_{seed}.png" in lines[0] for seed in seeds)
+    images = np.stack([gray(SIZE, SIZE, seed) for seed in seeds])[..., None].astype(np.float32) / 255
     expected = tf.sigmoid(aecnn(images)["logits"]).numpy()
+    assert len(lines) == 1 + len(LABELS)
     for k, label in enumerate(LABELS):
         name, *values = lines[1 + k].split()
         assert name == label
         np.testing.assert_allclose([float(v) for v in values], expected[:, k], atol=1e-4)
+
+
+def test_query_saved_model_calls_serving_default_in_process(aecnn, exported, tmp_path):
+    path, _ = exported
+    files = []
+    for seed in (3, 4):
+        files.append(tmp_path / f"image_{seed}.png")
+        files[-1].write_bytes(encode(gray(SIZE, SIZE, seed)))
+    tool = [sys.executable, str(ROOT / "tools" / "query_saved_model.py")]
+    result = subprocess.run([*tool, f"--saved_model={path}", *map(str, files)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    title, *lines = result.stdout.splitlines()
+    assert title == f"serving_default of {path}:"
+    assert_probability_table(lines, aecnn, seeds=(3, 4))
+    wrong = subprocess.run([*tool, f"--saved_model={tmp_path}", str(files[0])], capture_output=True, text=True, timeout=300)
+    assert wrong.returncode == 1 and wrong.stderr.strip() == f"error: {tmp_path}: no saved_model.pb (export with --mode=export)"
 
 
 def test_serving_client_reports_server_errors_in_one_line(serving_url, tmp_path):

@@ -21,6 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 flags.DEFINE_string("workspace", "demo_workspace", "Workspace folder (see WORKSPACE.md).")
 flags.DEFINE_integer("num_patients", 300, "Patients in the generated dataset.")
 flags.DEFINE_integer("image_size", 256, "Side of the generated radiographs.")
+flags.DEFINE_integer("val_images", 150, "About this many train_val images go to validation.")
+flags.DEFINE_bool("quick", False, "A smoke run (what the tests run): two training steps a stage, "
+                  "20 bootstrap resamples.")
 FLAGS = flags.FLAGS
 
 
@@ -28,7 +31,9 @@ def run(title, *args):
     print(f"\n=== {title}\n$ {' '.join(str(a) for a in args)}", flush=True)
     start = time.time()
     quiet = {"TF_CPP_MIN_LOG_LEVEL": "2", **os.environ}  # no CUDA / CPU-feature notices unless asked for
-    subprocess.run([str(a) for a in args], check=True, cwd=ROOT, env=quiet)
+    returncode = subprocess.run([str(a) for a in args], cwd=ROOT, env=quiet).returncode
+    if returncode:
+        sys.exit(f"demo: '{title}' failed (exit status {returncode}); run `make demo` again to resume")
     print(f"=== {title}: done in {time.time() - start:.0f} s", flush=True)
 
 
@@ -44,23 +49,25 @@ def main(argv):
             f"--out_dir={raw}", f"--num_patients={FLAGS.num_patients}",
             f"--image_size={FLAGS.image_size}", "--layout=kaggle", "--seed=0", "--overwrite")
     run("shard it into TFRecords", python, "tools/shard_cxr14.py", f"--data_dir={raw}",
-        f"--out_dir={records}", "--val_images=150", "--shard_mb=8", "--small_size=64",
+        f"--out_dir={records}", f"--val_images={FLAGS.val_images}", "--shard_mb=8", "--small_size=64",
         "--workers=2")
 
     stage = [python, "-m", "tfcxr.main", f"--records_dir={records}"]
+    train = ["--epochs=1", "--steps_per_epoch=2", "--val_steps=2"] if FLAGS.quick else []
+    evaluate = ["--resamples=20"] if FLAGS.quick else []
     stage1, stage2, stage3 = runs / "demo_d121", runs / "demo_autoencoder", runs / "demo_aecnn"
     run("stage 1: DenseNet121 baseline (BL5)", *stage, "--stage=1",
-        "--flagfile=configs/demo_stage1.cfg", f"--model_dir={stage1}")
+        "--flagfile=configs/demo_stage1.cfg", f"--model_dir={stage1}", *train)
     run("stage 2: autoencoder head start", *stage, "--stage=2",
-        "--flagfile=configs/demo_stage2.cfg", f"--model_dir={stage2}")
+        "--flagfile=configs/demo_stage2.cfg", f"--model_dir={stage2}", *train)
     run("stage 3: joint AECNN", *stage, "--stage=3", "--flagfile=configs/demo_stage3.cfg",
         f"--model_dir={stage3}", f"--init_autoencoder={stage2 / 'best.keras'}",
-        f"--init_classifier={stage1 / 'best.keras'}")
+        f"--init_classifier={stage1 / 'best.keras'}", *train)
 
     for number, model_dir in ((1, stage1), (3, stage3)):
         run(f"evaluate stage {number} on the test split", *stage, f"--stage={number}",
             f"--flagfile=configs/demo_stage{number}.cfg", f"--model_dir={model_dir}",
-            "--mode=evaluate", "--split=test")
+            "--mode=evaluate", "--split=test", *evaluate)
     run("export stage 3 for TF Serving", *stage, "--stage=3",
         "--flagfile=configs/demo_stage3.cfg", f"--model_dir={stage3}", "--mode=export",
         f"--export_dir={exports}", "--model_name=tfcxr_aecnn")  # the next version: TF Serving serves the highest
