@@ -6,9 +6,9 @@ Modes live in MODES; each is a function of the parsed flags.
 import dataclasses
 import os
 import sys
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's C++ INFO lines; set it to 0 to see them
 from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # before TensorFlow loads: no C++ INFO lines (0 shows them)
 
 import pandas as pd
 from absl import app, flags, logging

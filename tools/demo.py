@@ -4,8 +4,9 @@ generate -> shard -> train stage 1 (D121 BL5), stage 2 (autoencoder), stage 3 (A
 -> evaluate on the test split (Table-1-style AUCs, PSNR/SSIM) -> export a SavedModel and
 query its serving_default signature with a generated PNG.
 
-Every step is one of the user-facing commands, run as a user would run it, and each is
-resumable: run `make demo` again after an interruption and finished steps are skipped.
+Every step is one of the user-facing commands, run as a user would run it. Run `make demo` again
+after an interruption: generation is skipped, sharding and training resume where they stopped
+(a finished run has nothing left to do), evaluation runs again and export writes the next version.
 """
 
 import os
