@@ -72,7 +72,7 @@ def loop_steps(stage_number, batch, distribution):
         model = build_model(stage_number)
         optimizer = keras.optimizers.Adam(LEARNING_RATE)
         optimizer.build(model.trainable_variables)
-        augmentation = stage.augmentation()
+        augmentation = stage.augmentation(stages.TrainConfig("", "", SIZES[stage_number][1]))
     train_step = loop.make_train_step(stage, model, optimizer, augmentation, distribution)
     batches = iter(distribution.distribute_datasets_from_function(
         lambda context: tf.data.Dataset.from_tensors(batch).repeat()))

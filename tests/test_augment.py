@@ -143,8 +143,19 @@ def test_ten_crop_torchvision_order(height, width, size):
     np.testing.assert_array_equal(crops, np.stack(expected))
 
 
+def test_stage1_device_augmentation_rotates_then_jitters_contrast():
+    assert augment.device_augmentation(1, "fmix") is None and augment.device_augmentation(2) is None
+    layer = augment.device_augmentation(1)
+    images = tf.constant(noise((4, 40, 40, 1), low=1) / 255.0, tf.float32)
+    assert np.array_equal(layer(images, training=False), images)
+    outputs = layer(images, training=True).numpy()
+    assert outputs.shape == images.shape and outputs.dtype == np.float32
+    assert np.abs(outputs * 255 - np.round(outputs * 255)).max() > 0.01  # contrast: off the 8-bit levels nearest keeps
+    clone = type(layer).from_config(layer.get_config())
+    assert clone.contrast == CONTRAST and clone.degrees == ROTATION_DEGREES
+
+
 def test_device_augmentation():
-    assert augment.device_augmentation(1) is None and augment.device_augmentation(2) is None
     layer = augment.device_augmentation(3)
     images = tf.constant(noise((4, 40, 40, 1)) / 255.0, tf.float32)
     assert np.array_equal(layer(images, training=False), images)

@@ -219,6 +219,9 @@ def test_stage1_bl5_and_fmix(toy_records, sources):
     assert (stacked(bl5, "image") == 0).mean() > 0  # rotation corners (the smalls have no black)
     for name, labels in zip(names(bl5), stacked(bl5, "labels")):
         np.testing.assert_array_equal(labels, sources[name]["labels"])
+    device = batches(toy_records["png"], "train", 1, batch_size=4, training=True, seed=0, repeat=True, take=8,
+                     rotation="device")  # rotation and contrast left to augment.device_augmentation(1)
+    assert (as_uint8(stacked(device, "image")) == 0).mean() == 0  # exact 8-bit levels (no contrast), no black fill
     fmix = batches(toy_records["png"], "train", 1, batch_size=4, training=True, seed=0, repeat=True, take=8, augment="fmix")
     assert (stacked(fmix, "image") == 0).mean() == 0  # no rotation with FMix
     fractions = [batch["labels"][(batch["labels"] > 0) & (batch["labels"] < 1)] for batch in fmix]
@@ -290,7 +293,7 @@ def test_raw_and_png_records_give_identical_images(toy_records, stage, training)
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(stage=1, rotation="device"), "rotation"),
+    (dict(stage=2, rotation="device"), "rotation"),
     (dict(stage=2, augment="fmix"), "augment"),
     (dict(stage=3, training=True, tta="tencrop"), "tta"),
     (dict(stage=2, tta="tencrop"), "tta"),

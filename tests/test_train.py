@@ -54,9 +54,11 @@ def test_stage3_loss_is_the_weighted_sum_of_bce_and_mse():
 
 def test_stage_records():
     assert [stages.STAGES[n].computes_auc for n in (1, 2, 3)] == [True, False, True]
-    assert stages.STAGES[1].augmentation() is None
-    assert stages.STAGES[3].augmentation() is not None  # the rotation, on the accelerator
     config = stages.TrainConfig("records", "run", 8, init_autoencoder="a.keras", init_classifier="b.keras")
+    assert stages.STAGES[1].augmentation(config).contrast is not None  # BL5's rotation + contrast, on the accelerator
+    assert stages.STAGES[1].augmentation(dataclasses.replace(config, augment="fmix")) is None
+    assert stages.STAGES[2].augmentation(config) is None
+    assert stages.STAGES[3].augmentation(config).contrast is None  # the rotation only
     assert stages.STAGES[3].init_files(config) == {"init_autoencoder": "a.keras", "init_classifier": "b.keras"}
     assert stages.STAGES[1].init_files(config) == {}
 
@@ -123,7 +125,7 @@ def test_device_augmentation_feeds_the_train_step_only(records_dir, tmp_path):
 
     stage = dataclasses.replace(
         tiny_stage(), loss=mean_image, computes_auc=False,
-        augmentation=lambda: keras.layers.Lambda(lambda images: 0.0 * images + 0.25))
+        augmentation=lambda config: keras.layers.Lambda(lambda images: 0.0 * images + 0.25))
     loop.train(stage, train_config(records_dir, tmp_path), strategy.make_strategy("one_device"))
     log = read_log(tmp_path)
     assert log["loss"][0] == pytest.approx(0.25)

@@ -35,14 +35,14 @@ def tiny_classifier(config):
 
 
 def tiny_stage(fixed_input=False):
-    """Stage 1 with the tiny classifier; `fixed_input`: the eval pipeline (no augmentation) on train,
-    so a global batch is the same records however it is split over replicas."""
+    """Stage 1 with the tiny classifier; `fixed_input`: the eval pipeline on train and no device
+    augmentation, so a global batch is the same images however it is split over replicas."""
     stage = dataclasses.replace(stages.STAGES[1], build_model=tiny_classifier)
     if fixed_input:
         def unaugmented(config, split, training, *args):
             return stages.records_dataset(1, config, split, False, *args)
 
-        stage = dataclasses.replace(stage, make_dataset=unaugmented)
+        stage = dataclasses.replace(stage, make_dataset=unaugmented, augmentation=lambda config: None)
     return stage
 
 

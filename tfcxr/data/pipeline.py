@@ -15,7 +15,10 @@ Sizes (defaults from constants; all configurable, so toy sizes run on a CPU):
            eval:  the original resized to image_size; tencrop: ten image_size crops of it
 
 Augmentation when training:
-  stage 1 "bl5":  crop, horizontal flip, rotation, contrast (the paper's BL5)
+  stage 1 "bl5":  crop, horizontal flip, rotation, contrast (the paper's BL5); the rotation and
+                  contrast here (rotation="pipeline", the default of this function) or in the
+                  training step (rotation="device", what tfcxr.train's stage 1 asks for: apply
+                  augment.device_augmentation(1) to the batch)
   stage 1 "fmix": the same crop, then FMix instead of flip, rotation and contrast. The crop keeps
                   the scale of BL5 (a 224 crop of the 256 resize), so only the augmentation differs.
   stage 2:        patch, horizontal and vertical flips
@@ -124,7 +127,7 @@ def _augment_batch(batch, seed, stage, augment, rotation):
     if stage != 2 and rotation == "pipeline":
         images = augmentations.random_rotation(images, rotation_seed)
     images = to_float(images)
-    if stage == 1:
+    if stage == 1 and rotation == "pipeline":
         images = augmentations.random_contrast(images, color_seed)
     return {**batch, "image": images}
 
@@ -134,8 +137,8 @@ def _check_args(stage, training, augment, rotation, tta, resize_size):
         raise ValueError(f"stage must be 1, 2 or 3, got {stage!r}")
     if augment not in ("bl5", "fmix") or (augment == "fmix" and stage != 1):
         raise ValueError(f"augment={augment!r}: 'bl5', or 'fmix' for stage 1 only")
-    if rotation not in ("pipeline", "device") or (rotation == "device" and stage == 1):
-        raise ValueError(f"rotation={rotation!r}: 'pipeline', or 'device' for stage 3 only")
+    if rotation not in ("pipeline", "device") or (rotation == "device" and stage == 2):
+        raise ValueError(f"rotation={rotation!r}: 'pipeline', or 'device' for stages 1 and 3")
     if tta not in ("none", "tencrop") or (tta == "tencrop" and (training or stage == 2)):
         raise ValueError(f"tta={tta!r}: 'none', or 'tencrop' for evaluation of stage 1 or 3")
     if resize_size is not None and stage != 1:
@@ -162,7 +165,8 @@ def make_dataset(
 ):
     """The input pipeline of `stage` on `split` (see the module docstring).
 
-    rotation: None = "device" for stage 3, "pipeline" for stage 1 (stage 2 does not rotate).
+    rotation: None = "device" for stage 3, "pipeline" for stage 1 (stage 2 does not rotate);
+    stage 1 "device" leaves the rotation and the contrast to augment.device_augmentation(1).
     input_context: a tf.distribute.InputContext; each input pipeline reads its own shard files
     and batches per replica. drop_remainder defaults to `training`.
     """

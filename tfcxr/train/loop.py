@@ -140,7 +140,7 @@ def build(stage, config, strategy):
         model = stage.build_model(config)
         optimizer = make_optimizer(config)
         optimizer.build(model.trainable_variables)  # Adam's slots, mirrored, before the first step
-        augmentation = stage.augmentation()
+        augmentation = stage.augmentation(config)
     model.optimizer = optimizer  # ReduceLROnPlateau reads and sets model.optimizer.learning_rate
     model.stop_training = False  # TerminateOnNaN sets it
     return model, optimizer, augmentation

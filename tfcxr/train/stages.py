@@ -50,7 +50,7 @@ class Stage:
     loss: Callable  # (batch, outputs) -> {"loss": [B], ...}: per-example terms, "loss" is minimised
     make_dataset: Callable  # (config, split, training, input_context, seed, repeat) -> tf.data.Dataset
     init_files: Callable = lambda config: {}  # (config) -> {flag: path} that must exist before training
-    augmentation: Callable = lambda: None  # () -> Keras layer applied to the batch in the train step
+    augmentation: Callable = lambda config: None  # (config) -> Keras layer applied to the batch in the train step
     image_outputs: tuple = ()  # model outputs shown as images in TensorBoard, beside the input
     computes_auc: bool = False  # validation ROC-AUC of outputs["logits"] against batch["labels"]
 
@@ -80,8 +80,13 @@ def records_dataset(stage, config, split, training, input_context=None, seed=Non
     return pipeline.make_dataset(
         config.records_dir, split, stage, config.batch_size, training,
         image_size=config.image_size, resize_size=config.resize_size, augment=config.augment,
-        seed=seed, input_context=input_context, repeat=repeat,
+        seed=seed, input_context=input_context, repeat=repeat, rotation=None if stage == 2 else "device",
     )
+
+
+def device_augmentation(stage, config):
+    """The rotation (stage 1 BL5: and contrast) that records_dataset leaves to the training step."""
+    return augment.device_augmentation(stage, config.augment)
 
 
 # Models take any image size: stage 1 trains on 224 crops and validates on 256 resizes.
@@ -105,10 +110,11 @@ def stage3_files(config):
 
 
 STAGES = {
-    1: Stage(1, build_baseline, classification_loss, functools.partial(records_dataset, 1), computes_auc=True),
+    1: Stage(1, build_baseline, classification_loss, functools.partial(records_dataset, 1),
+             augmentation=functools.partial(device_augmentation, 1), computes_auc=True),
     2: Stage(2, build_autoencoder, reconstruction_loss, functools.partial(records_dataset, 2),
              image_outputs=("reconstruction", "latent")),
     3: Stage(3, build_aecnn, joint_loss, functools.partial(records_dataset, 3), init_files=stage3_files,
-             augmentation=functools.partial(augment.device_augmentation, 3),
+             augmentation=functools.partial(device_augmentation, 3),
              image_outputs=("reconstruction", "latent"), computes_auc=True),
 }
