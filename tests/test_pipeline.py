@@ -1,4 +1,4 @@
-"""tfcxr.data.pipeline.make_dataset at toy sizes: 128 px originals, small 64, crops 56 / 32 / 112.
+"""tfcxr.data.make_dataset (the public entry point) at toy sizes: 128 px originals, small 64, crops 56 / 32 / 112.
 
 `toy_records` writes records of known pixels (noise from a sparse value set, so a crop can be
 found in its source and nearest rotation keeps the value set) in both encodings, with small-only
@@ -8,6 +8,8 @@ shards; `records_dir` (tests/conftest.py) is the synthetic tree sharded by tfcxr
 import io
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -16,7 +18,7 @@ from PIL import Image
 
 from tfcxr.constants import NUM_LABELS, ROTATION_DEGREES
 from tfcxr.data import schema
-from tfcxr.data.pipeline import make_dataset
+from tfcxr.data import make_dataset, pipeline
 from test_augment import expected_zero_fraction
 
 ORIGINAL, SMALL = 128, 64
@@ -311,3 +313,15 @@ def test_missing_split(toy_records, tmp_path):
         make_dataset(toy_records["png"], "test", 1, 2, False)
     with pytest.raises(FileNotFoundError, match="no test shards"):
         make_dataset(tmp_path, "test", 1, 2, False)
+
+
+def test_public_entry_point_is_lazy():
+    """tfcxr.data.make_dataset is the pipeline's; the TensorFlow-free data modules do not load TensorFlow."""
+    import tfcxr.data
+
+    assert tfcxr.data.make_dataset is pipeline.make_dataset
+    with pytest.raises(AttributeError, match="no attribute 'make_datasets'"):
+        tfcxr.data.make_datasets
+    code = "import sys, tfcxr.data, tfcxr.data.metadata, tfcxr.data.synthetic; print('tensorflow' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
