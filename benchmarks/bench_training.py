@@ -2,8 +2,8 @@
 
 Every case runs in a process of its own, so its peak memory is that process's ru_maxrss:
 - loop: tfcxr.train.loop.make_train_step under make_strategy("mirrored"), as `python -m
-  tfcxr.main` runs it (strategy.run, compute_average_loss, Adam built in the scope; stage 3 with
-  its device rotation), fed by strategy.distribute_datasets_from_function. With one device
+  tfcxr.main` runs it (strategy.run, compute_average_loss, Adam built in the scope; stages 1 and 3
+  with their device augmentation), fed by strategy.distribute_datasets_from_function. With one device
   that is TensorFlow's default strategy (see tfcxr/train/strategy.py);
 - loop_mirrored: the same step under tf.distribute.MirroredStrategy over the one device;
 - fit (the reference): the same model and loss in plain Keras `model.compile()` + `model.fit()`;
