@@ -5,6 +5,7 @@ found in its source and nearest rotation keeps the value set) in both encodings,
 shards; `records_dir` (tests/conftest.py) is the synthetic tree sharded by tfcxr.data.sharding.
 """
 
+import collections
 import io
 import json
 import shutil
@@ -201,6 +202,60 @@ def test_stage2_patches_are_flipped_windows(toy_records, sources):
     assert len({f[2:] for f in found}) > 100  # offsets vary
 
 
+def patch_batches(records, patches_per_image=4, seed=0, batch_size=8, **kwargs):
+    return batches(records, "train", 2, batch_size=batch_size, training=True, seed=seed,
+                   patches_per_image=patches_per_image, **kwargs)
+
+
+def test_stage2_patches_per_image(toy_records, sources):
+    """K=4: one pass gives 4 distinct flipped windows of each of the 12 train originals."""
+    result = patch_batches(toy_records["png"])
+    assert len(result) == 12 * 4 // 8 and all(batch["image"].shape == (8, 32, 32, 1) for batch in result)
+    found = collections.defaultdict(list)
+    for name, image, labels in zip(names(result), stacked(result, "image"), stacked(result, "labels")):
+        np.testing.assert_array_equal(labels, sources[name]["labels"])
+        found[name].append(locate(sources[name]["original"], as_uint8(image[..., 0])))
+    assert sorted(found) == list(sources)[:12] and all(len(f) == 4 for f in found.values())
+    assert all(None not in f and len({w[2:] for w in f}) == 4 for f in found.values())  # 4 distinct windows each
+    flips = [w[:2] for f in found.values() for w in f]
+    assert 0.25 < np.mean([h for h, _ in flips]) < 0.75 and 0.25 < np.mean([v for _, v in flips]) < 0.75
+
+
+def test_stage2_patches_per_image_is_seeded_and_resumable(toy_records):
+    """The same seed gives the same batches; a fresh pipeline skipping n batches gives the rest
+    (what the loop does to resume mid-epoch)."""
+    def images(seed, skip=0):
+        dataset = make_dataset(toy_records["png"], "train", 2, 8, True, image_size=32, seed=seed, repeat=True,
+                               patches_per_image=4)
+        return np.stack([batch["image"] for batch in dataset.skip(skip).take(10 - skip).as_numpy_iterator()])
+
+    full = images(1)
+    np.testing.assert_array_equal(full, images(1))
+    np.testing.assert_array_equal(full[6:], images(1, skip=6))
+    assert not np.array_equal(full, images(2))
+
+
+def test_stage2_patches_are_mixed(toy_records, monkeypatch):
+    """The patch shuffle buffer mixes originals: a batch of 8 holds ~6 of the 12; without it, 2."""
+    def originals_per_batch():
+        return [len(set(batch["filename"])) for batch in patch_batches(toy_records["png"])]
+
+    assert np.mean(originals_per_batch()) >= 5
+    monkeypatch.setattr(pipeline, "PATCH_SHUFFLE", 1)
+    assert originals_per_batch() == [2] * 6  # 4 consecutive patches per original
+
+
+def test_trainer_passes_patches_per_image(toy_records):
+    """stage 2's records_dataset: config.patches_per_image when training, whole resizes for val."""
+    from tfcxr.train import stages
+
+    config = stages.TrainConfig(str(toy_records["png"]), "", batch_size=8, image_size=32, patches_per_image=4)
+    train = stages.STAGES[2].make_dataset(config, "train", True, seed=0)
+    assert len(list(train)) == 12 * 4 // 8
+    assert len(list(stages.STAGES[2].make_dataset(config, "val", False))) == 1  # 5 val images, one batch
+    assert stages.TrainConfig("", "", 8).patches_per_image == pipeline.PATCHES_PER_IMAGE
+
+
 def test_stage3_crops_without_rotation_by_default(toy_records, sources):
     result = batches(toy_records["png"], "train", 3, batch_size=8, training=True, seed=0, repeat=True, take=8)
     found = [locate(sources[name]["original"], as_uint8(image[..., 0])) for name, image in zip(names(result), stacked(result, "image"))]
@@ -301,6 +356,9 @@ def test_raw_and_png_records_give_identical_images(toy_records, stage, training)
     (dict(stage=2, tta="tencrop"), "tta"),
     (dict(stage=3, resize_size=256), "resize_size"),
     (dict(stage=4), "stage"),
+    (dict(stage=2, patches_per_image=4), "patches_per_image"),  # not for evaluation
+    (dict(stage=3, training=True, patches_per_image=4), "patches_per_image"),
+    (dict(stage=2, training=True, patches_per_image=0), "patches_per_image"),
 ])
 def test_bad_arguments(toy_records, kwargs, message):
     kwargs = {"split": "val", "batch_size": 2, "training": False, **kwargs}

@@ -13,6 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # before TensorFlow loads: n
 import pandas as pd
 from absl import app, flags, logging
 
+from tfcxr import models
 from tfcxr.constants import SMALL_SIZE
 from tfcxr.evaluate.runs import write_json
 from tfcxr.evaluate import modes as evaluation_modes
@@ -43,6 +44,15 @@ flags.DEFINE_float("learning_rate", DEFAULTS["learning_rate"], "Adam learning ra
 flags.DEFINE_integer("log_every", DEFAULTS["log_every"], "steps between progress and TensorBoard batch-loss updates")
 flags.DEFINE_integer("checkpoint_every", DEFAULTS["checkpoint_every"], "steps between mid-epoch checkpoints (0: none)")
 flags.DEFINE_integer("preview_images", DEFAULTS["preview_images"], "val images in TensorBoard (stages 2 and 3)")
+flags.DEFINE_enum("autoencoder", DEFAULTS["autoencoder"], list(models.AUTOENCODERS),
+                  "stages 2 and 3: the paper's autoencoder, or the residual codec (bicubic + learned residuals)")
+flags.DEFINE_integer("residual_width", DEFAULTS["residual_width"], "residual codec: channels of its hidden convolutions", lower_bound=1)
+flags.DEFINE_integer("residual_decoder_depth", DEFAULTS["residual_decoder_depth"],
+                     "residual codec: 3x3 convolutions of the decoder's detail branch", lower_bound=2)
+flags.DEFINE_integer("residual_encoder_depth", DEFAULTS["residual_encoder_depth"],
+                     "residual codec: convolutions of the encoder's correction branch", lower_bound=2)
+flags.DEFINE_integer("patches_per_image", DEFAULTS["patches_per_image"],
+                     "stage 2 training: random patches cut from each decoded original (1: the paper's loader)", lower_bound=1)
 
 
 def train_config():

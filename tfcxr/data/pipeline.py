@@ -9,7 +9,9 @@ make_dataset(records_dir, split, stage, batch_size, training) yields dicts:
 Sizes (defaults from constants; all configurable, so toy sizes run on a CPU):
   stage 1  train: image/small resized to resize_size (256), random crop image_size (224)
            eval:  image/small resized to resize_size; tencrop: ten image_size crops of it
-  stage 2  train: random image_size (128) patch of the original at full resolution
+  stage 2  train: random image_size (128) patch of the original at full resolution; with
+                  patches_per_image=K, K patches of each decoded original, mixed with other
+                  originals' patches in a shuffle buffer of PATCH_SHUFFLE patches
            eval:  the whole original resized to image_size
   stage 3  train: random image_size (896) crop of the original
            eval:  the original resized to image_size; tencrop: ten image_size crops of it
@@ -21,7 +23,7 @@ Augmentation when training:
                   augment.device_augmentation(1) to the batch)
   stage 1 "fmix": the same crop, then FMix instead of flip, rotation and contrast. The crop keeps
                   the scale of BL5 (a 224 crop of the 256 resize), so only the augmentation differs.
-  stage 2:        patch, horizontal and vertical flips
+  stage 2:        patch, horizontal and vertical flips (drawn per patch)
   stage 3:        crop, horizontal flip, and the rotation either here (rotation="pipeline") or in
                   the training step on the accelerator (rotation="device", the default for stage 3:
                   apply augment.device_augmentation(3) to the batch).
@@ -48,6 +50,12 @@ AUTOTUNE = tf.data.AUTOTUNE
 DEFAULT_IMAGE_SIZE = {1: STAGE1_CROP, 2: STAGE2_PATCH, 3: STAGE3_CROP}
 SHUFFLE_RECORDS = {1: 4096, 2: 512, 3: 512}  # records: ~40 kB small PNGs vs ~0.4-1 MB originals
 INTERLEAVE_FILES = 8  # shards read at once when training
+# Stage 2 cuts K patches from each decoded 1024 original: the PNG decode, not the patch, is the cost
+# (benchmarks/results/pipeline.md). PATCHES_PER_IMAGE is the trainer's K (make_dataset's default is the
+# paper's 1); PATCH_SHUFFLE patches (64 MiB at 128 px) mix them so that a batch of 64 holds patches of
+# ~60 originals on average at K=16 (tests/test_pipeline.py::test_stage2_patches_are_mixed measures it).
+PATCHES_PER_IMAGE = 16
+PATCH_SHUFFLE = 4096
 
 
 def shard_files(records_dir, split, small=False):
@@ -117,6 +125,15 @@ def _record_image(image, seed, stage, training, augment, tta, image_size, resize
     return image if stage == 1 else resize_uint8(image, image_size)  # [size, size, 1]
 
 
+def _random_patches(image, size, count, seed):
+    """`count` random size x size windows of one image [H, W, 1], each flipped left-right and up-down
+    with probability 1/2 -> [count, size, size, 1]."""
+    crop_seed, flip_seed = augmentations.split_seed(seed, 2)
+    crop_seeds = augmentations.split_seed(crop_seed, count)
+    patches = tf.stack([augmentations.random_crop(image, size, s) for s in crop_seeds])  # [K, size, size, 1]
+    return augmentations.random_flip(patches, flip_seed, horizontal=True, vertical=True)
+
+
 def _augment_batch(batch, seed, stage, augment, rotation):
     """Per-batch augmentation when training: uint8 flipped crops [B, H, W, 1] -> float32 in [0, 1]."""
     rotation_seed, color_seed = augmentations.split_seed(seed, 2)
@@ -132,9 +149,11 @@ def _augment_batch(batch, seed, stage, augment, rotation):
     return {**batch, "image": images}
 
 
-def _check_args(stage, training, augment, rotation, tta, resize_size):
+def _check_args(stage, training, augment, rotation, tta, resize_size, patches_per_image):
     if stage not in (1, 2, 3):
         raise ValueError(f"stage must be 1, 2 or 3, got {stage!r}")
+    if not (isinstance(patches_per_image, int) and patches_per_image >= 1) or (patches_per_image > 1 and not (stage == 2 and training)):
+        raise ValueError(f"patches_per_image={patches_per_image!r}: 1, or more for stage 2 training only")
     if augment not in ("bl5", "fmix") or (augment == "fmix" and stage != 1):
         raise ValueError(f"augment={augment!r}: 'bl5', or 'fmix' for stage 1 only")
     if rotation not in ("pipeline", "device") or (rotation == "device" and stage == 2):
@@ -162,6 +181,7 @@ def make_dataset(
     repeat=False,
     tta="none",
     drop_remainder=None,
+    patches_per_image=1,
 ):
     """The input pipeline of `stage` on `split` (see the module docstring).
 
@@ -169,9 +189,11 @@ def make_dataset(
     stage 1 "device" leaves the rotation and the contrast to augment.device_augmentation(1).
     input_context: a tf.distribute.InputContext; each input pipeline reads its own shard files
     and batches per replica. drop_remainder defaults to `training`.
+    patches_per_image: stage 2 training: K patches of each decoded original, each one an element
+    (K=1: one patch per decode, the paper's loader, no patch shuffle buffer).
     """
     rotation = rotation or ("device" if stage == 3 else "pipeline")
-    _check_args(stage, training, augment, rotation, tta, resize_size)
+    _check_args(stage, training, augment, rotation, tta, resize_size, patches_per_image)
     image_size = image_size or DEFAULT_IMAGE_SIZE[stage]
     resize_size = resize_size or SMALL_SIZE
     drop_remainder = training if drop_remainder is None else drop_remainder
@@ -208,6 +230,18 @@ def make_dataset(
             example.update(filename=features[schema.FILENAME], patient_id=features[schema.PATIENT_ID])
         return {**example, "seed": batch_seed} if training else example
 
+    def load_patches(serialized, seed):
+        """Stage 2 with K > 1: one decode -> K examples [K, ...], one seed [2] each."""
+        features = schema.parse(serialized, keys)
+        record_seed, batch_seed = augmentations.split_seed(seed, 2)
+        patches = _random_patches(_decode(features, stage), image_size, patches_per_image, record_seed)
+        example = {"image": patches, "labels": tf.cast(features[schema.LABELS], tf.float32),
+                   "seed": tf.random.experimental.stateless_split(batch_seed, patches_per_image)}
+        if include_metadata:
+            example.update(filename=features[schema.FILENAME], patient_id=features[schema.PATIENT_ID])
+        return {key: value if key in ("image", "seed") else tf.repeat(value[None], patches_per_image, axis=0)
+                for key, value in example.items()}
+
     def finish(batch):
         if not training:
             return {**batch, "image": to_float(batch["image"])}
@@ -216,7 +250,11 @@ def make_dataset(
         return _augment_batch(batch, seed, stage, augment, rotation)
 
     seeds = tf.data.Dataset.random(seed=seed).batch(2)  # one stateless seed [2] per record
-    dataset = tf.data.Dataset.zip(records, seeds).map(load, num_parallel_calls=AUTOTUNE)
+    if patches_per_image > 1:
+        dataset = tf.data.Dataset.zip(records, seeds).map(load_patches, num_parallel_calls=AUTOTUNE)
+        dataset = dataset.unbatch().shuffle(PATCH_SHUFFLE, seed=seed)  # K patches of many originals mixed
+    else:
+        dataset = tf.data.Dataset.zip(records, seeds).map(load, num_parallel_calls=AUTOTUNE)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     dataset = dataset.map(finish, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
     options = tf.data.Options()

@@ -14,6 +14,7 @@ import tensorflow as tf
 from tfcxr import models
 from tfcxr.constants import CLASSIFICATION_WEIGHT, EPOCHS, LEARNING_RATE
 from tfcxr.data import augment, pipeline
+from tfcxr.models import residual_codec
 
 
 @dataclasses.dataclass
@@ -39,6 +40,11 @@ class TrainConfig:
     log_every: int = 20  # steps between progress-bar and TensorBoard batch updates
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0: at epoch ends only
     preview_images: int = 4  # validation images shown in TensorBoard (stages 2 and 3)
+    autoencoder: str = "paper"  # stages 2 and 3: "paper" (autoencoder.py) or "residual" (residual_codec.py)
+    residual_width: int = residual_codec.WIDTH  # residual codec: channels of its hidden convolutions
+    residual_decoder_depth: int = residual_codec.DECODER_DEPTH  # residual codec: 3x3 convolutions of the detail
+    residual_encoder_depth: int = residual_codec.ENCODER_DEPTH  # residual codec: convolutions of the correction
+    patches_per_image: int = pipeline.PATCHES_PER_IMAGE  # stage 2 training: random patches per decoded original
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +87,7 @@ def records_dataset(stage, config, split, training, input_context=None, seed=Non
         config.records_dir, split, stage, config.batch_size, training,
         image_size=config.image_size, resize_size=config.resize_size, augment=config.augment,
         seed=seed, input_context=input_context, repeat=repeat, rotation=None if stage == 2 else "device",
+        patches_per_image=config.patches_per_image if stage == 2 and training else 1,
     )
 
 
@@ -95,13 +102,35 @@ def build_baseline(config):
     return models.build_baseline(models.build_classifier(weights=weights))
 
 
+def build_codec(config):
+    """(encoder, decoder) of --autoencoder and its --residual_* capacity."""
+    return models.build_codec(config.autoencoder, config.residual_width, config.residual_decoder_depth,
+                              config.residual_encoder_depth)
+
+
+def check_same_codec(config, encoder, decoder):
+    """Stage 3 builds the codec of the stage-2 run it loads: one line naming the file otherwise."""
+    if config.init_autoencoder is None:
+        return
+    loaded = models.load_model(config.init_autoencoder)
+    for built in (encoder, decoder):
+        names = [layer.name for layer in loaded.layers]
+        source = loaded.get_layer(built.name) if built.name in names else None  # absent: load_stage_weights says so
+        if source is not None and [w.shape for w in source.weights] != [w.shape for w in built.weights]:
+            raise ValueError(f"{config.init_autoencoder}: its {built.name} is not the codec that "
+                             f"--autoencoder={config.autoencoder} and --residual_* build here: pass the "
+                             f"stage-2 run's --autoencoder / --residual_* flags (its config.json)")
+
+
 def build_autoencoder(config):
-    return models.build_autoencoder()
+    return models.build_autoencoder(*build_codec(config))
 
 
 def build_aecnn(config):
     """AECNN with the encoder and decoder of stage 2's best.keras and the classifier of stage 1's."""
-    aecnn = models.build_aecnn(models.build_encoder(), models.build_decoder(), models.build_classifier())
+    encoder, decoder = build_codec(config)
+    check_same_codec(config, encoder, decoder)
+    aecnn = models.build_aecnn(encoder, decoder, models.build_classifier())
     return models.load_stage_weights(aecnn, config.init_autoencoder, config.init_classifier)
 
 
