@@ -27,6 +27,7 @@ import numpy as np
 
 from tfcxr.data import metadata, pipeline, schema, sharding
 from tfcxr.evaluate import reconstruction
+from tfcxr.models import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DIR = ROOT.parent / "shared" / "cxr14-real"
@@ -100,7 +101,7 @@ def score_autoencoder(model, records_dir=RECORDS_DIR, split=HELD_OUT):
     tfcxr.evaluate.reconstruction.METHODS (autoencoder, autoencoder_8bit, bicubic[_8bit], bilinear[_8bit]).
     """
     if not isinstance(model, keras.Model):
-        model = keras.models.load_model(model, compile=False)
+        model = load_model(model)  # registers our custom layers first
     methods, count, _ = reconstruction.measure(model.get_layer("encoder"), model.get_layer("decoder"),
                                                held_out_dataset(records_dir, 1, split))
     return {"images": count, "methods": methods}

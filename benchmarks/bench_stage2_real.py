@@ -1,0 +1,225 @@
+"""Stage 2 trained on real radiographs, scored on held-out ones (issue 9, item 6).
+
+    .venv/bin/python benchmarks/bench_stage2_real.py --name=paper
+    .venv/bin/python benchmarks/bench_stage2_real.py --name=lr1e-3 --learning_rate=1e-3 [--steps_per_epoch=300]
+
+1. Shards the 64 real PNGs of ../shared/cxr14-real once (benchmarks/real_cxr14.py: raw records,
+   43 train / 4 val / 17 held-out test radiographs, patient-disjoint).
+2. Trains `python -m tfcxr.main --stage=2 --flagfile=<flagfile>` on them with --steps_per_epoch set
+   so that 20 epochs take the paper's number of steps (76,526 train images / batch 64 = 1,196
+   steps an epoch), in a process of its own; flags given here override the flagfile.
+3. Scores the run's best.keras on the 17 held-out whole 1024 radiographs: PSNR / SSIM with the
+   float and the 8-bit latent, beside bicubic and bilinear 1024 -> 256 -> 1024.
+4. Writes benchmarks/results/stage2_real/<name>.json and the run's loss curve
+   benchmarks/results/stage2_real_<name>.png, then rebuilds benchmarks/results/stage2_real.md
+   from every JSON there (a "## Notes" part of it is kept).
+
+Other --flags (e.g. --autoencoder=residual) go to tfcxr.main unchanged. --score_only scores an existing run again (the model_dir of --name) without training.
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import real_cxr14  # noqa: E402
+
+from tfcxr.evaluate.runs import save_figure, write_json, write_text  # noqa: E402
+
+ROOT = real_cxr14.ROOT
+RESULTS = ROOT / "benchmarks" / "results"
+PAPER_TRAIN_IMAGES = 76_526  # the paper's training split (our planner on the real metadata, README "Data")
+PAPER_STEPS_PER_EPOCH = -(-PAPER_TRAIN_IMAGES // 64)  # 1,196 batches at 64 (the last one partial)
+AUTHORS_PSNR = 35.8  # dB, the authors' stage-2 autoencoder (issue 9)
+NOTES = "\n## Notes\n"
+PASSED_THROUGH = ("epochs", "learning_rate", "val_steps", "batch_size", "seed", "patches_per_image")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--name", required=True, help="the run: workspace/runs/stage2-real/<name>, results/<name>")
+    parser.add_argument("--flagfile", default="configs/stage2.cfg")
+    parser.add_argument("--steps_per_epoch", type=int, default=PAPER_STEPS_PER_EPOCH)
+    parser.add_argument("--epochs", type=int, help="default: the flagfile's (20)")
+    parser.add_argument("--learning_rate", type=float, help="default: the flagfile's (1e-4)")
+    parser.add_argument("--val_steps", type=int, help="validation steps per epoch (default: the 4 val images)")
+    parser.add_argument("--batch_size", type=int, help="default: the flagfile's (64)")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--patches_per_image", type=int, help="stage 2 patches per decoded original (if tfcxr.main has it)")
+    parser.add_argument("--records_dir", type=Path, default=real_cxr14.RECORDS_DIR)
+    parser.add_argument("--runs_dir", type=Path, default=ROOT / "workspace" / "runs" / "stage2-real")
+    parser.add_argument("--results_dir", type=Path, default=RESULTS)
+    parser.add_argument("--score_only", action="store_true", help="score the existing run, do not train")
+    parser.add_argument("--note", default="", help="one line on why this run exists, kept in the results")
+    args, args.extra = parser.parse_known_args(argv)  # other --flags go to tfcxr.main as they are
+    return args
+
+
+def train_command(args, model_dir):
+    """The tfcxr.main command line of this run."""
+    command = [sys.executable, "-m", "tfcxr.main", "--stage=2", f"--flagfile={args.flagfile}",
+               f"--records_dir={args.records_dir}", f"--model_dir={model_dir}",
+               f"--steps_per_epoch={args.steps_per_epoch}"]
+    return (command + [f"--{name}={getattr(args, name)}" for name in PASSED_THROUGH if getattr(args, name) is not None]
+            + args.extra)
+
+
+class LoadSampler(threading.Thread):
+    """The 1-minute load average every `every` seconds while training runs (the machine is shared)."""
+
+    def __init__(self, every=30.0):
+        super().__init__(daemon=True)
+        self.every, self.samples, self.done = every, [os.getloadavg()[0]], threading.Event()
+
+    def run(self):
+        while not self.done.wait(self.every):
+            self.samples.append(os.getloadavg()[0])
+
+
+def train(command, model_dir):
+    """Runs `command` (output to model_dir/train.log). -> (wall seconds, load samples)."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    sampler = LoadSampler()
+    sampler.start()
+    start = time.perf_counter()
+    with open(model_dir / "train.log", "ab") as log:
+        returncode = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
+    wall = time.perf_counter() - start
+    sampler.done.set()
+    if returncode:
+        raise SystemExit(f"{model_dir / 'train.log'}: training failed (exit {returncode}); see its end")
+    return wall, sampler.samples
+
+
+def learning_rate_steps(log):
+    """[(epoch counted from 1, new learning rate)] where the rate differs from the epoch before."""
+    rates = log["learning_rate"].to_numpy()
+    return [(int(log["epoch"].iloc[i]) + 1, float(rates[i])) for i in range(1, len(rates))
+            if abs(rates[i] - rates[i - 1]) > 1e-3 * rates[i - 1]]
+
+
+def plot_losses(log, name, counts, path):
+    """Train MSE (patches) and validation MSE (128 resizes) per epoch, log scale, LR cuts marked."""
+    figure, axis = plt.subplots(figsize=(6, 3.6))
+    epochs = log["epoch"] + 1
+    axis.semilogy(epochs, log["loss"], "o-", label="train MSE (128 patches)")
+    axis.semilogy(epochs, log["val_loss"], "s-", label=f"val MSE (128 resizes, {counts['val']} images)")
+    for epoch, rate in learning_rate_steps(log):
+        axis.axvline(epoch - 0.5, color="gray", linestyle=":")
+        axis.text(epoch - 0.5, axis.get_ylim()[1], f"lr {rate:.0e}", rotation=90, va="top", fontsize=8)
+    axis.set(xlabel="epoch", ylabel="MSE", title=f"stage 2 on {counts['train']} real radiographs: {name}")
+    axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend()
+    save_figure(figure, path)
+    plt.close(figure)
+
+
+def cpu_description():
+    """'AMD EPYC ..., AVX-512: yes/no' from /proc/cpuinfo (lscpu's Model name and flags)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            model = value.strip()
+        elif key.strip() == "flags":
+            flags = set(value.split())
+    avx512 = sorted(flag for flag in flags if flag.startswith("avx512"))
+    return f"{model}, {os.cpu_count()} cores, AVX-512: {'yes (' + ' '.join(avx512[:4]) + ' ...)' if avx512 else 'no'}"
+
+
+def row(result):
+    """One results-table row of a run's JSON."""
+    methods, config = result["scores"]["methods"], result["config"]
+    cuts = ", ".join(f"{rate:.0e} at {epoch}" for epoch, rate in result["learning_rate_steps"]) or "none"
+    return (f"| {result['name']} | {config['learning_rate']:g} | {config['epochs']} x {config['steps_per_epoch']} "
+            f"| {config.get('patches_per_image', 1)} | {result['wall_s'] / 60:.0f} | {result['load_mean']:.1f} | {cuts} "
+            f"| {result['final_train_mse']:.2e} | {result['best_val_mse']:.2e} "
+            f"| {methods['autoencoder']['psnr']:.2f} / {methods['autoencoder']['ssim']:.4f} "
+            f"| {methods['autoencoder_8bit']['psnr']:.2f} / {methods['autoencoder_8bit']['ssim']:.4f} |")
+
+
+def write_report(results_dir):
+    """benchmarks/results/stage2_real.md from every stage2_real/*.json (its Notes part kept)."""
+    results = [json.loads(p.read_text()) for p in sorted((results_dir / "stage2_real").glob("*.json"))]
+    results.sort(key=lambda r: r["finished"])
+    path = results_dir / "stage2_real.md"
+    notes = path.read_text().partition(NOTES)[2] if path.is_file() else ""
+    baseline, counts = results[-1]["scores"], results[-1]["records"]
+    lines = [
+        "# Stage 2 on real radiographs (issue 9, item 6)", "",
+        f"`benchmarks/bench_stage2_real.py`: `python -m tfcxr.main --stage=2` trained on {counts['train']} real",
+        f"ChestX-ray14 radiographs (raw records), validated on {counts['val']}, scored on {counts['test']} held-out",
+        "ones (official test list, patient-disjoint): PSNR (dB) / SSIM of whole 1024x1024 images, mean over",
+        f"them, max_val 1. The authors' autoencoder: about {AUTHORS_PSNR} dB. Resizing on the same images:", "",
+        "| method | PSNR (dB) | SSIM |", "|---|---|---|",
+        *[f"| {name} | {baseline['methods'][name]['psnr']:.2f} | {baseline['methods'][name]['ssim']:.4f} |"
+          for name in ("bicubic", "bicubic_8bit", "bilinear", "bilinear_8bit")],
+        "", "| run | lr | epochs x steps | patches / image | wall (min) | load (mean) | LR steps (epoch) "
+        "| train MSE, last epoch | best val MSE | autoencoder PSNR / SSIM | 8-bit latent PSNR / SSIM |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        *[row(result) for result in results], "",
+    ]
+    for result in results:
+        lines += [f"## {result['name']}", "", result["note"] or "", "", "```bash", result["bench_command"], "# which ran:", result["command"], "```", "",
+                  f"Finished {result['finished']} on {result['cpu']}; 1-minute load average during training "
+                  f"{result['load_min']:.1f}-{result['load_max']:.1f} (mean {result['load_mean']:.1f}): "
+                  "the machine is shared with other work.", "",
+                  f"![loss curve](stage2_real_{result['name']}.png)", ""]
+    write_text(path, "\n".join(lines) + (NOTES + notes if notes else ""))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    model_dir = args.runs_dir / args.name
+    manifest = real_cxr14.ensure_records(args.records_dir)
+    counts = {split: summary["written"] for split, summary in manifest["splits"].items()}
+    command = train_command(args, model_dir)
+    timing = model_dir / "timing.json"  # written after training, read by --score_only
+    if not args.score_only:
+        print(f"training: {' '.join(command)}\n  log: {model_dir / 'train.log'}", flush=True)
+        wall, loads = train(command, model_dir)
+        write_json(timing, {"wall_s": wall, "load_samples": loads})
+    if not timing.is_file():
+        raise SystemExit(f"{timing}: not found; train the run first (without --score_only)")
+    wall, loads = (json.loads(timing.read_text())[key] for key in ("wall_s", "load_samples"))
+    log = pd.read_csv(model_dir / "log.csv")
+    config = json.loads((model_dir / "config.json").read_text())
+    plot_losses(log, args.name, counts, args.results_dir / f"stage2_real_{args.name}.png")
+    scores = real_cxr14.score_autoencoder(model_dir / "best.keras", args.records_dir)
+    result = {
+        "name": args.name, "note": args.note,
+        "bench_command": " ".join([".venv/bin/python benchmarks/bench_stage2_real.py", *(argv or sys.argv[1:])]),
+        "command": " ".join(["python", *command[1:]]).replace(str(ROOT) + "/", ""),
+        "config": {key: config.get(key) for key in ("autoencoder", "learning_rate", "epochs", "steps_per_epoch",
+                                                     "batch_size", "patches_per_image", "seed", "val_steps")},
+        "records": counts, "cpu": cpu_description(), "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "wall_s": wall, "load_samples": loads, "load_mean": sum(loads) / len(loads),
+        "load_min": min(loads), "load_max": max(loads),
+        "learning_rate_steps": learning_rate_steps(log),
+        "final_train_mse": float(log["loss"].iloc[-1]), "best_val_mse": float(log["val_loss"].min()),
+        "log": log.to_dict("list"), "scores": scores,
+    }
+    write_json(args.results_dir / "stage2_real" / f"{args.name}.json", result)
+    write_report(args.results_dir)
+    methods = scores["methods"]
+    print(f"{args.name}: {scores['images']} held-out images; autoencoder {methods['autoencoder']['psnr']:.2f} dB "
+          f"(8-bit latent {methods['autoencoder_8bit']['psnr']:.2f}), bicubic {methods['bicubic']['psnr']:.2f}, "
+          f"bilinear {methods['bilinear']['psnr']:.2f}; LR steps {result['learning_rate_steps'] or 'none'}; "
+          f"{wall / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
