@@ -35,6 +35,12 @@ STAGE1_CROP = 224  # stage 1 random crop
 STAGE2_PATCH = 128  # stage 2 random patch; stage 2 validation resize
 STAGE3_CROP = 896  # stage 3 random crop; stage 3 validation resize
 COMPRESSION = 4  # encoder stride / PixelShuffle factor, per side
+LATENT_LEVELS = 255.0  # an 8-bit PNG stores the [0, 1] latent as k / 255
+
+# Largest user image decoded (serving, tools, sharder), read from its header BEFORE decoding.
+# ChestX-ray14 is 1024 a side, clinical detectors ~4,300: 2x headroom, 100x below a decompression bomb.
+MAX_IMAGE_SIDE = 8192  # pixels, width or height
+MAX_IMAGE_PIXELS = 40_000_000  # width * height (40 megapixels)
 
 # Augmentation of the paper.
 ROTATION_DEGREES = 5.0  # RandomRotation(5), fill black
@@ -46,7 +52,9 @@ FMIX_ALPHA = 1.0  # FMix: mixing ratio ~ Beta(alpha, alpha)
 LEARNING_RATE = 1e-4  # Adam, default betas
 EPOCHS = 20
 PLATEAU_FACTOR = 0.1  # ReduceLROnPlateau on validation loss
-PLATEAU_PATIENCE = 5
+PLATEAU_PATIENCE = 5  # PyTorch's count: the rate drops when bad epochs > patience
+PLATEAU_THRESHOLD = 1e-4  # PyTorch's default, RELATIVE (threshold_mode="rel"): better = loss < best * (1 - 1e-4)
+ADAM_EPSILON = 1e-8  # PyTorch's Adam default (Keras's is 1e-7)
 CLASSIFICATION_WEIGHT = 0.9  # stage 3: L = 0.9 * BCE + 0.1 * MSE
 
 # Validation split carved patient-wise out of train_val.

@@ -9,7 +9,10 @@ reconstruct. compress reads any PNG / JPEG (converted to 8-bit gray) at its own 
 down to a multiple of 4, or at --size x --size (e.g. 896, the stage-3 evaluation size), and
 writes <name>.latent.png; reconstruct writes <name>.png from <name>.latent.png; classify
 prints the 14 probabilities per latent PNG and writes classify.csv. Each reports bytes in and
-out. See tfcxr/export/codec.py for the geometry.
+out; compress --report also the PSNR of each image's round trip (latent PNG -> decoder) beside a
+bicubic thumbnail of the same size. Either codec (--autoencoder=paper or residual) serves.
+See tfcxr/export/codec.py for the geometry. An input whose header declares more than
+--max_image_side pixels a side or --max_image_pixels in all is refused before decoding.
 """
 
 import argparse
@@ -17,11 +20,18 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import tensorflow as tf
 
-from tfcxr.constants import LABELS
+from tfcxr.constants import LABELS, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE
 from tfcxr.evaluate import runs
+from tfcxr.evaluate.reconstruction import resize_round_trip
 from tfcxr.export import codec
 from tfcxr.models import load_model
+
+def read(source, args):
+    """uint8 [H, W, 1] of an input file, within the size limits of the flags."""
+    return codec.read_gray(source, args.max_image_side, args.max_image_pixels)
+
 
 NEEDS = {"compress": ["encoder"], "reconstruct": ["decoder"], "classify": ["imagenet_normalization", "classifier"]}
 
@@ -36,25 +46,36 @@ def write_png(source, target, pixels, shape_in):
     return bytes_in, bytes_out
 
 
+def report_round_trip(image, latent, decoder):
+    """Prints the PSNR of image -> 8-bit latent -> decoder -> 8 bits, beside a bicubic thumbnail of the latent's size."""
+    reconstruction = codec.reconstruct(decoder, latent)
+    bicubic = codec.to_uint8(resize_round_trip(tf.cast(image, tf.float32)[None] / 255.0, "bicubic", quantized=True))[0]
+    print(f"  round trip: PSNR {codec.psnr(image, reconstruction):.2f} dB (latent PNG decoded, 8-bit), "
+          f"bicubic {codec.psnr(image, bicubic):.2f} dB (an 8-bit bicubic thumbnail of the latent's size, resized back)")
+
+
 def compress_files(model, args):
-    (encoder,) = codec.parts(model, NEEDS["compress"], args.model)
+    encoder, *decoder = codec.parts(model, NEEDS["compress"] + (["decoder"] if args.report else []), args.model)
     for source in args.inputs:
-        image = codec.read_gray(source)
-        latent = codec.compress(encoder, codec.fit(image, args.size))
+        image = read(source, args)
+        fitted = codec.fit(image, args.size)
+        latent = codec.compress(encoder, fitted)
         yield write_png(source, args.out_dir / f"{source.stem}.latent.png", latent, image.shape)
+        if args.report:
+            report_round_trip(fitted, latent, decoder[0])
 
 
 def reconstruct_files(model, args):
     (decoder,) = codec.parts(model, NEEDS["reconstruct"], args.model)
     for source in args.inputs:
-        latent = codec.read_gray(source)
+        latent = read(source, args)
         target = args.out_dir / f"{source.stem.removesuffix('.latent')}.png"
         yield write_png(source, target, codec.reconstruct(decoder, latent), latent.shape)
 
 
 def classify_files(model, args):
     codec.parts(model, NEEDS["classify"], args.model)
-    rows = {source.name: codec.classify(model, codec.read_gray(source)) for source in args.inputs}
+    rows = {source.name: codec.classify(model, read(source, args)) for source in args.inputs}
     table = pd.DataFrame.from_dict(rows, orient="index", columns=list(LABELS)).rename_axis("file")
     runs.write_text(args.out_dir / "classify.csv", table.to_csv(float_format="%.6f"))
     print(table.T.to_string(float_format=lambda p: f"{p:.4f}"))
@@ -71,6 +92,10 @@ def main():
     parser.add_argument("--model", required=True, type=Path, help="stage-3 (or, for the codec, stage-2) best.keras")
     parser.add_argument("--out_dir", required=True, type=Path)
     parser.add_argument("--size", type=int, help="compress at size x size (a multiple of 4) instead of the own size")
+    parser.add_argument("--report", action="store_true",
+                        help="compress: also the PSNR of each round trip (needs the decoder), beside bicubic")
+    parser.add_argument("--max_image_side", type=int, default=MAX_IMAGE_SIDE, help="refuse wider or taller inputs")
+    parser.add_argument("--max_image_pixels", type=int, default=MAX_IMAGE_PIXELS, help="refuse inputs of more pixels")
     args = parser.parse_args()
     try:
         sizes = list(COMMANDS[args.command](load_model(args.model), args))

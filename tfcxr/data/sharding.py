@@ -42,7 +42,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from tfcxr.constants import LABELS, SMALL_SIZE, VAL_IMAGES
-from tfcxr.data import metadata, schema
+from tfcxr.data import image_limits, metadata, schema
 from tfcxr.data.metadata import ShardingError
 
 ENCODINGS = ("png", "raw")
@@ -66,12 +66,18 @@ def to_gray(image):
 
 
 def read_image(path):
-    """-> (uint8 [H, W], the source's PIL mode, the source's bytes); ShardingError if unreadable."""
+    """-> (uint8 [H, W], the source's PIL mode, the source's bytes); ShardingError if unreadable.
+
+    A header declaring more than constants.MAX_IMAGE_SIDE / MAX_IMAGE_PIXELS is refused before decoding.
+    """
     try:
         data = Path(path).read_bytes()
+        image_limits.check_bytes(data)
         with Image.open(io.BytesIO(data)) as image:
             image.load()
             return to_gray(image), image.mode, data
+    except image_limits.ImageTooLarge as error:
+        raise ShardingError(f"{path}: image too large: {error}") from None
     except (OSError, SyntaxError, ValueError, EOFError, zlib.error, Image.DecompressionBombError) as error:
         raise ShardingError(f"{path}: corrupt or truncated image ({error})") from None
 

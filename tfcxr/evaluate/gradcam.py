@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tfcxr.constants import LABELS  # noqa: E402
+from tfcxr.constants import LABELS, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE  # noqa: E402
 from tfcxr.data import pipeline, schema  # noqa: E402
 from tfcxr.evaluate import runs  # noqa: E402
 from tfcxr.export.codec import read_gray  # noqa: E402
@@ -91,11 +91,14 @@ def read_boxes(path):
     return boxes
 
 
-def file_images(paths, size):
-    """Image files (any PNG / JPEG) -> [(name, image float [size, size, 1], (height, width))]."""
+def file_images(paths, size, max_side=MAX_IMAGE_SIDE, max_pixels=MAX_IMAGE_PIXELS):
+    """Image files (any PNG / JPEG) -> [(name, image float [size, size, 1], (height, width))].
+
+    CodecError for a file that is not an image, or whose header declares more than the limits.
+    """
     images = []
     for path in paths:
-        pixels = read_gray(path)  # uint8 [H, W, 1]
+        pixels = read_gray(path, max_side, max_pixels)  # uint8 [H, W, 1]
         image = pipeline.to_float(pipeline.resize_uint8(pixels, size)).numpy()  # [size, size, 1]
         images.append((Path(path).name, image, pixels.shape[:2]))
     return images

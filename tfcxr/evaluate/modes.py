@@ -5,7 +5,7 @@
     python -m tfcxr.main --stage=3 --flagfile=configs/stage3.cfg --mode=explain
         [--images=a.png,b.png | --split=test --num_images=8] [--top_k=3] [--bbox_list=BBox_List_2017.csv]
     python -m tfcxr.main --stage=3 --flagfile=configs/stage3.cfg --mode=export --export_dir=DIR
-        [--model_name=tfcxr_aecnn] [--version=N]
+        [--model_name=tfcxr_aecnn] [--version=N] [--max_image_side=8192] [--max_image_pixels=40000000]
 
 Each reads the run's model (--checkpoint, default model_dir/best.keras) and writes under the
 run's model_dir (export: under --export_dir). The stage, records and sizes come from the same
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from tfcxr.constants import SMALL_SIZE, STAGE3_CROP
+from tfcxr.constants import MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE, SMALL_SIZE, STAGE3_CROP
 from tfcxr.evaluate import classification, gradcam, reconstruction, runs
 from tfcxr.export import saved_model
 from tfcxr.models import load_model
@@ -34,6 +34,10 @@ flags.DEFINE_string("bbox_list", None, "explain: BBox_List_2017.csv, to draw its
 flags.DEFINE_string("export_dir", None, "export: base folder; writes <export_dir>/<model_name>/<version>/")
 flags.DEFINE_string("model_name", None, "export: tfcxr_d121 (stage 1) or tfcxr_aecnn (stage 3) by default")
 flags.DEFINE_integer("version", None, "export: version folder (default: one more than the highest there)")
+flags.DEFINE_integer("max_image_side", MAX_IMAGE_SIDE, "explain --images / export: refuse images whose header "
+                     "declares more pixels a side (export: recorded in the SavedModel)")
+flags.DEFINE_integer("max_image_pixels", MAX_IMAGE_PIXELS, "explain --images / export: refuse images whose header "
+                     "declares more pixels in all (export: recorded in the SavedModel)")
 
 
 def eval_size(stage, image_size, resize_size):
@@ -85,7 +89,7 @@ def explain():
         raise app.UsageError("--mode=explain needs a classifier (stage 1 or 3)")
     size = eval_size(FLAGS.stage, FLAGS.image_size, FLAGS.resize_size)
     if FLAGS.images:
-        images = gradcam.file_images(FLAGS.images, size)
+        images = gradcam.file_images(FLAGS.images, size, FLAGS.max_image_side, FLAGS.max_image_pixels)
     elif FLAGS.records_dir:
         images = gradcam.split_images(FLAGS.records_dir, FLAGS.split, FLAGS.stage, FLAGS.num_images, size)
     else:
@@ -113,8 +117,10 @@ def export():
     size = eval_size(FLAGS.stage, config.get("image_size"), config.get("resize_size"))
     model, checkpoint = _load(model_dir)
     path = saved_model.export(model, FLAGS.export_dir, image_size=size, version=FLAGS.version,
-                              model_name=FLAGS.model_name or saved_model.MODEL_NAMES[FLAGS.stage])
+                              model_name=FLAGS.model_name or saved_model.MODEL_NAMES[FLAGS.stage],
+                              max_image_side=FLAGS.max_image_side, max_image_pixels=FLAGS.max_image_pixels)
     print(f"exported {checkpoint} ({size}x{size} inputs) to {path}")
+    print(f"image_bytes refuses headers above {FLAGS.max_image_side} pixels a side or {FLAGS.max_image_pixels} pixels")
 
 
 MODES = {"evaluate": evaluate, "explain": explain, "export": export}

@@ -12,18 +12,26 @@ import re
 
 import tensorflow as tf
 
-from tfcxr.constants import COMPRESSION
+from tfcxr.constants import COMPRESSION, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE
+from tfcxr.data import image_limits
 
 
 class CodecError(ValueError):
     """Bad input for the codec: the message names the file and the problem."""
 
 
-def read_gray(path):
-    """Any PNG / JPEG (gray, RGB, RGBA, 8 or 16 bit) -> uint8 [H, W, 1]."""
+def read_gray(path, max_side=MAX_IMAGE_SIDE, max_pixels=MAX_IMAGE_PIXELS):
+    """Any PNG / JPEG (gray, RGB, RGBA, 8 or 16 bit) -> uint8 [H, W, 1].
+
+    A header declaring more than max_side pixels a side or max_pixels in all is refused
+    (CodecError) before decoding.
+    """
     try:
         data = tf.io.read_file(str(path))
+        image_limits.check_bytes(data.numpy(), max_side, max_pixels)
         return tf.io.decode_image(data, channels=1, expand_animations=False)  # 16 bit -> 8 bit too
+    except image_limits.ImageTooLarge as error:
+        raise CodecError(f"{path}: {error}") from None
     except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as error:
         reason = re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:.*", "", error.message.splitlines()[0])  # TF's op decoration
         raise CodecError(f"{path}: not a readable PNG or JPEG image ({reason})") from None
@@ -54,6 +62,11 @@ def compress(encoder, image):
     """uint8 [H, W, 1] (H, W multiples of 4) -> the 8-bit latent, uint8 [H/4, W/4, 1]."""
     latent = encoder(tf.cast(image, tf.float32)[None] / 255.0, training=False)  # [1, H/4, W/4, 1]
     return to_uint8(latent)[0]
+
+
+def psnr(image, reconstruction):
+    """uint8 [H, W, 1] pair -> PSNR (dB) of the 8-bit images (tf.image.psnr, max_val 255)."""
+    return float(tf.image.psnr(tf.cast(image, tf.float32), tf.cast(reconstruction, tf.float32), 255.0))
 
 
 def reconstruct(decoder, latent):

@@ -8,11 +8,16 @@ AECNN only:
   compress         image_bytes -> latent float32 [None, h, w, 1], latent_png string [None]
   reconstruct      latent float32 [None, h, w, 1] in [0, 1] -> reconstruction [None, 4h, 4w, 1]
 
-Bytes are decoded to one 8-bit gray channel and resized to the run's evaluation size exactly
-as the input pipeline resizes evaluation images. `labels` repeats the 14 names per image, so
-every output has the batch dimension TF Serving's row ("instances") format needs.
+Images whose PNG / JPEG header declares more than max_image_side pixels a side or
+max_image_pixels in all (set at export, recorded as the SavedModel's variables of those names
+and in assets.extra/image_limits.json) fail with InvalidArgumentError before any pixel is
+decoded (tfcxr/data/image_limits.py). Bytes are decoded to one 8-bit gray channel and resized
+to the run's evaluation size exactly as the input pipeline resizes evaluation images.
+`labels` repeats the 14 names per image, so every output has the batch dimension TF Serving's
+row ("instances") format needs.
 """
 
+import json
 import os
 import re
 import shutil
@@ -21,32 +26,36 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from tfcxr.constants import LABELS
-from tfcxr.data import pipeline
+from tfcxr.constants import LABELS, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE
+from tfcxr.data import image_limits, pipeline
 
 IMAGE_BYTES = "image_bytes"
+LIMITS_FILE = "assets.extra/image_limits.json"  # beside the SavedModel, where TF Serving keeps extras
 MODEL_NAMES = {1: "tfcxr_d121", 3: "tfcxr_aecnn"}
 PNG_MAGIC, JPEG_MAGIC = b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"
 
 
-def decode_image(image_bytes, size, index=0):
-    """One PNG / JPEG (any size, mode or bit depth) -> float32 [size, size, 1] in [0, 1].
+def decode_image(image_bytes, size, index=0, max_side=MAX_IMAGE_SIDE, max_pixels=MAX_IMAGE_PIXELS):
+    """One PNG / JPEG (any mode or bit depth) -> float32 [size, size, 1] in [0, 1].
 
     The same antialiased resize, rounded to 8 bits, as the pipeline's evaluation images.
-    Bytes of anything else fail with InvalidArgumentError naming the input and the index.
+    Bytes of anything else, or a header declaring more than the limits, fail with
+    InvalidArgumentError naming the input and the index, before decoding.
     """
     is_image = tf.logical_or(tf.strings.substr(image_bytes, 0, len(PNG_MAGIC)) == PNG_MAGIC,
                              tf.strings.substr(image_bytes, 0, len(JPEG_MAGIC)) == JPEG_MAGIC)
     check = tf.debugging.Assert(is_image, [f"{IMAGE_BYTES}: not a PNG or JPEG image, at index", index])
     with tf.control_dependencies([check]):
+        within = image_limits.assert_within_limits(image_bytes, index, max_side, max_pixels, name=IMAGE_BYTES)
+    with tf.control_dependencies([within]):
         image = tf.io.decode_image(image_bytes, channels=1, expand_animations=False)  # uint8 [H, W, 1]
     return pipeline.to_float(pipeline.resize_uint8(image, size))  # [size, size, 1]
 
 
-def decode_images(image_bytes, size):
+def decode_images(image_bytes, size, max_side=MAX_IMAGE_SIDE, max_pixels=MAX_IMAGE_PIXELS):
     """string [B] -> float32 [B, size, size, 1]."""
     indices = tf.range(tf.size(image_bytes))
-    return tf.map_fn(lambda pair: decode_image(pair[0], size, pair[1]), (image_bytes, indices),
+    return tf.map_fn(lambda pair: decode_image(pair[0], size, pair[1], max_side, max_pixels), (image_bytes, indices),
                      fn_output_signature=tf.TensorSpec([size, size, 1], tf.float32))
 
 
@@ -58,18 +67,29 @@ def encode_latent_png(latent):
 class ServingModule(tf.Module):
     """Holds a baseline (or AECNN) Keras model and its classification signatures."""
 
-    def __init__(self, model, image_size):
+    def __init__(self, model, image_size, max_image_side=MAX_IMAGE_SIDE, max_image_pixels=MAX_IMAGE_PIXELS):
         super().__init__()
         self.model = model
         self.image_size = image_size
         self.label_names = tf.constant(LABELS)
+        # Saved as variables: `tf.saved_model.load(path).max_image_side` reads them back.
+        self.max_image_side = tf.Variable(max_image_side, dtype=tf.int64, trainable=False, name="max_image_side")
+        self.max_image_pixels = tf.Variable(max_image_pixels, dtype=tf.int64, trainable=False, name="max_image_pixels")
+
+    def limits(self):
+        return {"max_image_side": int(self.max_image_side.numpy()),
+                "max_image_pixels": int(self.max_image_pixels.numpy())}
+
+    def decode(self, image_bytes):
+        """string [B] -> float32 [B, size, size, 1], within the export's size limits."""
+        return decode_images(image_bytes, self.image_size, self.max_image_side, self.max_image_pixels)
 
     def _probabilities(self, images):
         return tf.sigmoid(tf.cast(self.model(images, training=False)["logits"], tf.float32))
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=IMAGE_BYTES)])
     def serve_bytes(self, image_bytes):
-        probabilities = self._probabilities(decode_images(image_bytes, self.image_size))  # [B, 14]
+        probabilities = self._probabilities(self.decode(image_bytes))  # [B, 14]
         labels = tf.tile(self.label_names[None], [tf.shape(probabilities)[0], 1])  # [B, 14]
         return {"probabilities": probabilities, "labels": labels}
 
@@ -86,7 +106,7 @@ class AECNNServingModule(ServingModule):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=IMAGE_BYTES)])
     def compress(self, image_bytes):
-        latent = self.model.get_layer("encoder")(decode_images(image_bytes, self.image_size), training=False)
+        latent = self.model.get_layer("encoder")(self.decode(image_bytes), training=False)
         latent_png = tf.map_fn(encode_latent_png, latent, fn_output_signature=tf.TensorSpec([], tf.string))
         return {"latent": latent, "latent_png": latent_png}  # [B, h, w, 1], [B]
 
@@ -104,10 +124,12 @@ def next_version(model_dir):
     return max(versions, default=0) + 1
 
 
-def export(model, export_dir, *, image_size, model_name, version=None):
+def export(model, export_dir, *, image_size, model_name, version=None, max_image_side=MAX_IMAGE_SIDE,
+           max_image_pixels=MAX_IMAGE_PIXELS):
     """Saves `model` (baseline or AECNN) to export_dir/model_name/version/; returns that path.
 
     image_size: the run's evaluation size (stage 1: resize_size; stage 3: image_size).
+    max_image_side, max_image_pixels: the largest image header the image_bytes signatures accept.
     Written under a temporary name and renamed, so TF Serving never sees half a version.
     """
     base = Path(export_dir) / model_name
@@ -117,10 +139,12 @@ def export(model, export_dir, *, image_size, model_name, version=None):
         raise ValueError(f"{target}: version {version} already exported (versions are immutable); pass another")
     base.mkdir(parents=True, exist_ok=True)
     is_aecnn = "encoder" in [layer.name for layer in model.layers]
-    module = (AECNNServingModule if is_aecnn else ServingModule)(model, image_size)
+    module = (AECNNServingModule if is_aecnn else ServingModule)(model, image_size, max_image_side, max_image_pixels)
     temporary = tempfile.mkdtemp(dir=base, prefix=f".{version}-")  # not numeric: Serving ignores it
     try:
         tf.saved_model.save(module, temporary, signatures=module.signatures())
+        (Path(temporary) / LIMITS_FILE).parent.mkdir()
+        (Path(temporary) / LIMITS_FILE).write_text(json.dumps(module.limits(), indent=1) + "\n")
         os.chmod(temporary, 0o755)
         os.replace(temporary, target)
     except BaseException:
