@@ -74,13 +74,75 @@ def test_missing_earlier_stage_file_stops_before_anything_is_built(tmp_path):
 
 
 def test_plateau_divides_the_learning_rate_after_patience_epochs_without_improvement(records_dir, tmp_path):
-    # So small a learning rate that val_loss never improves by ReduceLROnPlateau's min_delta.
+    # So small a learning rate that val_loss never improves by the relative threshold (1e-4), yet a cut
+    # larger than PyTorch's eps (1e-8, below which a cut is skipped).
     config = train_config(records_dir, tmp_path, epochs=PLATEAU_PATIENCE + 3, steps_per_epoch=1, val_steps=1,
-                          learning_rate=1e-9)
+                          learning_rate=1e-6)
     loop.train(tiny_stage(), config, strategy.make_strategy("one_device"))
     learning_rates = read_log(tmp_path)["learning_rate"].to_numpy()  # the rate each epoch trained with
-    np.testing.assert_allclose(learning_rates[: PLATEAU_PATIENCE + 1], 1e-9, rtol=1e-6)
-    np.testing.assert_allclose(learning_rates[PLATEAU_PATIENCE + 1:], 1e-9 * PLATEAU_FACTOR, rtol=1e-6)
+    # PyTorch's count: epoch 1 sets the best, epochs 2..7 are bad 1..6 > patience 5: epoch 8 trains at 1e-7.
+    np.testing.assert_allclose(learning_rates[: PLATEAU_PATIENCE + 2], 1e-6, rtol=1e-6)
+    np.testing.assert_allclose(learning_rates[PLATEAU_PATIENCE + 2:], 1e-6 * PLATEAU_FACTOR, rtol=1e-6)
+
+
+def plateau_rates(losses, **kwargs):
+    """The learning rate each epoch trains with when the plateau scheduler sees `losses` as val_loss."""
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.optimizer = keras.optimizers.Adam(1e-4)
+    plateau = callbacks_lib.ReduceLROnPlateau(**kwargs)
+    plateau.set_model(model)
+    plateau.on_train_begin()
+    rates = []
+    for epoch, loss in enumerate(losses):
+        rates.append(float(model.optimizer.learning_rate.numpy()))
+        plateau.on_epoch_end(epoch, {"val_loss": loss})
+    return np.array(rates)
+
+
+def test_plateau_threshold_is_relative_as_in_pytorch():
+    """A stage-2 MSE improving 2% an epoch: Keras's absolute min_delta 1e-4 cuts at epochs 6 and 13, PyTorch never."""
+    improving = 8e-4 * 0.98 ** np.arange(30)
+    np.testing.assert_allclose(plateau_rates(improving), 1e-4)
+    keras_rates = []  # the Keras default, for contrast: what the loop used before
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.optimizer = keras.optimizers.Adam(1e-4)
+    keras_plateau = keras.callbacks.ReduceLROnPlateau(factor=PLATEAU_FACTOR, patience=PLATEAU_PATIENCE)
+    keras_plateau.set_model(model)
+    keras_plateau.on_train_begin()
+    for epoch, loss in enumerate(improving):
+        keras_rates.append(float(model.optimizer.learning_rate.numpy()))
+        keras_plateau.on_epoch_end(epoch, {"val_loss": loss})
+    assert np.argmax(np.array(keras_rates) < 5e-5) == 6  # the 7th epoch trains at 1e-5 under Keras
+
+
+def test_plateau_counts_patience_as_pytorch():
+    """Flat loss: the rate drops after epochs 7, 13 and 19 (counting from 1): bad epochs > patience."""
+    rates = plateau_rates(np.full(20, 0.5))
+    expected = 1e-4 * PLATEAU_FACTOR ** np.array([0] * 7 + [1] * 6 + [2] * 6 + [3])
+    np.testing.assert_allclose(rates, expected, rtol=1e-6)
+    # Falling, but never below best * (1 - 1e-4): bad epochs. Falling 2e-4 an epoch: each resets the count.
+    assert plateau_rates(0.5 * (1 - 0.9e-4 * (1 - 0.5 ** np.arange(8))))[-1] == pytest.approx(1e-5)
+    assert plateau_rates(0.5 * (1 - 2e-4) ** np.arange(8))[-1] == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize("cooldown", [0, 2])
+def test_plateau_matches_torch_on_random_losses(cooldown):
+    """Step for step against torch.optim.lr_scheduler.ReduceLROnPlateau, when torch is installed."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(cooldown)
+    losses = np.cumprod(1 + rng.choice([-1e-3, -5e-5, 0.0, 2e-3], size=60))
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.Adam([parameter], lr=1e-4)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1, patience=5, cooldown=cooldown)
+    torch_rates = []
+    for loss in losses:
+        torch_rates.append(optimizer.param_groups[0]["lr"])
+        scheduler.step(loss)
+    np.testing.assert_allclose(plateau_rates(losses, cooldown=cooldown), torch_rates, rtol=1e-6)
+
+
+def test_adam_uses_pytorch_epsilon(records_dir, tmp_path):
+    assert loop.make_optimizer(train_config(records_dir, tmp_path)).epsilon == 1e-8
 
 
 def event_tags(directory):
@@ -157,12 +219,12 @@ def test_fmix_mixes_labels_in_the_same_loop(records_dir, tmp_path):
 
 
 def test_callback_state_survives_a_round_trip_through_json():
-    plateau = keras.callbacks.ReduceLROnPlateau()
+    plateau = callbacks_lib.ReduceLROnPlateau()
     plateau.wait, plateau.best, plateau.cooldown_counter = 3, np.float32(0.25), 1
     best_model = callbacks_lib.BestModel("best.keras")
     state = json.loads(json.dumps(callbacks_lib.callback_state([plateau, best_model]), default=float))
 
-    fresh_plateau, fresh_best = keras.callbacks.ReduceLROnPlateau(), callbacks_lib.BestModel("best.keras")
+    fresh_plateau, fresh_best = callbacks_lib.ReduceLROnPlateau(), callbacks_lib.BestModel("best.keras")
     fresh_plateau.on_train_begin()  # the reset that restoring must come after
     callbacks_lib.restore_callback_state([fresh_plateau, fresh_best, keras.callbacks.TerminateOnNaN()], state)
     assert (fresh_plateau.wait, fresh_plateau.best, fresh_plateau.cooldown_counter) == (3, 0.25, 1)

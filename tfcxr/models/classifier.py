@@ -7,7 +7,7 @@ import tensorflow as tf
 from keras import layers
 
 from tfcxr.constants import NUM_LABELS
-from tfcxr.models.layers import ImageNetNormalization
+from tfcxr.models.layers import ImageNetNormalization, torch_initializers
 
 # The file Keras caches in ~/.keras/models/ for DenseNet121(weights="imagenet", include_top=False).
 NOTOP_WEIGHTS = "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"
@@ -28,7 +28,8 @@ def build_classifier(weights=None, image_size=None):
     image = keras.Input(shape=(image_size, image_size, 3), name="image")
     backbone = _densenet121(image, weights)
     x = layers.GlobalAveragePooling2D(name="pool")(backbone.output)  # [B,1024]
-    logits = layers.Dense(NUM_LABELS, dtype="float32", name="logits")(x)  # [B,14]
+    # The head starts as the reference's nn.Linear(1024, 14), not with Keras's glorot / zeros.
+    logits = layers.Dense(NUM_LABELS, dtype="float32", name="logits", **torch_initializers(x.shape[-1]))(x)  # [B,14]
     return keras.Model(image, logits, name="classifier")
 
 

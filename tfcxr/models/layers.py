@@ -7,6 +7,20 @@ from keras import layers, ops
 from tfcxr.constants import IMAGENET_MEAN, IMAGENET_STD
 
 
+def torch_initializers(fan_in, bias_center=0.0):
+    """Initializers of PyTorch's nn.Conv2d / nn.Linear (the reference's layers), not Keras's glorot / zeros.
+
+    PyTorch: weight ~ kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(fan_in), 1/sqrt(fan_in)) and bias ~ the
+    same U(-1/sqrt(fan_in), 1/sqrt(fan_in)); fan_in = inputs per output (in_channels * kh * kw).
+    VarianceScaling(1/3, "fan_in", "uniform") has limit sqrt(3 * (1/3) / fan_in) = 1/sqrt(fan_in).
+    Use as layers.Conv2D(..., **torch_initializers(fan_in)). `bias_center` shifts the bias interval
+    (PyTorch: 0).
+    """
+    bound = 1.0 / fan_in**0.5
+    return {"kernel_initializer": keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform"),
+            "bias_initializer": keras.initializers.RandomUniform(bias_center - bound, bias_center + bound)}
+
+
 def clipped_relu(name):
     """ClippedReLU = min(max(0, x), 1), computed in float32 even under mixed precision.
 

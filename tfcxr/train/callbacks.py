@@ -1,4 +1,4 @@
-"""The loop's own callbacks, beside Keras's ReduceLROnPlateau, CSVLogger and TerminateOnNaN."""
+"""The loop's own callbacks (the reference's plateau scheduler among them), beside Keras's CSVLogger and TerminateOnNaN."""
 
 import math
 import os
@@ -6,6 +6,8 @@ from pathlib import Path
 
 import keras
 import tensorflow as tf
+
+from tfcxr.constants import PLATEAU_FACTOR, PLATEAU_PATIENCE, PLATEAU_THRESHOLD
 
 from tfcxr.evaluate.runs import write_text
 
@@ -30,6 +32,54 @@ def restore_callback_state(callbacks, state):
     for callback in callbacks:
         for name, value in state.get(type(callback).__name__, {}).items():
             setattr(callback, name, value)
+
+
+class ReduceLROnPlateau(keras.callbacks.Callback):
+    """keras.callbacks.ReduceLROnPlateau's job with torch.optim.lr_scheduler.ReduceLROnPlateau's rules.
+
+    The reference (PyTorch, mode "min", threshold_mode "rel") differs from Keras's defaults in two
+    ways, both followed here:
+      - improvement is RELATIVE: current < best * (1 - threshold); Keras: current < best - min_delta,
+        an absolute 1e-4 that is several percent of a stage-2 MSE of order 1e-3;
+      - the rate drops when the bad epochs EXCEED patience (PyTorch) rather than reach it (Keras):
+        on a flat loss with patience 5, the cut comes after epoch 7 (counting from 1), not 6.
+    Cooldown is counted as PyTorch does, and a cut smaller than `eps` is skipped. `wait`, `best` and
+    `cooldown_counter` keep Keras's names (PyTorch: num_bad_epochs, best, cooldown_counter), so the
+    loop's checkpoints carry them as before. Mode "min" only: the loop monitors val_loss.
+    """
+
+    def __init__(self, monitor="val_loss", factor=PLATEAU_FACTOR, patience=PLATEAU_PATIENCE,
+                 threshold=PLATEAU_THRESHOLD, cooldown=0, min_lr=0.0, eps=1e-8, verbose=0):
+        super().__init__()
+        self.monitor, self.factor, self.patience, self.threshold = monitor, factor, patience, threshold
+        self.cooldown, self.min_lr, self.eps, self.verbose = cooldown, min_lr, eps, verbose
+        self.on_train_begin()
+
+    def on_train_begin(self, logs=None):
+        self.best, self.wait, self.cooldown_counter = math.inf, 0, 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        learning_rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        logs["learning_rate"] = learning_rate
+        current = logs.get(self.monitor)
+        if current is None:
+            raise KeyError(f"ReduceLROnPlateau monitors {self.monitor!r}, not in the logs: {sorted(logs)}")
+        if current < self.best * (1.0 - self.threshold):
+            self.best, self.wait = float(current), 0
+        else:
+            self.wait += 1
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if self.wait > self.patience:
+            new_rate = max(learning_rate * self.factor, self.min_lr)
+            if learning_rate - new_rate > self.eps:
+                self.model.optimizer.learning_rate = new_rate
+                if self.verbose:
+                    print(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {new_rate}.")
+            self.cooldown_counter = self.cooldown
+            self.wait = 0
 
 
 def save_model_atomic(model, path):

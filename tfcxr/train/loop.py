@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from tfcxr.constants import LABELS, PLATEAU_FACTOR, PLATEAU_PATIENCE
+from tfcxr.constants import ADAM_EPSILON, LABELS
 from tfcxr.data import schema
 from tfcxr.evaluate.metrics import label_aucs
 from tfcxr.train import callbacks as callbacks_lib
@@ -61,8 +61,8 @@ def epoch_seed(seed, epoch):
 
 
 def make_optimizer(config):
-    """Adam (default betas); under float16 wrapped in a LossScaleOptimizer."""
-    optimizer = keras.optimizers.Adam(config.learning_rate)
+    """Adam (default betas, PyTorch's epsilon); under float16 wrapped in a LossScaleOptimizer."""
+    optimizer = keras.optimizers.Adam(config.learning_rate, epsilon=ADAM_EPSILON)
     if config.mixed_precision == "float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
@@ -150,7 +150,7 @@ def make_callbacks(stage, config, chief, resumed_epoch):
     """The plateau scheduler and TerminateOnNaN everywhere; the writers on the chief only."""
     model_dir = Path(config.model_dir)
     callbacks = [
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=PLATEAU_FACTOR, patience=PLATEAU_PATIENCE),
+        callbacks_lib.ReduceLROnPlateau(monitor="val_loss"),
         keras.callbacks.TerminateOnNaN(),
     ]
     if not chief:
