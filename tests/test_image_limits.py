@@ -7,7 +7,6 @@ import json
 import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -27,19 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SIZE = 64  # the toy evaluation size of the exports
 
 
-def png_chunk(kind, data):
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def blank_png(width, height, bit_depth=1):
-    """A valid all-black grayscale PNG written by hand: 20,000 x 20,000 at 1 bit is 49 KB."""
-    row = b"\0" * (1 + (width * bit_depth + 7) // 8)  # filter byte + packed pixels
-    deflate = zlib.compressobj(9)
-    idat = b"".join(deflate.compress(row) for _ in range(height)) + deflate.flush()
-    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, 0, 0, 0, 0)  # gray, deflate, no interlace
-    return image_limits.PNG_SIGNATURE + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
-
-
 def encode(pixels, format="PNG", **options):
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format=format, **options)
@@ -52,16 +38,12 @@ def gradient(height, width):
 
 
 def jpeg_declaring(width, height):
-    """A small gray baseline JPEG whose SOF0 header is rewritten to declare width x height."""
-    data = bytearray(encode(gradient(16, 16), "JPEG"))
-    sof = data.index(b"\xff\xc0\x00\x0b")  # SOF0 of one component: length 11
-    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
-    return bytes(data)
+    return image_limits.jpeg_declaring(encode(gradient(16, 16), "JPEG"), width, height)
 
 
 @pytest.fixture(scope="module")
 def bomb():
-    return blank_png(20_000, 20_000)
+    return image_limits.blank_png(20_000, 20_000)
 
 
 def test_declared_sizes_equal_pil_sizes():
@@ -73,6 +55,10 @@ def test_declared_sizes_equal_pil_sizes():
     for data in variants:
         assert image_limits.declared_size(data) == Image.open(io.BytesIO(data)).size == (53, 37)
     assert image_limits.declared_size(jpeg_declaring(20_000, 7)) == (20_000, 7)
+    assert image_limits.declared_size(image_limits.jpeg_declaring(variants[4], 9, 10_000)) == (9, 10_000)  # SOF2
+    for bit_depth in (1, 8):
+        blank = Image.open(io.BytesIO(image_limits.blank_png(30, 20, bit_depth)))
+        assert blank.size == (30, 20) and not np.asarray(blank.convert("L")).any()
     for data in [b"", b"not an image", b"\x89PNG\r\n\x1a\n\0\0", b"\xff\xd8\xff\xe0\x00\x10JFIF", variants[0][:20]]:
         assert image_limits.declared_size(data) is None
 
@@ -89,7 +75,7 @@ def test_check_bytes_limits(bomb):
     with pytest.raises(image_limits.ImageTooLarge, match=r"declares 20000x20000 pixels .* 8192 a side and 40000000"):
         image_limits.check_bytes(bomb)
     assert image_limits.check_bytes(encode(gradient(8, 8))) == (8, 8)
-    header = blank_png(1, 1)[:24]  # only the header is read
+    header = image_limits.blank_png(1, 1)[:24]  # only the header is read
     for width, height, refused in [(4300, 3500, False), (MAX_IMAGE_SIDE, 4000, False), (MAX_IMAGE_SIDE + 1, 8, True),
                                    (6400, 6400, True)]:  # 6400^2 = 41 MP: the pixel limit alone
         data = header[:16] + struct.pack(">II", width, height)

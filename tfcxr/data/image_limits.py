@@ -16,6 +16,7 @@ decoder refuses them with its own error.
 """
 
 import struct
+import zlib
 
 from tfcxr.constants import MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE
 
@@ -38,8 +39,8 @@ def png_size(data: bytes):
     return struct.unpack(">II", data[16:24])
 
 
-def jpeg_size(data: bytes):
-    """(width, height) from a JPEG's first SOF segment, or None when there is none before the scan."""
+def jpeg_sof_offset(data: bytes):
+    """Offset of a JPEG's first SOF marker (FF Cx), or None when there is none before the scan."""
     if not data.startswith(JPEG_SIGNATURE):
         return None
     offset = 2  # after SOI
@@ -52,16 +53,22 @@ def jpeg_size(data: bytes):
         elif marker in JPEG_STANDALONE_MARKERS:
             offset += 2
         elif marker in JPEG_SOF_MARKERS:
-            if offset + 9 > len(data):
-                return None
-            height, width = struct.unpack(">HH", data[offset + 5:offset + 9])  # after length (2), precision (1)
-            return width, height
+            return offset
         elif marker in (0xD9, 0xDA):  # EOI, SOS: no frame header before the data
             return None
         else:
             (length,) = struct.unpack(">H", data[offset + 2:offset + 4])
             offset += 2 + length
     return None
+
+
+def jpeg_size(data: bytes):
+    """(width, height) from a JPEG's first SOF segment, or None."""
+    offset = jpeg_sof_offset(data)
+    if offset is None or offset + 9 > len(data):
+        return None
+    height, width = struct.unpack(">HH", data[offset + 5:offset + 9])  # after marker, length (2), precision (1)
+    return width, height
 
 
 def declared_size(data: bytes):
@@ -84,6 +91,27 @@ def check_bytes(data: bytes, max_side: int = MAX_IMAGE_SIDE, max_pixels: int = M
     if size and too_large(*size, max_side, max_pixels):
         raise ImageTooLarge(limit_message(*size, max_side, max_pixels))
     return size
+
+
+def blank_png(width: int, height: int, bit_depth: int = 1) -> bytes:
+    """A valid all-black grayscale PNG of any size, written row by row without holding its pixels.
+
+    What the limits are tested and measured with: 20,000 x 20,000 is 49 KB at 1 bit, 0.39 MB at 8.
+    """
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\0" * (1 + (width * bit_depth + 7) // 8)  # filter byte + packed pixels
+    deflate = zlib.compressobj(9)
+    idat = b"".join(deflate.compress(row) for _ in range(height)) + deflate.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, 0, 0, 0, 0)  # gray, deflate, no interlace
+    return PNG_SIGNATURE + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def jpeg_declaring(data: bytes, width: int, height: int) -> bytes:
+    """A JPEG's bytes with its SOF rewritten to declare width x height (its scan no longer fits)."""
+    offset = jpeg_sof_offset(data)
+    return data[:offset + 5] + struct.pack(">HH", height, width) + data[offset + 9:]
 
 
 # In the graph. TensorFlow is imported here, not at the top: the Python check above stays
