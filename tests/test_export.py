@@ -1,12 +1,8 @@
 """SavedModel export for TF Serving (tfcxr.export.saved_model) and tools/serving_client.py."""
 
-import base64
 import io
-import json
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +11,7 @@ import tensorflow as tf
 from PIL import Image
 
 from tfcxr.constants import LABELS
-from tfcxr.export import saved_model
+from tfcxr.export import rest, saved_model
 from tiny_models import tiny_aecnn, tiny_baseline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +56,7 @@ def test_saved_model_cli_lists_the_signatures(exported):
                            capture_output=True, text=True, check=True).stdout
     for signature in ("serving_default", "predict_images", "compress", "reconstruct"):
         assert f"signature_def['{signature}']" in shown
-    assert "inputs['image_bytes']" in shown and "outputs['probabilities']" in shown and "outputs['latent_png']" in shown
+    assert "inputs['image_bytes']" in shown and "outputs['probabilities']" in shown and "outputs['latent_png_bytes']" in shown
 
 
 def test_serving_default_matches_the_keras_model(aecnn, exported):
@@ -103,7 +99,7 @@ def test_compress_and_reconstruct_signatures(aecnn, exported):
     compressed = loaded.signatures["compress"](image_bytes=tf.constant([encode(pixels)]))
     latent = aecnn.get_layer("encoder")(pixels[None, ..., None].astype(np.float32) / 255)
     np.testing.assert_allclose(compressed["latent"].numpy(), latent.numpy(), atol=1e-6)
-    stored = np.asarray(Image.open(io.BytesIO(compressed["latent_png"].numpy()[0])))
+    stored = np.asarray(Image.open(io.BytesIO(compressed["latent_png_bytes"].numpy()[0])))
     assert stored.shape == (SIZE // 4, SIZE // 4) and stored.dtype == np.uint8
     np.testing.assert_array_equal(stored, np.round(latent.numpy()[0, ..., 0] * 255))
     reconstruction = loaded.signatures["reconstruct"](latent=compressed["latent"])["reconstruction"]
@@ -121,46 +117,11 @@ def test_baseline_export_has_no_codec_signatures(tmp_path):
     np.testing.assert_allclose(probabilities.numpy(), expected.numpy(), atol=1e-5)
 
 
-class ServingStub(BaseHTTPRequestHandler):
-    """TF Serving's REST predict contract, answered by the loaded serving_default signature."""
-
-    signature = None
-
-    def do_POST(self):  # noqa: N802 (http.server's name)
-        if not self.path.endswith(":predict"):
-            return self._reply(404, {"error": f"no such endpoint {self.path}"})
-        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        images = [base64.b64decode(instance["b64"]) for instance in request["instances"]]
-        try:
-            outputs = self.signature(image_bytes=tf.constant(images))
-        except tf.errors.InvalidArgumentError as error:
-            return self._reply(400, {"error": error.message})
-        rows = [{"probabilities": p.tolist(), "labels": [label.decode() for label in names]}
-                for p, names in zip(outputs["probabilities"].numpy(), outputs["labels"].numpy())]
-        self._reply(200, {"predictions": rows})
-
-    def _reply(self, status, body):
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def serving_url(exported):
-    _, loaded = exported
-    handler = type("Handler", (ServingStub,), {"signature": staticmethod(loaded.signatures["serving_default"])})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/v1/models/tfcxr_aecnn:predict"
-    server.shutdown()
-    thread.join()
+    path, _ = exported
+    with rest.serving(path) as url:  # TF Serving's REST rules, tfcxr/export/rest.py
+        yield f"{url}:predict"
 
 
 def client(url, *files):

@@ -1,32 +1,52 @@
-"""Query a TF Serving REST endpoint with PNG / JPEG files; print the 14 probabilities.
+"""Query a TF Serving REST endpoint with PNG / JPEG files: the 14 probabilities, or compressed latents.
 
     python tools/serving_client.py --url=http://localhost:8501/v1/models/tfcxr_aecnn:predict a.png b.png
+    python tools/serving_client.py --url=... --signature_name=compress --out_dir=latents a.png b.png
 
-Sends {"instances": [{"b64": "<base64 file bytes>"}, ...]} (TF Serving's row format for the
-`image_bytes` input of serving_default) and prints one row per label, one column per file.
-Standard library only, so it runs wherever Python does.
+Sends {"signature_name": ..., "instances": [{"b64": "<base64 file bytes>"}, ...]} (TF Serving's
+row format for the `image_bytes` input) and decodes every {"b64": ...} in the answer (outputs
+named *_bytes). serving_default: one row per label, one column per file. compress: one line
+per file with its latent's size; with --out_dir, each latent_png_bytes written as
+<out_dir>/<file stem>_latent.png. Standard library only, so it runs wherever Python does.
 """
 
 import argparse
 import base64
 import json
+import os
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+DEFAULT_SIGNATURE = "serving_default"
+LATENT_PNG = "latent_png_bytes"  # compress's 8-bit latent, PNG-encoded
 
-def request_body(paths):
+
+def request_body(paths, signature_name=DEFAULT_SIGNATURE):
     """The REST request of TF Serving's predict API for these image files."""
     instances = [{"b64": base64.b64encode(Path(path).read_bytes()).decode("ascii")} for path in paths]
-    return json.dumps({"instances": instances}).encode()
+    return json.dumps({"signature_name": signature_name, "instances": instances}).encode()
 
 
-def predict(url, paths, timeout=60):
-    """POSTs the files; returns the response's "predictions" (one dict per file)."""
-    request = urllib.request.Request(url, data=request_body(paths), headers={"Content-Type": "application/json"})
+def decode_b64(value):
+    """A JSON value with every {"b64": ...} object (TF Serving's binary outputs) replaced by its bytes."""
+    if isinstance(value, dict):
+        if set(value) == {"b64"}:
+            return base64.b64decode(value["b64"])
+        return {key: decode_b64(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [decode_b64(item) for item in value]
+    return value
+
+
+def predict(url, paths, timeout=60, signature_name=DEFAULT_SIGNATURE):
+    """POSTs the files; returns the response's "predictions" (one per file), binary values decoded."""
+    request = urllib.request.Request(url, data=request_body(paths, signature_name),
+                                     headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=timeout) as response:
-        return json.loads(response.read())["predictions"]
+        return decode_b64(json.loads(response.read())["predictions"])
 
 
 def table(paths, predictions):
@@ -40,22 +60,61 @@ def table(paths, predictions):
     return "\n".join(lines)
 
 
+def latent_path(out_dir, path):
+    return Path(out_dir) / f"{Path(path).stem}_latent.png"
+
+
+def write_file(path, data):
+    """Under a temporary name, then renamed (tfcxr.evaluate.runs.write_bytes; this tool stays stdlib-only)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def latent_lines(paths, predictions, out_dir=None):
+    """compress: one line per file (latent h x w, PNG size), writing the PNGs when out_dir is given."""
+    lines = []
+    for path, prediction in zip(paths, predictions):
+        latent, png = prediction["latent"], prediction[LATENT_PNG]
+        line = f"{Path(path).name}: latent {len(latent)}x{len(latent[0])}, PNG {len(png)} bytes"
+        if out_dir:
+            write_file(latent_path(out_dir, path), png)
+            line += f" -> {latent_path(out_dir, path)}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", required=True, help="http://HOST:8501/v1/models/MODEL_NAME:predict")
+    parser.add_argument("--signature_name", default=DEFAULT_SIGNATURE, choices=[DEFAULT_SIGNATURE, "compress"],
+                        help="serving_default (probabilities) or compress (AECNN latents)")
+    parser.add_argument("--out_dir", help="compress: write each latent PNG here as <file stem>_latent.png")
     parser.add_argument("--timeout", type=float, default=60, help="seconds to wait for the server")
     parser.add_argument("files", nargs="+", help="PNG or JPEG files")
     args = parser.parse_args()
     for path in args.files:
         if not Path(path).is_file():
             sys.exit(f"{path}: no such file")
+    if args.out_dir and args.signature_name != "compress":
+        sys.exit("--out_dir: only compress returns images to write (pass --signature_name=compress)")
     try:
-        predictions = predict(args.url, args.files, args.timeout)
+        predictions = predict(args.url, args.files, args.timeout, args.signature_name)
     except urllib.error.HTTPError as error:
         sys.exit(f"{args.url}: HTTP {error.code}: {error.read().decode(errors='replace').strip()}")
     except (urllib.error.URLError, OSError) as error:
         sys.exit(f"{args.url}: cannot reach the server ({getattr(error, 'reason', error)})")
-    print(table(args.files, predictions))
+    if args.signature_name == "compress":
+        print(latent_lines(args.files, predictions, args.out_dir))
+    else:
+        print(table(args.files, predictions))
 
 
 if __name__ == "__main__":

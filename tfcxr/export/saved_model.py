@@ -5,7 +5,8 @@ Signatures (stage 1 D121 baseline and stage 3 AECNN):
                    -> probabilities float32 [None, 14], labels string [None, 14]
   predict_images   images float32 [None, H, W, 1] in [0, 1] -> probabilities
 AECNN only:
-  compress         image_bytes -> latent float32 [None, h, w, 1], latent_png string [None]
+  compress         image_bytes -> latent float32 [None, h, w, 1], latent_png_bytes string [None]
+                   (the 8-bit latent as PNG; `_bytes`: TF Serving's REST API returns it as {"b64": ...})
   reconstruct      latent float32 [None, h, w, 1] in [0, 1] -> reconstruction [None, 4h, 4w, 1]
 
 Images whose PNG / JPEG header declares more than max_image_side pixels a side or
@@ -108,7 +109,7 @@ class AECNNServingModule(ServingModule):
     def compress(self, image_bytes):
         latent = self.model.get_layer("encoder")(self.decode(image_bytes), training=False)
         latent_png = tf.map_fn(encode_latent_png, latent, fn_output_signature=tf.TensorSpec([], tf.string))
-        return {"latent": latent, "latent_png": latent_png}  # [B, h, w, 1], [B]
+        return {"latent": latent, "latent_png_bytes": latent_png}  # [B, h, w, 1], [B]
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 1], tf.float32, name="latent")])
     def reconstruct(self, latent):

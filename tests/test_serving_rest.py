@@ -1,0 +1,174 @@
+"""TF Serving's REST rules on both exports: binary outputs named *_bytes, the stand-in (tfcxr.export.rest)
+and tools/serving_client.py over HTTP on 127.0.0.1."""
+
+import base64
+import io
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from tfcxr.constants import LABELS
+from tfcxr.export import rest, saved_model
+from tiny_models import tiny_aecnn, tiny_baseline
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = 64  # the toy evaluation size
+
+
+def png(seed, size=SIZE):
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size), dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """{"tfcxr_d121": path, "tfcxr_aecnn": path}: both exports, toy sizes."""
+    export_dir = tmp_path_factory.mktemp("exports")
+    return {name: saved_model.export(model, export_dir, image_size=SIZE, model_name=name)
+            for name, model in (("tfcxr_d121", tiny_baseline()), ("tfcxr_aecnn", tiny_aecnn()))}
+
+
+def example_inputs(spec):
+    """Valid inputs for a signature input: two encoded images, or two float images in [0, 1]."""
+    if spec.dtype == tf.string:
+        return tf.constant([png(1), png(2)])
+    side = SIZE // 4 if spec.name == "latent" else SIZE
+    return tf.constant(np.random.default_rng(3).random((2, side, side, 1), np.float32))
+
+
+def is_utf8(data):
+    try:
+        data.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def test_every_binary_string_output_of_both_exports_ends_in_bytes(exports):
+    seen = set()
+    for path in exports.values():
+        signatures = tf.saved_model.load(str(path)).signatures
+        for name, signature in signatures.items():
+            outputs = signature(**{key: example_inputs(spec) for key, spec in rest.input_specs(signature).items()})
+            for output, tensor in outputs.items():
+                if tensor.dtype != tf.string:
+                    continue
+                seen.add(output)
+                binary = not all(is_utf8(value) for value in tensor.numpy().ravel())
+                assert not binary or output.endswith(rest.BYTES_SUFFIX), \
+                    f"{path} {name}: string output {output!r} holds binary bytes but lacks the _bytes suffix"
+    assert seen == {"labels", "latent_png_bytes"}  # the walk reached both kinds
+
+
+def test_a_binary_output_without_the_suffix_is_refused():
+    """The stand-in refuses to write such an output as a JSON string (TF Serving would break the JSON)."""
+    with pytest.raises(rest.NotJSONWritable, match="'latent_png' holds bytes that are not UTF-8"):
+        rest.response_body({"latent_png": tf.constant([png(0)])}, rows=1)
+    assert rest.response_body({"latent_png_bytes": tf.constant([png(0)])}, rows=1) == {"predictions": [b64(png(0))]}
+
+
+def post(url, body):
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@pytest.fixture(scope="module")
+def aecnn_url(exports):
+    with rest.serving(exports["tfcxr_aecnn"]) as url:
+        yield url
+
+
+def b64(data):
+    return {"b64": base64.b64encode(data).decode("ascii")}
+
+
+def test_row_format_request_and_response_shapes(exports, aecnn_url):
+    loaded = tf.saved_model.load(str(exports["tfcxr_aecnn"]))
+    images = [png(4), png(5)]
+    status, body = post(f"{aecnn_url}:predict", {"instances": [b64(data) for data in images]})
+    assert status == 200 and len(body["predictions"]) == 2
+    expected = loaded.signatures["serving_default"](image_bytes=tf.constant(images))["probabilities"].numpy()
+    for row, probabilities in zip(body["predictions"], expected):
+        assert sorted(row) == ["labels", "probabilities"] and row["labels"] == list(LABELS)
+        np.testing.assert_allclose(row["probabilities"], probabilities, atol=1e-6)
+
+    status, body = post(f"{aecnn_url}:predict", {"signature_name": "compress", "instances": [b64(images[0])]})
+    assert status == 200
+    (row,) = body["predictions"]
+    compressed = loaded.signatures["compress"](image_bytes=tf.constant(images[:1]))
+    assert base64.b64decode(row["latent_png_bytes"]["b64"]) == compressed["latent_png_bytes"].numpy()[0]
+    np.testing.assert_allclose(row["latent"], compressed["latent"].numpy()[0], atol=1e-6)
+
+    latent = compressed["latent"].numpy()
+    status, body = post(f"{aecnn_url}/versions/1:predict", {"signature_name": "reconstruct", "instances": latent.tolist()})
+    assert status == 200  # one output: "predictions" holds the values themselves
+    reconstruction = loaded.signatures["reconstruct"](latent=tf.constant(latent))["reconstruction"].numpy()
+    np.testing.assert_allclose(np.array(body["predictions"]), reconstruction, atol=1e-5)
+
+
+def test_columnar_format_and_errors(aecnn_url):
+    status, body = post(f"{aecnn_url}:predict", {"signature_name": "compress", "inputs": {"image_bytes": [b64(png(6))]}})
+    assert status == 200 and sorted(body["outputs"]) == ["latent", "latent_png_bytes"]
+    assert np.array(body["outputs"]["latent"]).shape == (1, SIZE // 4, SIZE // 4, 1)
+    assert Image.open(io.BytesIO(base64.b64decode(body["outputs"]["latent_png_bytes"][0]["b64"]))).size == (16, 16)
+
+    status, body = post(f"{aecnn_url}:predict", {"instances": [b64(b"not an image")]})
+    assert status == 400 and "image_bytes" in body["error"]
+    assert post(f"{aecnn_url}:predict", {"signature_name": "nope", "instances": [1]})[0] == 400
+    assert post(f"{aecnn_url}:predict", {"instances": [b64(png(0))], "inputs": [b64(png(0))]})[0] == 400
+    assert post(aecnn_url.replace("tfcxr_aecnn", "other") + ":predict", {"instances": [b64(png(0))]})[0] == 404
+    with urllib.request.urlopen(aecnn_url, timeout=60) as response:
+        assert json.loads(response.read())["model_version_status"][0]["state"] == "AVAILABLE"
+
+
+def client(url, *args):
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "serving_client.py"), f"--url={url}:predict", *map(str, args)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_serving_client_writes_the_latent_pngs_of_compress(exports, aecnn_url, tmp_path):
+    files = []
+    for seed in (7, 8):
+        files.append(tmp_path / f"image_{seed}.png")
+        files[-1].write_bytes(png(seed))
+    out_dir = tmp_path / "latents"
+    result = client(aecnn_url, "--signature_name=compress", f"--out_dir={out_dir}", *files)
+    assert result.returncode == 0, result.stderr
+    compress = tf.saved_model.load(str(exports["tfcxr_aecnn"])).signatures["compress"]
+    expected = compress(image_bytes=tf.constant([f.read_bytes() for f in files]))["latent_png_bytes"].numpy()
+    lines = result.stdout.splitlines()
+    for file, line, data in zip(files, lines, expected):
+        written = out_dir / f"{file.stem}_latent.png"
+        assert written.read_bytes() == data
+        assert line == f"{file.name}: latent 16x16, PNG {len(data)} bytes -> {written}"
+    assert sorted(p.name for p in out_dir.iterdir()) == ["image_7_latent.png", "image_8_latent.png"]  # no temporaries
+    wrong = client(aecnn_url, f"--out_dir={out_dir}", files[0])
+    assert wrong.returncode == 1 and "--signature_name=compress" in wrong.stderr
+
+
+def test_serving_client_against_the_d121_export(exports, tmp_path):
+    image = tmp_path / "one.png"
+    image.write_bytes(png(9))
+    with rest.serving(exports["tfcxr_d121"]) as url:
+        result = client(url, image)
+        assert result.returncode == 0, result.stderr
+        refused = client(url, "--signature_name=compress", image)
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1 + len(LABELS) and "one.png" in lines[0]
+    expected = tf.saved_model.load(str(exports["tfcxr_d121"])).signatures["serving_default"](
+        image_bytes=tf.constant([png(9)]))["probabilities"].numpy()[0]
+    np.testing.assert_allclose([float(line.split()[1]) for line in lines[1:]], expected, atol=1e-4)
+    assert refused.returncode == 1 and "HTTP 400" in refused.stderr and "compress" in refused.stderr
