@@ -18,9 +18,11 @@ Other --flags (e.g. --autoencoder=residual) go to tfcxr.main unchanged. --score_
 """
 
 import argparse
+import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import threading
@@ -64,6 +66,8 @@ def parse_args(argv=None):
     parser.add_argument("--score_only", action="store_true", help="score the existing run, do not train")
     parser.add_argument("--note", default="", help="one line on why this run exists, kept in the results")
     args, args.extra = parser.parse_known_args(argv)  # other --flags go to tfcxr.main as they are
+    for name in ("records_dir", "runs_dir", "results_dir"):  # training runs in a snapshot folder
+        setattr(args, name, getattr(args, name).resolve())
     return args
 
 
@@ -88,14 +92,44 @@ class LoadSampler(threading.Thread):
             self.samples.append(os.getloadavg()[0])
 
 
-def train(command, model_dir):
-    """Runs `command` (output to model_dir/train.log). -> (wall seconds, load samples)."""
+def snapshot(code_dir):
+    """tfcxr/ and configs/ as they are on disk now, copied into code_dir/<content hash>.
+    -> (that folder, "<HEAD commit>+<content hash>"; "+clean" when they equal HEAD's).
+
+    Training runs from there: tf.function's autograph re-reads the source files whenever it traces
+    (the first step, the first validation), so edits that others make to the working tree meanwhile
+    would otherwise be traced into a running benchmark, or break it. The working tree, not HEAD:
+    HEAD may lack files that others have not committed yet. The folder keeps the diff against HEAD.
+    """
+    files = sorted(path for folder in ("tfcxr", "configs") for path in (ROOT / folder).rglob("*")
+                   if path.is_file() and "__pycache__" not in path.parts)
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+    commit = _git("rev-parse", "HEAD").strip()
+    changes = _git("status", "--porcelain", "--", "tfcxr", "configs")
+    version = f"{commit[:7]}+{'clean' if not changes else digest.hexdigest()[:12]}"
+    folder = code_dir / digest.hexdigest()[:12]
+    if not (folder / "tfcxr" / "main.py").is_file():
+        for path in files:
+            (folder / path.relative_to(ROOT)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, folder / path.relative_to(ROOT))
+        write_text(folder / "CHANGES.diff", changes + _git("diff", "HEAD", "--", "tfcxr", "configs"))
+    return folder, version
+
+
+def _git(*args):
+    return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+
+
+def train(command, model_dir, code):
+    """Runs `command` in `code` (output to model_dir/train.log). -> (wall seconds, load samples)."""
     model_dir.mkdir(parents=True, exist_ok=True)
     sampler = LoadSampler()
     sampler.start()
     start = time.perf_counter()
     with open(model_dir / "train.log", "ab") as log:
-        returncode = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
+        returncode = subprocess.run(command, cwd=code, stdout=log, stderr=subprocess.STDOUT).returncode
     wall = time.perf_counter() - start
     sampler.done.set()
     if returncode:
@@ -174,7 +208,7 @@ def write_report(results_dir):
     ]
     for result in results:
         lines += [f"## {result['name']}", "", result["note"] or "", "", "```bash", result["bench_command"], "# which ran:", result["command"], "```", "",
-                  f"Finished {result['finished']} on {result['cpu']}; 1-minute load average during training "
+                  f"Code: {result.get('commit') or 'unknown'} (commit + hash of uncommitted tfcxr/, configs/). Finished {result['finished']} on {result['cpu']}; 1-minute load average during training "
                   f"{result['load_min']:.1f}-{result['load_max']:.1f} (mean {result['load_mean']:.1f}): "
                   "the machine is shared with other work.", "",
                   f"![loss curve](stage2_real_{result['name']}.png)", ""]
@@ -189,18 +223,20 @@ def main(argv=None):
     command = train_command(args, model_dir)
     timing = model_dir / "timing.json"  # written after training, read by --score_only
     if not args.score_only:
-        print(f"training: {' '.join(command)}\n  log: {model_dir / 'train.log'}", flush=True)
-        wall, loads = train(command, model_dir)
-        write_json(timing, {"wall_s": wall, "load_samples": loads})
+        code, commit = snapshot(args.runs_dir / ".code")
+        print(f"training (code {commit}, in {code}): {' '.join(command)}\n  log: {model_dir / 'train.log'}",
+              flush=True)
+        wall, loads = train(command, model_dir, code)
+        write_json(timing, {"wall_s": wall, "load_samples": loads, "commit": commit})
     if not timing.is_file():
         raise SystemExit(f"{timing}: not found; train the run first (without --score_only)")
-    wall, loads = (json.loads(timing.read_text())[key] for key in ("wall_s", "load_samples"))
+    wall, loads, commit = (json.loads(timing.read_text()).get(key) for key in ("wall_s", "load_samples", "commit"))
     log = pd.read_csv(model_dir / "log.csv")
     config = json.loads((model_dir / "config.json").read_text())
     plot_losses(log, args.name, counts, args.results_dir / f"stage2_real_{args.name}.png")
     scores = real_cxr14.score_autoencoder(model_dir / "best.keras", args.records_dir)
     result = {
-        "name": args.name, "note": args.note,
+        "name": args.name, "note": args.note, "commit": commit,
         "bench_command": " ".join([".venv/bin/python benchmarks/bench_stage2_real.py", *(argv or sys.argv[1:])]),
         "command": " ".join(["python", *command[1:]]).replace(str(ROOT) + "/", ""),
         "config": {key: config.get(key) for key in ("autoencoder", "learning_rate", "epochs", "steps_per_epoch",
