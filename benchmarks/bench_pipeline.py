@@ -11,10 +11,12 @@ tfcxr.data.sharding.shard in both encodings (png, raw), and measures, in the sam
     decode of the 1024 PNG, then the stage's transforms with PIL / numpy (torchvision's
     transforms on PIL images), in a pool of 2 worker processes. Its workers return only the
     array's shape, so the reference pays no inter-process copy (in its favour);
-  - tfcxr.data.pipeline.make_dataset(training=True, repeat=True) per stage and encoding.
+  - tfcxr.data.pipeline.make_dataset(training=True, repeat=True) per stage and encoding; stage 2
+    also with --patches_per_image K random patches per decoded original, its rate against the
+    one-patch-per-decode pipeline (K=1) of the same round, and how many originals a batch holds.
 Each run times a fixed number of images, grown after a warm-up until it lasts --min_seconds; each
 pipeline run is paired with runs of its baselines just before and after it, as the machine may be
-shared. Writes benchmarks/results/pipeline.md.
+shared. Writes benchmarks/results/pipeline.md (--stages / --encodings pick rows; --out elsewhere).
 """
 
 import argparse
@@ -35,13 +37,13 @@ ROOT = Path(__file__).resolve().parents[1]
 REAL_DIR = ROOT.parent / "shared" / "cxr14-real"
 WORKERS = 2
 # batch size per stage: stage 1 and 2 train small inputs in big batches, stage 3 896 px in small ones
-BATCH = {1: 32, 2: 32, 3: 8}
+BATCH = {1: 32, 2: 64, 3: 8}  # stage 2: configs/stage2.cfg
 # (name, stage, make_dataset kwargs)
 PIPELINES = [
     ("stage 1 BL5, rotation + contrast in pipeline", 1, {"rotation": "pipeline"}),
     ("stage 1 BL5, rotation=device", 1, {"rotation": "device"}),
     ("stage 1 FMix", 1, {"augment": "fmix"}),
-    ("stage 2", 2, {}),
+    ("stage 2", 2, {}),  # one patch per decoded original (K=1); the --patches_per_image rows follow it
     ("stage 3, rotation in pipeline", 3, {"rotation": "pipeline"}),
     ("stage 3, rotation=device", 3, {"rotation": "device"}),
 ]
@@ -196,6 +198,11 @@ def write_markdown(path, lines):
     os.replace(temporary, path)
 
 
+def originals_per_batch(dataset, batches=30):
+    """Mean number of distinct records (file names) in a batch."""
+    return float(np.mean([len(set(batch["filename"].numpy())) for batch in dataset.take(batches)]))
+
+
 def median_run(runs):
     """The median (rate, images, seconds) of a list of runs."""
     return sorted(runs)[len(runs) // 2]
@@ -207,7 +214,16 @@ def main():
     parser.add_argument("--min_seconds", type=float, default=5.0, help="least time per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="rounds over all pipelines; the table shows medians")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "pipeline.md")
+    parser.add_argument("--stages", default="1,2,3", help="stages measured")
+    parser.add_argument("--encodings", default="png,raw", help="record encodings measured")
+    parser.add_argument("--patches_per_image", default="4,8,16,32", help="stage 2: K values measured beside K=1")
     args = parser.parse_args()
+    stages = [int(stage) for stage in args.stages.split(",")]
+    encodings = args.encodings.split(",")
+    pipelines = [row for row in PIPELINES if row[1] in stages]
+    if 2 in stages:
+        pipelines += [(f"stage 2, patches_per_image={k}", 2, {"patches_per_image": k})
+                      for k in map(int, args.patches_per_image.split(","))]
 
     work = Path(tempfile.mkdtemp(prefix="bench_pipeline_"))
     try:
@@ -218,10 +234,10 @@ def main():
 
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         from tfcxr.data import sharding
-        from tfcxr.data.pipeline import make_dataset
+        from tfcxr.data.pipeline import PATCH_SHUFFLE, make_dataset
 
         shards = {}
-        for encoding in ("png", "raw"):
+        for encoding in encodings:
             manifest = sharding.shard(work / "raw", work / encoding, seed=0, val_images=8, shard_mb=16, workers=WORKERS, encoding=encoding)
             shards[encoding] = len(manifest["splits"]["train"]["shards"])
 
@@ -231,13 +247,17 @@ def main():
             for stage, function in ((1, reference_stage1), (2, reference_stage2), (3, reference_stage3)):
                 baselines[stage] = functools.partial(pool_rate, pool, function, paths, args.min_seconds)
             rows = [("TF decode only (tf.data: read, parse, decode_png)", 0, "png", shards["png"],
-                     lambda: dataset_rate(tf_decode_dataset(work / "png"), BATCH[2], args.min_seconds))]
-            for encoding in ("png", "raw"):
-                for name, stage, kwargs in PIPELINES:
+                     lambda: dataset_rate(tf_decode_dataset(work / "png"), BATCH[2], args.min_seconds))] if "png" in encodings else []
+            mixing = {}  # (name, encoding) -> originals per batch
+            for encoding in encodings:
+                for name, stage, kwargs in pipelines:
                     def measure(stage=stage, encoding=encoding, kwargs=kwargs):
                         dataset = make_dataset(work / encoding, "train", stage, BATCH[stage], True, seed=0, repeat=True, **kwargs)
                         return dataset_rate(dataset, BATCH[stage], args.min_seconds)
                     rows.append((name, stage, encoding, shards[encoding], measure))
+                    if stage == 2:
+                        mixing[name, encoding] = originals_per_batch(make_dataset(
+                            work / encoding, "train", 2, BATCH[2], True, seed=0, repeat=True, include_metadata=True, **kwargs))
 
             # The load of other work on this machine moves every rate, so each pipeline run sits between
             # its stage's reference and the decode bound, and its ratios compare runs minutes apart at most.
@@ -251,11 +271,13 @@ def main():
                     baseline_runs["decode"].append(bound)
                     if stage:
                         baseline_runs[stage].append(reference)
-                    runs[name, stage, encoding].append((run, run[0] / reference[0] if stage else None, run[0] / bound[0]))
+                    one_patch = runs.get(("stage 2", 2, encoding))  # K=1 of this round, measured just before
+                    versus_one = run[0] / one_patch[-1][0][0] if stage == 2 and one_patch else None
+                    runs[name, stage, encoding].append((run, run[0] / reference[0] if stage else None, run[0] / bound[0], versus_one))
                     print(f"round {round_index + 1}: {name} ({encoding}): {run[0]:.1f} images/s, "
                           f"reference {reference[0] if stage else float('nan'):.1f}, decode {bound[0]:.1f}", flush=True)
         _seed_worker()
-        tf_rotation_ms, pil_rotation_ms = rotation_costs(paths[0])
+        tf_rotation_ms, pil_rotation_ms = rotation_costs(paths[0]) if 3 in stages else (None, None)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -271,26 +293,34 @@ def main():
         "ratios are to those neighbours. Shown: median run, range of rates, median ratios.",
         "",
         "```bash",
-        f".venv/bin/python benchmarks/bench_pipeline.py --images={args.images} --min_seconds={args.min_seconds:g} --rounds={args.rounds}",
+        " ".join([".venv/bin/python benchmarks/bench_pipeline.py", *sys.argv[1:]]),
         "```",
         "",
-        "| loader | encoding | train shards | images/s (median) | range | images timed / s (median run) | x reference (same stage) | x PNG decode bound | target | met |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| loader | encoding | train shards | images/s (median) | range | images timed / s (median run) | x reference (same stage) "
+        "| x PNG decode bound | x stage 2 K=1 (same round) | originals per batch | target | met |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     names = {"decode": f"PNG decode only (PIL, {WORKERS} processes)", **{s: f"reference stage {s} (PIL + numpy, {WORKERS} processes)" for s in (1, 2, 3)}}
     for key, measured in baseline_runs.items():
+        if not measured:
+            continue  # a stage not selected
         rate, images, seconds = median_run(measured)
         rates = [m[0] for m in measured]
-        lines.append(f"| {names[key]} | png files | - | {rate:.1f} | {min(rates):.1f}-{max(rates):.1f} | {images} / {seconds:.1f} | - | - | - | - |")
+        lines.append(f"| {names[key]} | png files | - | {rate:.1f} | {min(rates):.1f}-{max(rates):.1f} | {images} / {seconds:.1f} | - | - | - | - | - | - |")
     for name, stage, encoding, shard_count, _ in rows:
         measured = runs[name, stage, encoding]
         rate, images, seconds = median_run([m[0] for m in measured])
         rates = [m[0][0] for m in measured]
         versus_reference = sorted(m[1] for m in measured)[len(measured) // 2] if stage else None
         versus_decode = sorted(m[2] for m in measured)[len(measured) // 2]
+        versus_one = sorted(m[3] for m in measured)[len(measured) // 2] if measured[0][3] is not None else None
         cells = [name, encoding, shard_count, f"{rate:.1f}", f"{min(rates):.1f}-{max(rates):.1f}", f"{images} / {seconds:.1f}",
-                 f"{versus_reference:.2f}" if stage else "-", f"{versus_decode:.2f}", "-", "-"]
-        if stage:
+                 f"{versus_reference:.2f}" if stage else "-", f"{versus_decode:.2f}",
+                 f"{versus_one:.2f}" if versus_one is not None else "-",
+                 f"{mixing[name, encoding]:.1f} of {BATCH[2]}" if (name, encoding) in mixing else "-", "-", "-"]
+        if versus_one is not None and name != "stage 2":
+            cells[-2:] = [">= 5x stage 2 K=1", "yes" if versus_one >= 5 else "no"]
+        elif stage:
             kind, factor = target[stage]
             ratio = versus_reference if kind == "reference" else versus_decode
             cells[-2:] = [f">= {factor:g}x {kind}", "yes" if ratio >= factor else "no"]
@@ -303,10 +333,19 @@ def main():
         f"{WORKERS} worker processes; its workers return only the array shape, so it pays no copy to the parent.",
         "- Stage 1 reads `small/` shards (the 256 px PNG, ~5% of a record) whatever the encoding of the originals, "
         "so its png and raw rows measure the same pipeline twice.",
-        f"- Rotation of one 896 x 896 uint8 image by up to 5 degrees, nearest: {tf_rotation_ms:.1f} ms in TensorFlow "
-        f"(ImageProjectiveTransformV3, batched), {pil_rotation_ms:.1f} ms in PIL (one thread), measured in this run. "
-        "This is why training (tfcxr.train.stages) rotates on the accelerator, in the training step: stage 3, and "
-        "stage 1 BL5 with its contrast jitter (`rotation=\"device\"`, `augment.device_augmentation(stage)`).",
+    ]
+    if tf_rotation_ms is not None:
+        lines.append(
+            f"- Rotation of one 896 x 896 uint8 image by up to 5 degrees, nearest: {tf_rotation_ms:.1f} ms in TensorFlow "
+            f"(ImageProjectiveTransformV3, batched), {pil_rotation_ms:.1f} ms in PIL (one thread), measured in this run. "
+            "This is why training (tfcxr.train.stages) rotates on the accelerator, in the training step: stage 3, and "
+            "stage 1 BL5 with its contrast jitter (`rotation=\"device\"`, `augment.device_augmentation(stage)`).")
+    if 2 in stages:
+        lines.append(
+            "- Stage 2 `patches_per_image=K` cuts K random flipped patches from each decoded original and mixes them "
+            f"through a shuffle buffer of {PATCH_SHUFFLE} patches; `originals per batch` is the mean number of distinct "
+            "records in 30 batches. Its rate is compared with the K=1 row measured just before it in the same round.")
+    lines += [
         "- Raw records skip PNG decoding but hold 1 MiB per 1024 x 1024 image: ~110 GB for ChestX-ray14 against "
         "~42 GB as PNG.",
         "- The machine is shared: the range column shows how much the load of other work moved each rate.",

@@ -15,8 +15,20 @@ measured; float32 and mixed bfloat16. DenseNet121 has weights=None (speed does n
     .venv/bin/python benchmarks/bench_training.py [--steps=N] [--stages=1,2,3]
 
 writes benchmarks/results/training.md (the table and the command; a "## Notes" part is kept).
+
+    .venv/bin/python benchmarks/bench_training.py --pytorch [--stages=1,2] [--levers]
+
+measures instead, in the same run, the same train steps in PyTorch (torch from the optional `bench`
+extra: pip install -e '.[bench]'; without it the run says so and skips): DenseNet121 (torchvision's
+definition, written out below: the torchvision wheel of the index does not load with the CPU torch
+wheel) with BCE on 14 logits at stage 1's size, the autoencoder of tfcxr/models/torch_port.py with
+MSE at stage 2's, Adam, channels_last, float32 (bfloat16 autocast only where the CPU has native
+bfloat16: avx512_bf16 or amx_bf16), and reports tfcxr / PyTorch. --levers adds the stage-1 step
+under each setting that could close the gap (threads, oneDNN, the device augmentation, XLA), each
+in a process of its own. Writes benchmarks/results/training_pytorch.md.
 """
 
+import importlib.util
 import json
 import os
 import platform
@@ -39,7 +51,9 @@ flags.DEFINE_integer("steps", None, "timed steps per case, after one untimed ste
 flags.DEFINE_list("stages", ["1", "2", "3"], "stages to measure")
 flags.DEFINE_integer("repeats", 2, "runs of each case, alternating; the fastest counts (the machine is shared)")
 flags.DEFINE_string("case", None, "internal: measure one case (stage,implementation,precision) in this process")
-flags.DEFINE_string("out", str(Path(__file__).parent / "results" / "training.md"), "Markdown results")
+flags.DEFINE_string("out", None, "Markdown results (default: results/training.md, with --pytorch results/training_pytorch.md)")
+flags.DEFINE_bool("pytorch", False, "compare the tfcxr loop with the PyTorch reference instead (stages 1 and 2)")
+flags.DEFINE_bool("levers", False, "with --pytorch: the stage-1 step under each lever (threads, oneDNN, augmentation, XLA)")
 FLAGS = flags.FLAGS
 
 # (input side, global batch, timed steps) per stage: the paper's sizes, batches small enough for a CPU.
@@ -47,6 +61,16 @@ SIZES = {1: (STAGE1_CROP, 8, 3), 2: (STAGE2_PATCH, 32, 30), 3: (STAGE3_CROP, 2, 
 PRECISIONS = ("none", "bfloat16")
 IMPLEMENTATIONS = ("loop", "loop_mirrored", "fit", "fit_mirrored")
 NOTES = "\n## Notes\n"
+# Stage-1 levers: name -> (environment of the case's process, what it changes). The loop's code levers
+# ("no_augmentation", "xla") are applied in loop_steps.
+LEVERS = {
+    "default": ({}, "the loop as python -m tfcxr.main runs it (TensorFlow's default threads, oneDNN on)"),
+    "no_augmentation": ({}, "without the rotation + contrast jitter of augment.device_augmentation(1) in the step"),
+    "onednn_off": ({"TF_ENABLE_ONEDNN_OPTS": "0"}, "TF_ENABLE_ONEDNN_OPTS=0 (Eigen kernels)"),
+    "inter_op_1": ({"TF_NUM_INTEROP_THREADS": "1"}, "inter-op threads 1 (intra-op: all cores)"),
+    "intra_op_1": ({"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "2"}, "intra-op 1, inter-op 2"),
+    "xla": ({}, "the train step compiled with XLA: tf.function(jit_compile=True)"),
+}
 
 
 def build_model(stage):
@@ -65,15 +89,19 @@ def synthetic_batch(stage):
             "labels": tf.cast(tf.random.uniform([batch_size, NUM_LABELS]) < 0.2, tf.float32)}
 
 
-def loop_steps(stage_number, batch, distribution):
-    """A function (n) -> None running n train steps of the tfcxr loop."""
+def loop_steps(stage_number, batch, distribution, lever="default"):
+    """A function (n) -> None running n train steps of the tfcxr loop (under a code `lever`)."""
     stage = stages.STAGES[stage_number]
     with distribution.scope():
         model = build_model(stage_number)
         optimizer = keras.optimizers.Adam(LEARNING_RATE)
         optimizer.build(model.trainable_variables)
         augmentation = stage.augmentation(stages.TrainConfig("", "", SIZES[stage_number][1]))
+    if lever == "no_augmentation":
+        augmentation = None
     train_step = loop.make_train_step(stage, model, optimizer, augmentation, distribution)
+    if lever == "xla":
+        train_step = tf.function(train_step.python_function, jit_compile=True)
     batches = iter(distribution.distribute_datasets_from_function(
         lambda context: tf.data.Dataset.from_tensors(batch).repeat()))
 
@@ -98,15 +126,111 @@ def fit_steps(stage_number, batch, distribution):
     return lambda steps: model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
 
 
-def measure(stage, implementation, precision, steps=None):
+# -- the PyTorch reference (torch imported only in its own case processes) --
+
+def torch_densenet121(num_classes):
+    """torchvision.models.densenet121(num_classes=...): growth 32, blocks (6, 12, 24, 16), bottleneck 4 x 32,
+    64 initial features, compression 0.5, then ReLU, global average pooling and a linear head."""
+    import torch
+    from torch import nn
+
+    class DenseLayer(nn.Module):
+        def __init__(self, channels):
+            super().__init__()
+            self.body = nn.Sequential(
+                nn.BatchNorm2d(channels), nn.ReLU(inplace=True), nn.Conv2d(channels, 128, 1, bias=False),
+                nn.BatchNorm2d(128), nn.ReLU(inplace=True), nn.Conv2d(128, 32, 3, padding=1, bias=False))
+
+        def forward(self, x):
+            return torch.cat([x, self.body(x)], 1)
+
+    layers, channels = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+                        nn.MaxPool2d(3, 2, 1)], 64
+    for index, count in enumerate((6, 12, 24, 16)):
+        for _ in range(count):
+            layers.append(DenseLayer(channels))
+            channels += 32
+        if index < 3:  # transition: halve channels and side
+            layers += [nn.BatchNorm2d(channels), nn.ReLU(inplace=True), nn.Conv2d(channels, channels // 2, 1, bias=False),
+                       nn.AvgPool2d(2, 2)]
+            channels //= 2
+    layers += [nn.BatchNorm2d(channels), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+               nn.Linear(channels, num_classes)]
+    return nn.Sequential(*layers)
+
+
+def torch_autoencoder():
+    """The reference autoencoder of tfcxr/models/torch_port.py: [B,1,H,W] -> reconstruction [B,1,H,W]."""
+    from torch import nn
+
+    class ClippedReLU(nn.Module):
+        def forward(self, x):
+            return x.clamp(0.0, 1.0)
+
+    return nn.Sequential(nn.Conv2d(1, 32, 5, stride=4, padding=2), nn.ELU(), nn.Conv2d(32, 1, 1), ClippedReLU(),
+                         nn.Conv2d(1, 16, 3, padding=1), nn.PixelShuffle(4), ClippedReLU())
+
+
+def native_bfloat16():
+    """True when the CPU has bfloat16 arithmetic (AVX512-BF16 or AMX) per /proc/cpuinfo."""
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def torch_steps(stage, precision, channels_last=True):
+    """A function (n) -> None running n PyTorch train steps: the stage's model, loss and Adam, as the
+    paper's code trains (images are 3 channels for DenseNet121: the paper's loader converts to RGB)."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    size, batch_size, _ = SIZES[stage]
+    if stage == 1:
+        model, loss_fn = torch_densenet121(NUM_LABELS), nn.BCEWithLogitsLoss()
+        images = torch.rand(batch_size, 3, size, size)
+        targets = (torch.rand(batch_size, NUM_LABELS) < 0.2).float()
+    else:
+        model, loss_fn = torch_autoencoder(), nn.MSELoss()
+        images = torch.rand(batch_size, 1, size, size)
+        targets = images
+    if channels_last:
+        model, images = model.to(memory_format=torch.channels_last), images.contiguous(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+    model.train()
+
+    def run(steps):
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+                outputs = model(images)
+            loss = loss_fn(outputs.float(), targets)
+            loss.backward()
+            optimizer.step()
+            loss.item()
+
+    return run
+
+
+def measure(stage, implementation, precision, steps=None, lever="default"):
     """images/s over `steps` steps after one untimed step, and this process's peak RSS."""
     steps = steps or SIZES[stage][2]
+    if implementation.startswith("torch"):
+        run = torch_steps(stage, precision, channels_last=implementation == "torch")
+        return time_steps(run, stage, steps)
     keras.mixed_precision.set_global_policy(loop.POLICIES[precision])
     batch = synthetic_batch(stage)
     distribution = {
         "loop": strategy.make_strategy("mirrored"), "fit": tf.distribute.get_strategy(),
     }.get(implementation) or tf.distribute.MirroredStrategy()
-    run = (loop_steps if implementation.startswith("loop") else fit_steps)(stage, batch, distribution)
+    if implementation.startswith("loop"):
+        run = loop_steps(stage, batch, distribution, lever)
+    else:
+        run = fit_steps(stage, batch, distribution)
+    return time_steps(run, stage, steps)
+
+
+def time_steps(run, stage, steps):
+    """run(1) untimed (tracing), then run(steps) timed -> images/s, first-step seconds, peak RSS."""
     start = time.perf_counter()
     run(1)  # traces
     first = time.perf_counter() - start
@@ -117,12 +241,17 @@ def measure(stage, implementation, precision, steps=None):
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def run_case(stage, implementation, precision, steps):
+def run_case(stage, implementation, precision, steps, lever="default"):
     """measure() in a fresh process; its JSON is the last line it prints."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    command = [sys.executable, __file__, f"--case={stage},{implementation},{precision}"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **LEVERS[lever][0]}
+    command = [sys.executable, __file__, f"--case={stage},{implementation},{precision},{lever}"]
     command += [f"--steps={steps}"] if steps else []
-    result = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    if result.returncode and lever != "default":  # a lever that does not run (e.g. an op XLA cannot compile)
+        error = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"images_per_s": float("nan"), "first_step_s": float("nan"), "peak_rss_mb": float("nan"), "error": error[:200]}
+    if result.returncode:
+        raise SystemExit(f"case {stage},{implementation},{precision} failed:\n{result.stderr[-2000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -141,13 +270,98 @@ def table(results):
     return "\n".join(lines)
 
 
+def best_of(runs):
+    """The fastest run (a failed run, NaN, only when all failed)."""
+    return max(runs, key=lambda case: -1.0 if case["images_per_s"] != case["images_per_s"] else case["images_per_s"])
+
+
+def compare_pytorch():
+    """tfcxr's loop against the PyTorch reference per stage (1, 2) and precision, then the stage-1 levers."""
+    out = Path(FLAGS.out or Path(__file__).parent / "results" / "training_pytorch.md")
+    if importlib.util.find_spec("torch") is None:
+        print("torch is not installed (pip install -e '.[bench]'): the PyTorch reference is skipped")
+        return 0
+    import torch
+
+    bfloat16 = native_bfloat16()
+    precisions = ["none", "bfloat16"] if bfloat16 else ["none"]
+    implementations = {1: ("loop", "torch", "torch_channels_first"), 2: ("loop", "torch", "torch_channels_first")}
+    load_start = os.getloadavg()[0]
+    results = {}
+    for stage in [stage for stage in map(int, FLAGS.stages) if stage in implementations]:
+        for precision in precisions:
+            runs = [{name: run_case(stage, name, precision, FLAGS.steps) for name in implementations[stage]}
+                    for _ in range(FLAGS.repeats)]
+            results[stage, precision] = {name: best_of([run[name] for run in runs]) for name in implementations[stage]}
+            case = results[stage, precision]
+            print(f"stage {stage} {precision}: " + ", ".join(f"{name} {case[name]['images_per_s']:.2f}" for name in case), flush=True)
+    lines = [
+        "# Training throughput: tfcxr against the PyTorch reference", "",
+        f"`{' '.join(['python', 'benchmarks/bench_training.py', *sys.argv[1:]])}`", "",
+        f"{cpu_description()}; TensorFlow {tf.__version__}, PyTorch {torch.__version__} ({torch.get_num_threads()} "
+        f"intra-op threads); the fastest of {FLAGS.repeats} alternating runs per case, each in a process of its own; "
+        f"timed steps after one untimed step (stage 1: {FLAGS.steps or SIZES[1][2]}, stage 2: {FLAGS.steps or SIZES[2][2]}); "
+        f"synthetic in-memory batches, random weights. Load average (1 min) at the start: {load_start:.1f}.",
+        "bfloat16: " + ("measured (the CPU has native bfloat16)." if bfloat16 else
+                        "not measured: this CPU has no native bfloat16 (no avx512_bf16 / amx_bf16 in /proc/cpuinfo)."), "",
+        "| stage | input | batch | precision | tfcxr loop img/s | PyTorch img/s channels_last / channels_first "
+        "| tfcxr / PyTorch channels_last | tfcxr / faster PyTorch | peak RSS MB tfcxr / PyTorch channels_last |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (stage, precision), case in results.items():
+        size, batch, _ = SIZES[stage]
+        tfcxr, last, first = (case[name]["images_per_s"] for name in ("loop", "torch", "torch_channels_first"))
+        lines.append(f"| {stage} | {size}x{size} | {batch} | {precision} | {tfcxr:.2f} | {last:.2f} / {first:.2f} "
+                     f"| {tfcxr / last:.2f} | {tfcxr / max(last, first):.2f} "
+                     f"| {case['loop']['peak_rss_mb']:.0f} / {case['torch']['peak_rss_mb']:.0f} |")
+    if FLAGS.levers:
+        lines += levers_table(results.get((1, "none")))
+    lines.append(f"\nLoad average (1 min) at the end: {os.getloadavg()[0]:.1f} (the machine is shared with other work).")
+    notes = out.read_text().partition(NOTES)[2] if out.exists() else ""  # hand-written, kept across runs
+    write_text(out, "\n".join(lines) + "\n" + (NOTES + notes if notes else ""))
+    print("\n".join(lines) + f"\nwrote {out}")
+    return 0
+
+
+def levers_table(reference):
+    """The stage-1 float32 step under each lever, alternating, against the default loop and PyTorch."""
+    runs = [{lever: run_case(1, "loop", "none", FLAGS.steps, lever) for lever in LEVERS} for _ in range(FLAGS.repeats)]
+    best = {lever: best_of([run[lever] for run in runs]) for lever in LEVERS}
+    torch_rate = max(reference["torch"]["images_per_s"], reference["torch_channels_first"]["images_per_s"]) if reference else None
+    lines = ["", "Stage 1 (DenseNet121, 224, batch 8, float32): the tfcxr step under each lever, in the same run "
+             "(alternating rounds with the default), against the default step and the faster PyTorch float32 above:", "",
+             "| lever | what changes | img/s | x default loop | x PyTorch |", "|---|---|---|---|---|"]
+    for lever, (_, what) in LEVERS.items():
+        rate = best[lever]["images_per_s"]
+        if "error" in best[lever]:
+            lines.append(f"| {lever} | {what} | fails: {best[lever]['error']} | - | - |")
+            continue
+        versus_torch = f"{rate / torch_rate:.2f}" if torch_rate else "-"
+        lines.append(f"| {lever} | {what} | {rate:.2f} | {rate / best['default']['images_per_s']:.2f} | {versus_torch} |")
+    return lines
+
+
+def cpu_description():
+    """'AMD EPYC, 2 cores, AVX-512: no' from /proc/cpuinfo."""
+    model, flags = platform.processor() or platform.machine(), ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            model = value.strip()
+        elif key.strip() == "flags":
+            flags = value
+    return f"{model}, {os.cpu_count()} cores, AVX-512: {'yes' if 'avx512f' in flags.split() else 'no'}"
+
+
 def main(argv):
     del argv
     if FLAGS.case:
-        stage, implementation, precision = FLAGS.case.split(",")
-        print(json.dumps(measure(int(stage), implementation, precision, FLAGS.steps)))
+        stage, implementation, precision, lever = FLAGS.case.split(",")
+        print(json.dumps(measure(int(stage), implementation, precision, FLAGS.steps, lever)))
         sys.stdout.flush()
         os._exit(0)  # MirroredStrategy processes can hang at exit
+    if FLAGS.pytorch:
+        return compare_pytorch()
 
     results = {}
     load_start = os.getloadavg()[0]  # the machine is shared: say how busy it was
@@ -161,7 +375,7 @@ def main(argv):
             }
             print(table({(stage, precision): results[stage, precision]}).splitlines()[-1], flush=True)
 
-    out = Path(FLAGS.out)
+    out = Path(FLAGS.out or Path(__file__).parent / "results" / "training.md")
     command = " ".join(["python", "benchmarks/bench_training.py", *sys.argv[1:]])
     steps = FLAGS.steps or ", ".join(f"stage {stage}: {SIZES[stage][2]}" for stage in SIZES)
     steps = f"{steps}; the fastest of {FLAGS.repeats} alternating runs"
