@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # before TensorFlow loads: no C++ INFO lines (0 shows them)
+import tfcxr.quiet  # noqa: F401  (first: TensorFlow starts without its start-up noise; -v shows it)
 
 import pandas as pd
 from absl import app, flags, logging

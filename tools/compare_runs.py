@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+import tfcxr.quiet  # noqa: F401  (first: TensorFlow starts without its start-up noise; -v shows it)
 from tfcxr.evaluate import runs, tables
 
 

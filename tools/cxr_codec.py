@@ -19,6 +19,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import tfcxr.quiet  # noqa: F401  (first: TensorFlow starts without its start-up noise; -v shows it)
+
 import pandas as pd
 import tensorflow as tf
 

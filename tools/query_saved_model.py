@@ -28,6 +28,7 @@ def main(argv):
     if not (Path(FLAGS.saved_model) / "saved_model.pb").is_file():
         sys.exit(f"error: {FLAGS.saved_model}: no saved_model.pb (export with --mode=export)")
 
+    import tfcxr.quiet  # noqa: F401  (TensorFlow without its start-up noise; -v shows it)
     import tensorflow as tf
 
     serving_default = tf.saved_model.load(FLAGS.saved_model).signatures["serving_default"]

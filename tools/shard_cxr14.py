@@ -10,7 +10,9 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags
+import tfcxr.quiet  # noqa: F401,E402  (first: TensorFlow starts without its start-up noise; -v shows it)
+
+from absl import app, flags  # noqa: E402
 
 from tfcxr.constants import SMALL_SIZE, VAL_IMAGES
 from tfcxr.data import sharding

@@ -216,7 +216,7 @@ def _run(tasks, workers):
         # forkserver: workers fork from a clean process that only imported this module, never
         # from a parent whose TensorFlow runtime may already hold threads and locks.
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([__name__])
+        context.set_forkserver_preload(["tfcxr.quiet", __name__])  # quiet first: its TensorFlow starts without noise
         counter = context.Value("q", 0)
         with context.Pool(min(workers, len(tasks)), _set_progress,
                           (functools.partial(_increment, counter),)) as pool:

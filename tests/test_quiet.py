@@ -1,0 +1,46 @@
+"""tfcxr.quiet: the entry points start TensorFlow without its start-up noise; -v / TF_CPP_MIN_LOG_LEVEL=0 bring it back."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tfcxr import quiet
+
+ROOT = Path(__file__).resolve().parents[1]
+STARTUP_LINES = ("I0000 00:00:1796024936.775055   18736 port.cc:153] oneDNN custom operations are on. You may see ...",
+                 "E0000 00:00:1796024952.721528   18736 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error",
+                 "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR")
+
+
+def test_stderr_without_drops_only_the_startup_lines(capfd):
+    with quiet.stderr_without(quiet.NOISE):
+        os.write(2, ("\n".join(STARTUP_LINES) + "\nE0000 real_op.cc:12] a real error\n").encode())
+        os.write(2, b"UserWarning: a Python warning\n")
+    assert capfd.readouterr().err == "E0000 real_op.cc:12] a real error\nUserWarning: a Python warning\n"
+
+
+def test_verbose_on_minus_v_or_level_0():
+    assert quiet.verbose(["tool", "-v", "1"], {}) and quiet.verbose(["tool", "--verbosity=1"], {})
+    assert quiet.verbose(["tool"], {"TF_CPP_MIN_LOG_LEVEL": "0"})
+    assert not quiet.verbose(["tool", "--values=1"], {"TF_CPP_MIN_LOG_LEVEL": "1"})
+
+
+@pytest.mark.slow
+def test_a_tool_prints_its_error_without_tensorflow_noise(tmp_path):
+    """tools/compare_runs.py on a missing run: one line; with TF_CPP_MIN_LOG_LEVEL=0 TensorFlow's lines are back."""
+    environ = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    tool = [sys.executable, str(ROOT / "tools" / "compare_runs.py"), str(tmp_path / "missing"), "--split=test"]
+    bare = [sys.executable, "-c", "import tensorflow as tf; tf.config.list_physical_devices()"]
+    runs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for command, env in ((tool, environ), (tool, {**environ, "TF_CPP_MIN_LOG_LEVEL": "0"}), (bare, environ))]
+    (quiet_rc, quiet_err), (verbose_rc, verbose_err), (_, bare_err) = [
+        (run.wait(timeout=600), run.communicate()[1]) for run in runs]
+    error = f"{tmp_path / 'missing'}/eval/test/auc.json: not found; run python -m tfcxr.main --mode=evaluate --split=test first"
+    assert quiet_rc == 1 and quiet_err.strip() == error  # the real error, alone
+    assert verbose_rc == 1 and error in verbose_err
+    for noise in ("cuInit", "oneDNN"):
+        if noise in bare_err:  # this machine's TensorFlow prints it: the verbose run must show it too
+            assert noise in verbose_err
