@@ -1,0 +1,219 @@
+"""The residual codec (issue 11): contract, bicubic start, straight-through 8-bit rounding, knobs,
+saving, training, and the stages / codec tool through --autoencoder=residual."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfcxr import models
+from tfcxr.constants import COMPRESSION
+from tfcxr.evaluate.reconstruction import quantize, resize_round_trip
+from tfcxr.models import residual_codec
+from tfcxr.train import callbacks, stages
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def smooth_images(size, batch=2, seed=0):
+    """Radiograph-like [B,size,size,1] in [0, 1]: smooth shapes plus fine ribs-like stripes."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size] / size
+    images = [0.5 + 0.3 * np.sin(rng.uniform(3, 8) * x + rng.uniform(0, 6)) * np.cos(rng.uniform(2, 6) * y)
+              + 0.08 * np.sin(rng.uniform(60, 90) * y + rng.uniform(0, 6)) for _ in range(batch)]
+    return np.clip(np.stack(images)[..., None], 0, 1).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def codec():
+    keras.utils.set_random_seed(0)
+    return models.build_codec("residual")
+
+
+@pytest.mark.parametrize("size", [32, 96, 128])
+def test_shapes_and_valid_images_at_any_multiple_of_4(codec, size):
+    encoder, decoder = codec
+    latent = encoder(4.0 * smooth_images(size) - 1.5)
+    reconstruction = decoder(4.0 * latent - 1.5)
+    assert latent.shape == (2, size // COMPRESSION, size // COMPRESSION, 1)
+    assert reconstruction.shape == (2, size, size, 1)
+    for image in (latent.numpy(), reconstruction.numpy()):
+        assert image.min() >= 0.0 and image.max() <= 1.0
+
+
+def test_untrained_codec_is_exactly_bicubic_resizing(codec):
+    """The zero-initialised last convolutions make it the evaluation's bicubic baseline, float and 8-bit."""
+    encoder, decoder = codec
+    images = smooth_images(64)
+    latent = encoder(images)
+    np.testing.assert_allclose(decoder(quantize(latent)), resize_round_trip(images, "bicubic", quantized=True), atol=1e-6)
+    small = tf.image.resize(images, (16, 16), "bicubic", antialias=True)
+    np.testing.assert_allclose(latent, tf.clip_by_value(small, 0, 1), atol=1e-6)
+
+
+def test_straight_through_rounding_in_training_only():
+    layer = residual_codec.StraightThroughRound()
+    x = tf.constant([0.0, 0.1, 0.5001, 0.77, 1.0])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x, training=True)
+    np.testing.assert_allclose(y.numpy() * 255, np.round(x.numpy() * 255), atol=1e-4)
+    np.testing.assert_array_equal(tape.gradient(y, x).numpy(), np.ones(5))  # straight through
+    np.testing.assert_array_equal(layer(x, training=False).numpy(), x.numpy())
+
+
+def test_training_latent_is_what_an_8bit_png_stores_and_gradients_reach_the_encoder(codec):
+    encoder, decoder = codec
+    images = smooth_images(64)
+    latent = encoder(images, training=True).numpy()
+    np.testing.assert_allclose(latent * 255, np.round(latent * 255), atol=1e-4)
+    autoencoder = models.build_autoencoder(encoder, decoder)
+    with tf.GradientTape() as tape:
+        error = autoencoder(images, training=True)["reconstruction"] - images
+        loss = tf.reduce_mean(tf.square(error))
+    gradients = tape.gradient(loss, autoencoder.trainable_variables)
+    correction = encoder.get_layer("encoder_correction").kernel
+    gradient = dict(zip([v.path for v in autoencoder.trainable_variables], gradients))[correction.path]
+    assert np.abs(gradient.numpy()).max() > 0  # through the rounding and the bicubic upsizing
+
+
+def test_capacity_knobs_and_parameter_counts():
+    encoder, decoder = models.build_codec("residual")
+    assert (encoder.count_params(), decoder.count_params()) == (833, 23_440)
+    width, depth, encoder_depth = 16, 3, 3
+    encoder, decoder = models.build_codec("residual", width, depth, encoder_depth)
+    patch, hidden, last = 16 * width + width, 9 * width * width + width, 9 * width + 1
+    assert encoder.count_params() == patch + (encoder_depth - 2) * hidden + last
+    assert decoder.count_params() == (9 * width + width) + (depth - 2) * hidden + (9 * width * 16 + 16)
+    paper_encoder, paper_decoder = models.build_codec("paper")
+    assert (paper_encoder.count_params(), paper_decoder.count_params()) == (865, 160)
+    with pytest.raises(ValueError, match="depth >= 2"):
+        models.build_codec("residual", 32, 1, 2)
+    with pytest.raises(ValueError, match="--autoencoder=jpeg"):
+        models.build_codec("jpeg")
+
+
+def test_saved_and_loaded_without_custom_objects(codec, tmp_path):
+    autoencoder = models.build_autoencoder(*codec)
+    autoencoder.save(tmp_path / "best.keras")
+    loaded = keras.saving.load_model(tmp_path / "best.keras", compile=False)
+    images = smooth_images(32)
+    np.testing.assert_array_equal(loaded(images)["reconstruction"], autoencoder(images)["reconstruction"])
+    assert loaded.get_layer("encoder").get_layer("latent_round8").__class__ is residual_codec.StraightThroughRound
+
+
+def test_mixed_precision_keeps_the_latent_and_reconstruction_float32():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        encoder, decoder = models.build_codec("residual")
+        latent = encoder(smooth_images(32), training=True)
+        assert latent.dtype == tf.float32 and decoder(latent).dtype == tf.float32
+        np.testing.assert_allclose(latent.numpy() * 255, np.round(latent.numpy() * 255), atol=1e-3)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_a_few_adam_steps_beat_bicubic():
+    """Training moves it from bicubic upward (a broken residual path, clip or rounding would not)."""
+    keras.utils.set_random_seed(0)
+    autoencoder = models.build_autoencoder(*models.build_codec("residual", width=16, decoder_depth=3))
+    optimizer = keras.optimizers.Adam(3e-3)
+    images = tf.constant(smooth_images(64, batch=8))
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(autoencoder(images, training=True)["reconstruction"] - images))
+        optimizer.apply(tape.gradient(loss, autoencoder.trainable_variables), autoencoder.trainable_variables)
+        return loss
+
+    for _ in range(150):
+        step()
+    encoder, decoder = autoencoder.get_layer("encoder"), autoencoder.get_layer("decoder")
+    codec_psnr = tf.reduce_mean(tf.image.psnr(decoder(quantize(encoder(images))), images, 1.0))
+    bicubic_psnr = tf.reduce_mean(tf.image.psnr(resize_round_trip(images, "bicubic", quantized=True), images, 1.0))
+    assert codec_psnr > bicubic_psnr + 0.5, (float(codec_psnr), float(bicubic_psnr))
+
+
+def test_stage_config_builds_the_chosen_codec():
+    config = stages.TrainConfig("r", "m", 8, autoencoder="residual", residual_width=8, residual_decoder_depth=2)
+    autoencoder = stages.STAGES[2].build_model(config)
+    assert "bicubic_down" in [layer.name for layer in autoencoder.get_layer("encoder").layers]
+    assert autoencoder.get_layer("decoder").count_params() == (9 * 8 + 8) + (9 * 8 * 16 + 16)
+    paper = stages.STAGES[2].build_model(stages.TrainConfig("r", "m", 8))
+    assert paper.count_params() == 865 + 160  # the paper's stays the default
+
+
+def run(*args, expect=0):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    result = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == expect, result.stdout[-2000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def stage2_residual(records_dir, tmp_path_factory):
+    """A stage-2 run of the residual codec through python -m tfcxr.main (two steps, toy sizes)."""
+    model_dir = tmp_path_factory.mktemp("runs") / "residual"
+    run("-m", "tfcxr.main", "--stage=2", "--flagfile=configs/stage2_residual.cfg", f"--records_dir={records_dir}",
+        f"--model_dir={model_dir}", "--image_size=32", "--batch_size=8", "--epochs=1", "--steps_per_epoch=2",
+        "--val_steps=1", "--residual_width=8")
+    return model_dir
+
+
+@pytest.mark.slow
+def test_stage2_then_stage3_on_the_residual_codec(stage2_residual, records_dir, tmp_path):
+    config = json.loads((stage2_residual / "config.json").read_text())
+    assert (config["autoencoder"], config["residual_width"]) == ("residual", 8)
+    stage1 = tmp_path / "stage1" / "best.keras"
+    stage1.parent.mkdir()
+    callbacks.save_model_atomic(stages.STAGES[1].build_model(stages.TrainConfig("", "", 8, weights="none")), stage1)
+    common = [f"--records_dir={records_dir}", "--image_size=128", "--batch_size=4", "--epochs=1",
+              "--steps_per_epoch=2", "--val_steps=1", f"--init_classifier={stage1}",
+              f"--init_autoencoder={stage2_residual / 'best.keras'}"]
+
+    wrong = run("-m", "tfcxr.main", "--stage=3", *common, f"--model_dir={tmp_path / 'wrong'}", expect=1)  # paper
+    assert re.fullmatch(rf"error: {re.escape(str(stage2_residual / 'best.keras'))}: its encoder is not the codec .*",
+                        wrong.stderr.splitlines()[-1])
+
+    # learning rate 0: the AECNN holds the stage-2 residual codec exactly, and classifies its latent.
+    result = run("-m", "tfcxr.main", "--stage=3", "--flagfile=configs/stage3_residual.cfg", *common,
+                 f"--model_dir={tmp_path / 'aecnn'}", "--residual_width=8", "--learning_rate=0")
+    assert "val mean AUC" in result.stdout
+    aecnn = models.load_model(tmp_path / "aecnn" / "best.keras")
+    stage2 = models.load_model(stage2_residual / "best.keras")
+    for part in ("encoder", "decoder"):
+        assert "bicubic_down" in [layer.name for layer in aecnn.get_layer("encoder").layers]
+        for trained, expected in zip(aecnn.get_layer(part).weights, stage2.get_layer(part).weights, strict=True):
+            np.testing.assert_array_equal(trained.numpy(), expected.numpy())
+
+
+@pytest.mark.slow
+def test_codec_tool_reports_bytes_and_round_trip_psnr(stage2_residual, tmp_path):
+    from PIL import Image
+
+    image = np.round(smooth_images(64, batch=1)[0, ..., 0] * 255).astype(np.uint8)
+    Image.fromarray(image).save(tmp_path / "a.png")
+    result = run("tools/cxr_codec.py", "compress", tmp_path / "a.png", f"--model={stage2_residual / 'best.keras'}",
+                 f"--out_dir={tmp_path / 'out'}", "--report")
+    match = re.search(r"a\.png -> a\.latent\.png: 64x64 -> 16x16 pixels, ([\d,]+) -> ([\d,]+) bytes .*\n"
+                      r"\s+round trip: PSNR (\d+\.\d\d) dB .*bicubic (\d+\.\d\d) dB", result.stdout)
+    assert match, result.stdout
+    assert int(match[1].replace(",", "")) == (tmp_path / "a.png").stat().st_size
+    assert int(match[2].replace(",", "")) == (tmp_path / "out" / "a.latent.png").stat().st_size
+    model = models.load_model(stage2_residual / "best.keras")
+    latent = np.asarray(Image.open(tmp_path / "out" / "a.latent.png"), np.float32)[None, ..., None] / 255
+    decoded = np.round(np.clip(model.get_layer("decoder")(latent).numpy()[0, ..., 0], 0, 1) * 255)
+    expected = 10 * np.log10(255**2 / np.mean((decoded - image.astype(np.float64)) ** 2))
+    assert abs(float(match[3]) - expected) < 0.01
+    plain = run("tools/cxr_codec.py", "compress", tmp_path / "a.png", f"--model={stage2_residual / 'best.keras'}",
+                f"--out_dir={tmp_path / 'plain'}")
+    assert "round trip" not in plain.stdout
