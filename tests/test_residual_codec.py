@@ -217,3 +217,30 @@ def test_codec_tool_reports_bytes_and_round_trip_psnr(stage2_residual, tmp_path)
     plain = run("tools/cxr_codec.py", "compress", tmp_path / "a.png", f"--model={stage2_residual / 'best.keras'}",
                 f"--out_dir={tmp_path / 'plain'}")
     assert "round trip" not in plain.stdout
+
+
+def test_export_compress_and_reconstruct_serve_the_residual_codec(tmp_path):
+    """A SavedModel of an AECNN on the residual codec: its compress / reconstruct signatures are the codec's."""
+    import io
+
+    from PIL import Image
+
+    from tfcxr.export import saved_model
+    from tiny_models import tiny_classifier
+
+    keras.utils.set_random_seed(3)
+    encoder, decoder = models.build_codec("residual", width=8)
+    for layer in (encoder.get_layer("encoder_correction"), decoder.get_layer("decoder_detail")):  # not bicubic
+        layer.set_weights([np.random.default_rng(0).normal(0, 0.02, w.shape).astype(np.float32) for w in layer.get_weights()])
+    aecnn = models.build_aecnn(encoder, decoder, tiny_classifier())
+    loaded = tf.saved_model.load(str(saved_model.export(aecnn, tmp_path, image_size=64, model_name="tfcxr_aecnn")))
+    pixels = np.round(smooth_images(64, batch=1)[0, ..., 0] * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    compressed = loaded.signatures["compress"](image_bytes=tf.constant([buffer.getvalue()]))
+    latent = encoder(pixels[None, ..., None].astype(np.float32) / 255)
+    np.testing.assert_allclose(compressed["latent"].numpy(), latent.numpy(), atol=1e-6)
+    stored = np.asarray(Image.open(io.BytesIO(compressed["latent_png_bytes"].numpy()[0])))
+    np.testing.assert_array_equal(stored, np.round(np.clip(latent.numpy()[0, ..., 0], 0, 1) * 255))
+    reconstruction = loaded.signatures["reconstruct"](latent=compressed["latent"])["reconstruction"]
+    np.testing.assert_allclose(reconstruction.numpy(), decoder(latent).numpy(), atol=1e-6)
