@@ -141,6 +141,30 @@ def test_plateau_matches_torch_on_random_losses(cooldown):
     np.testing.assert_allclose(plateau_rates(losses, cooldown=cooldown), torch_rates, rtol=1e-6)
 
 
+def test_jit_compiled_step_gives_the_same_weights(records_dir, tmp_path):
+    """--jit_compile (XLA) changes how a step runs, not what it computes."""
+    trained = {}
+    for jit_compile in (False, True):
+        config = train_config(records_dir, tmp_path / str(jit_compile), steps_per_epoch=1, val_steps=1,
+                              learning_rate=1e-2, jit_compile=jit_compile)
+        trained[jit_compile] = loop.train(tiny_stage(), config, strategy.make_strategy("one_device")).get_weights()
+    keras.utils.set_random_seed(config.seed)  # as train() does: the weights both runs started from
+    initial = tiny_stage().build_model(config)
+    for plain, compiled, start in zip(trained[False], trained[True], initial.get_weights()):
+        np.testing.assert_allclose(compiled, plain, atol=1e-5)
+        assert np.abs(plain - start).max() > 1e-3  # the step did move the weights
+
+
+def test_jit_compile_refuses_batchnorm_synchronized_over_replicas():
+    config = stages.TrainConfig("records", "run", 8, jit_compile=True)
+    two_replicas = types.SimpleNamespace(num_replicas_in_sync=2)
+    with pytest.raises(ValueError, match="pass --nosync_batchnorm or --nojit_compile"):
+        loop.sync_batchnorm(config, two_replicas)
+    assert loop.sync_batchnorm(dataclasses.replace(config, sync_batchnorm=False), two_replicas) is False
+    assert loop.sync_batchnorm(dataclasses.replace(config, jit_compile=False), two_replicas) is True
+    assert loop.sync_batchnorm(config, types.SimpleNamespace(num_replicas_in_sync=1)) is False
+
+
 def test_adam_uses_pytorch_epsilon(records_dir, tmp_path):
     assert loop.make_optimizer(train_config(records_dir, tmp_path)).epsilon == 1e-8
 
@@ -160,14 +184,34 @@ def test_stage2_run_writes_best_model_log_tensorboard_and_checkpoints(records_di
     log = read_log(tmp_path)
     assert list(log["epoch"]) == [0, 1]
     assert {"loss", "val_loss", "learning_rate"} <= set(log.columns) and "val_auc" not in log
+    quality = [f"val_{metric}{suffix}" for metric in ("psnr", "ssim") for suffix in ("", "_8bit", "_bicubic")]
+    assert set(quality) <= set(log.columns) and np.isfinite(log[quality].to_numpy()).all()
+    assert log["val_psnr_bicubic"].nunique() == 1  # the same validation images every epoch
     best = models.load_model(tmp_path / "best.keras")
     outputs = best(tf.zeros([1, 32, 32, 1]))
     assert outputs["reconstruction"].shape == (1, 32, 32, 1) and outputs["latent"].shape == (1, 8, 8, 1)
     assert not hasattr(best, "optimizer") or best.optimizer is None
     assert tf.train.latest_checkpoint(tmp_path / "checkpoints").endswith("ckpt-2")
     assert {"epoch_loss", "epoch_learning_rate", "batch_loss"} <= event_tags(tmp_path / "tensorboard" / "train")
-    assert {"epoch_loss", "input", "reconstruction", "latent"} <= event_tags(tmp_path / "tensorboard" / "validation")
+    assert {"epoch_loss", "input", "reconstruction", "latent", "epoch_psnr", "epoch_psnr_8bit", "epoch_psnr_bicubic",
+            "epoch_ssim_8bit"} <= event_tags(tmp_path / "tensorboard" / "validation")
     assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_reconstruction_metrics_agree_with_the_evaluation_mode():
+    """The loop's per-epoch PSNR / SSIM are --mode=evaluate's, per image, for all three candidates."""
+    from tfcxr.evaluate import reconstruction
+
+    keras.utils.set_random_seed(0)
+    autoencoder = models.build_autoencoder()
+    images = tf.image.resize(tf.random.stateless_uniform([3, 8, 8, 1], seed=(1, 2)), [32, 32], "bicubic")
+    images = tf.clip_by_value(images, 0.0, 1.0)
+    metrics = stages.reconstruction_metrics(autoencoder, {"image": images}, autoencoder(images, training=False))
+    expected = reconstruction.reconstructions(autoencoder.get_layer("encoder"), autoencoder.get_layer("decoder"), images)
+    for suffix, method in (("", "autoencoder"), ("_8bit", "autoencoder_8bit"), ("_bicubic", "bicubic")):
+        np.testing.assert_allclose(metrics[f"psnr{suffix}"], tf.image.psnr(expected[method], images, 1.0), rtol=1e-5)
+        np.testing.assert_allclose(metrics[f"ssim{suffix}"], tf.image.ssim(expected[method], images, 1.0), rtol=1e-5)
+    assert metrics["psnr"].shape == (3,) and not np.allclose(metrics["psnr"], metrics["psnr_bicubic"])
 
 
 def test_classifier_run_logs_validation_auc_per_label(records_dir, tmp_path):

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import types
 
 import keras
 import numpy as np
@@ -25,19 +26,26 @@ TIMEOUT = 300
 SIZES = dict(image_size=32, resize_size=40)  # stage 1: the 64 px image/small resized, then cropped
 
 
-def tiny_classifier(config):
-    """Stage 1's baseline around a 2-layer classifier instead of DenseNet121 (trains in seconds)."""
+def tiny_classifier(config, batchnorm=False):
+    """Stage 1's baseline around a 2-layer classifier instead of DenseNet121 (trains in seconds).
+
+    batchnorm: a BatchNormalization after the convolution, with momentum 0 so that its moving
+    statistics after a step are that step's batch statistics.
+    """
     image = keras.Input(shape=(None, None, 3), name="image")
     x = keras.layers.Conv2D(4, 3, strides=2, activation="relu", name="conv")(image)  # [B,H/2,W/2,4]
+    if batchnorm:
+        x = keras.layers.BatchNormalization(momentum=0.0, name="bn")(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)  # [B,4]
     logits = keras.layers.Dense(NUM_LABELS, dtype="float32", name="logits")(x)  # [B,14]
     return models.build_baseline(keras.Model(image, logits, name="classifier"))
 
 
-def tiny_stage(fixed_input=False):
+def tiny_stage(fixed_input=False, batchnorm=False):
     """Stage 1 with the tiny classifier; `fixed_input`: the eval pipeline on train and no device
     augmentation, so a global batch is the same images however it is split over replicas."""
-    stage = dataclasses.replace(stages.STAGES[1], build_model=tiny_classifier)
+    build = (lambda config: tiny_classifier(config, batchnorm=True)) if batchnorm else tiny_classifier
+    stage = dataclasses.replace(stages.STAGES[1], build_model=build)
     if fixed_input:
         def unaugmented(config, split, training, *args):
             return stages.records_dataset(1, config, split, False, *args)
@@ -46,8 +54,43 @@ def tiny_stage(fixed_input=False):
     return stage
 
 
+def overflow_step(spec):
+    """One mixed_float16 step on 2 CPU replicas of loss x * w (one weight w = 1), x[i] on replica i.
+
+    Writes [w after the step, loss scale before, loss scale after] to spec["weights_out"].
+    """
+    distribution = strategy.make_strategy("mirrored", cpu_replicas=2)
+    config = stages.TrainConfig("records", "run", batch_size=2, mixed_precision="float16", learning_rate=0.1)
+    keras.mixed_precision.set_global_policy(loop.POLICIES[config.mixed_precision])
+    with distribution.scope():
+        model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False, kernel_initializer="ones")])
+        optimizer = loop.make_optimizer(config)
+        optimizer.build(model.trainable_variables)
+    stage = types.SimpleNamespace(loss=lambda batch, outputs: {"loss": batch["x"] * tf.cast(outputs[:, 0], tf.float32)})
+    step = loop.make_train_step(stage, model, optimizer, None, distribution)
+    batch = {"image": tf.ones([2, 1]), "x": tf.constant(spec["x"], tf.float32)}  # row i -> replica i
+    dataset = distribution.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch))
+    scale_before = float(optimizer.dynamic_scale.numpy())
+    step(next(iter(dataset)))
+    np.savez(spec["weights_out"], np.array([float(model.get_weights()[0][0, 0]), scale_before,
+                                            float(optimizer.dynamic_scale.numpy())]))
+
+
 def run(spec):
     """The script side: trains as `spec` says, writes the final weights to spec["weights_out"]."""
+    try:
+        if spec.get("overflow_step"):
+            overflow_step(spec)
+        else:
+            train(spec)
+    except Exception as error:  # noqa: BLE001 - one line to the parent, then out without MirroredStrategy's exit hang
+        print(f"error: {type(error).__name__}: {error}", flush=True)
+        os._exit(1)
+    sys.stdout.flush()
+    os._exit(0)
+
+
+def train(spec):
 
     class KillAt(keras.callbacks.Callback):
         """kill -9 at the end of `epoch` (its log row written, its checkpoint not), or after its batch `step`."""
@@ -75,10 +118,9 @@ def run(spec):
     config = stages.TrainConfig(**spec["config"], **SIZES, weights=None)
     callbacks = [KillAt(*spec["kill_at"])] if spec.get("kill_at") else []
     callbacks += [SaveInitial()] if spec.get("initial_out") else []
-    model = loop.train(tiny_stage(spec.get("fixed_input", False)), config, distribution, callbacks=callbacks)
+    stage = tiny_stage(spec.get("fixed_input", False), spec.get("batchnorm", False))
+    model = loop.train(stage, config, distribution, callbacks=callbacks)
     np.savez(spec["weights_out"], *model.get_weights())
-    sys.stdout.flush()
-    os._exit(0)
 
 
 def start(spec, env=None):
@@ -123,6 +165,41 @@ def test_two_replicas_step_equals_one_replica(records_dir, tmp_path):
         assert min(np.abs(a - b).max() for a, b in zip(one, initial)) > 1e-3  # every weight moved
 
 
+def test_float16_overflow_on_any_replica_skips_the_step_on_every_replica(tmp_path):
+    """x = 1e36 overflows the float16 step on one replica: w stays 1 (not NaN) and the scale halves."""
+    runs = {"replica1": [1.0, 1e36], "replica0": [1e36, 1.0], "none": [1.0, 1.0]}
+    processes = {name: start({"overflow_step": True, "x": x, "weights_out": str(tmp_path / f"{name}.npz")})
+                 for name, x in runs.items()}
+    for process in processes.values():
+        finish(process)
+    for name in ("replica1", "replica0"):
+        weight, scale_before, scale_after = weights(tmp_path / f"{name}.npz")[0]
+        assert weight == 1.0, name
+        assert scale_after == scale_before / 2, name
+    weight, scale_before, scale_after = weights(tmp_path / "none.npz")[0]
+    assert np.isfinite(weight) and weight < 1.0 and scale_after == scale_before  # a normal step
+
+
+def test_synchronized_batchnorm_sees_the_global_batch(records_dir, tmp_path):
+    """One step of global batch 8: the moving statistics on 2 replicas equal 1 replica's with
+    --sync_batchnorm (the default with 2 replicas), and differ without it."""
+    runs = {"one": (1, None), "synced": (2, None), "unsynced": (2, False)}
+    processes = {
+        name: start({"strategy": "mirrored", "cpu_replicas": replicas, "fixed_input": True, "batchnorm": True,
+                     "config": config(records_dir, tmp_path / name, sync_batchnorm=sync),
+                     "weights_out": str(tmp_path / f"{name}.npz")})
+        for name, (replicas, sync) in runs.items()
+    }
+    for process in processes.values():
+        finish(process)
+    one, synced, unsynced = (weights(tmp_path / f"{name}.npz") for name in runs)
+    moving_mean, moving_variance = one[-4], one[-3]  # [conv k, b, gamma, beta, moving mean, var, dense k, b]
+    assert len(one) == 8 and moving_mean.shape == moving_variance.shape == (4,)
+    for a, b in zip(one, synced):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert np.abs(unsynced[-3] - moving_variance).max() > 1e-4  # per-replica statistics: not the global batch's
+
+
 def free_ports(count):
     sockets = [socket.socket() for _ in range(count)]
     for s in sockets:
@@ -155,6 +232,43 @@ def test_multi_worker_trains_in_step_and_only_the_chief_writes(records_dir, tmp_
     assert not list((tmp_path / "tmp1").glob("tfcxr-worker-*"))  # the worker's checkpoint copies were deleted
 
 
+def start_workers(tmp_path, model_dirs, spec):
+    """Two MultiWorkerMirroredStrategy processes on localhost, worker i training into model_dirs[i]."""
+    cluster = {"worker": [f"localhost:{port}" for port in free_ports(2)]}
+    processes = []
+    for index in range(2):
+        worker_tmp = tmp_path / f"tmp{index}"
+        worker_tmp.mkdir(exist_ok=True)
+        tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+        worker_spec = {**spec, "strategy": "multi_worker", "weights_out": str(tmp_path / f"weights{index}.npz"),
+                       "config": {**spec["config"], "model_dir": str(model_dirs[index])}}
+        processes.append(start(worker_spec, {"TF_CONFIG": json.dumps(tf_config), "TMPDIR": str(worker_tmp)}))
+    return processes
+
+
+def test_multi_worker_killed_and_restarted_resumes_every_worker_at_the_same_point(records_dir, tmp_path):
+    """Both workers killed mid-epoch after a checkpoint and restarted: both resume at the same epoch
+    and step and end with the same weights. With model_dirs that are not shared, both stop at once."""
+    settings = dict(epochs=2, steps_per_epoch=4, checkpoint_every=2, val_steps=1)
+    spec = {"config": config(records_dir, tmp_path / "run", **settings)}
+    shared = [tmp_path / "run"] * 2
+    for process in start_workers(tmp_path, shared, {**spec, "kill_at": (1, 2)}):
+        finish(process, expect=-signal.SIGKILL)
+    outputs = [finish(process) for process in start_workers(tmp_path, shared, spec)]
+    resumed = [line.split(": ", 1)[1] for output in outputs for line in output.splitlines() if line.startswith("resuming from")]
+    assert resumed == ["epoch 2, step 2"] * 2, outputs
+    for a, b in zip(weights(tmp_path / "weights0.npz"), weights(tmp_path / "weights1.npz")):
+        np.testing.assert_array_equal(a, b)
+
+    # The worker's own folder holds no checkpoint: it would start from scratch while the chief resumes.
+    separate = [tmp_path / "chief", tmp_path / "worker1"]
+    for process in start_workers(tmp_path, separate, {**spec, "kill_at": (1, 2)}):
+        finish(process, expect=-signal.SIGKILL)
+    for output in (finish(process, expect=1) for process in start_workers(tmp_path, separate, spec)):
+        assert "the workers would start from different states" in output and "storage all workers share" in output
+    assert "epoch 2 step 2" in output and "epoch 1 step 0" in output
+
+
 def checkpoint_tensors(model_dir):
     reader = tf.train.load_checkpoint(str(model_dir / "checkpoints"))
     names = [name for name in reader.get_variable_to_shape_map() if "OBJECT_GRAPH" not in name]
@@ -165,12 +279,12 @@ def test_kill_9_and_rerun_ends_where_an_uninterrupted_run_ends(records_dir, tmp_
     """Killed at an epoch end (log row written, checkpoint not) and mid-epoch (after a mid-epoch
     checkpoint), rerun each time: the same weights, optimizer state and log.csv as no kill.
 
-    The learning rate is so small that val_loss never improves by the plateau's min_delta, so
-    the learning rate drops at the end of epoch PLATEAU_PATIENCE: only if the plateau's wait
-    survives both restarts does it drop at the same epoch.
+    The learning rate is so small that val_loss never improves by the plateau's relative threshold,
+    so the learning rate drops after epoch PLATEAU_PATIENCE + 2 (PyTorch's count): only if the
+    plateau's count survives both restarts does it drop at the same epoch.
     """
-    epochs = PLATEAU_PATIENCE + 2
-    settings = dict(epochs=epochs, steps_per_epoch=4, checkpoint_every=2, learning_rate=1e-9,
+    epochs = PLATEAU_PATIENCE + 3
+    settings = dict(epochs=epochs, steps_per_epoch=4, checkpoint_every=2, learning_rate=1e-6,
                     deterministic=True, val_steps=None)
 
     def spec(name, kill_at=None):
@@ -194,8 +308,8 @@ def test_kill_9_and_rerun_ends_where_an_uninterrupted_run_ends(records_dir, tmp_
     assert (tmp_path / "killed" / "log.csv").read_text() == log
     learning_rates = [float(row.split(",")[1]) for row in log.splitlines()[1:]]  # the column after epoch
     assert len(learning_rates) == epochs
-    np.testing.assert_allclose(learning_rates[: PLATEAU_PATIENCE + 1], 1e-9, rtol=1e-6)
-    np.testing.assert_allclose(learning_rates[PLATEAU_PATIENCE + 1:], 1e-9 * PLATEAU_FACTOR, rtol=1e-6)
+    np.testing.assert_allclose(learning_rates[: PLATEAU_PATIENCE + 2], 1e-6, rtol=1e-6)
+    np.testing.assert_allclose(learning_rates[PLATEAU_PATIENCE + 2:], 1e-6 * PLATEAU_FACTOR, rtol=1e-6)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,9 @@ flags.DEFINE_integer("cpu_replicas", 1, "split the CPU into this many logical de
 flags.DEFINE_enum("mixed_precision", DEFAULTS["mixed_precision"], list(loop.POLICIES), "mixed precision policy")
 flags.DEFINE_integer("seed", DEFAULTS["seed"], "seed of weights, shuffling and augmentation")
 flags.DEFINE_bool("deterministic", DEFAULTS["deterministic"], "tf.config.experimental.enable_op_determinism()")
+flags.DEFINE_bool("sync_batchnorm", DEFAULTS["sync_batchnorm"],
+                  "BatchNorm statistics over the global batch (all replicas); default: on with more than one replica")
+flags.DEFINE_bool("jit_compile", DEFAULTS["jit_compile"], "XLA-compile the train step (GPUs; measured slower on CPUs)")
 flags.DEFINE_string("init_autoencoder", DEFAULTS["init_autoencoder"], "stage 3: stage 2's best.keras")
 flags.DEFINE_string("init_classifier", DEFAULTS["init_classifier"], "stage 3: stage 1's best.keras")
 flags.DEFINE_float("learning_rate", DEFAULTS["learning_rate"], "Adam learning rate")
@@ -99,6 +102,9 @@ def main(argv):
     except (FileNotFoundError, ValueError, loop.TrainingStopped) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
+    except loop.WorkersDisagree as error:  # every worker stops here; a normal exit can hang in collectives
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        os._exit(1)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from tfcxr.constants import COMPRESSION
 from tfcxr.data import pipeline, schema
 from tfcxr.evaluate import runs
+from tfcxr.models.compression import quantize, resize_round_trip  # noqa: F401 - re-exported for tools
 
 METHODS = {
     "autoencoder": "learned encoder -> decoder, float latent",
@@ -32,20 +33,6 @@ METHODS = {
     "bilinear": "bilinear resize down (antialiased) and back, float",
     "bilinear_8bit": "bilinear resize down (antialiased) and back, small image rounded to 8 bits",
 }
-
-
-def quantize(latent):
-    """[0, 1] image -> the nearest of 256 levels: exactly what an 8-bit PNG stores."""
-    return tf.round(tf.clip_by_value(latent, 0.0, 1.0) * 255.0) / 255.0
-
-
-def resize_round_trip(images, method, quantized=False):
-    """[B,H,W,1] -> [B,H/4,W/4,1] (antialiased) -> [B,H,W,1] clipped to [0, 1]."""
-    size = tf.shape(images)[1:3]
-    small = tf.image.resize(images, size // COMPRESSION, method, antialias=True)  # [B,H/4,W/4,1]
-    if quantized:
-        small = quantize(small)
-    return tf.clip_by_value(tf.image.resize(small, size, method), 0.0, 1.0)  # [B,H,W,1]
 
 
 def reconstructions(encoder, decoder, images):

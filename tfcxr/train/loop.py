@@ -40,6 +40,10 @@ class TrainingStopped(RuntimeError):
     """A callback (TerminateOnNaN) stopped training; nothing of the failing epoch is saved."""
 
 
+class WorkersDisagree(RuntimeError):
+    """The workers of a cluster would start from different states (epoch, step or weights)."""
+
+
 def check_init_files(stage, config):
     """Stops at once, naming the flag and path, when a previous stage's file is missing."""
     for flag, path in stage.init_files(config).items():
@@ -68,12 +72,29 @@ def make_optimizer(config):
     return optimizer
 
 
-def make_train_step(stage, model, optimizer, augmentation, strategy):
-    """A tf.function: one optimizer step on a distributed batch -> {term: global batch mean}."""
+def finite_on_every_replica(gradients):
+    """`gradients`, poisoned with NaN on every replica when any replica's are not finite.
 
-    def replica_step(batch):
-        if augmentation is not None:
-            batch = {**batch, "image": augmentation(batch["image"], training=True)}
+    LossScaleOptimizer checks the gradients it is given for inf / NaN before it all-reduces them,
+    and under MirroredStrategy it reads only the first replica's verdict: an overflow on another
+    replica was applied (every weight NaN) while the loss scale stayed. Here the verdict is
+    all-reduced first, so a step is skipped on every replica, and the scale halved once, when any
+    replica overflows: one step of the reference's single-GPU float16 training.
+    """
+    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients if g is not None])
+    overflows = tf.distribute.get_replica_context().all_reduce("SUM", 1.0 - tf.cast(finite, tf.float32))
+    poison = tf.where(overflows > 0, float("nan"), 0.0)
+    return [g if g is None else g + tf.cast(poison, g.dtype) for g in gradients]
+
+
+def make_train_step(stage, model, optimizer, augmentation, strategy, jit_compile=False):
+    """A tf.function: one optimizer step on a distributed batch -> {term: global batch mean}.
+
+    jit_compile: XLA-compile each replica's forward and backward pass (for GPUs; measured slower on
+    CPUs). The augmentation and the optimizer update, which all-reduces, stay outside XLA.
+    """
+
+    def loss_and_gradients(batch):
         with tf.GradientTape() as tape:
             outputs = model(batch["image"], training=True)
             terms = {name: tf.nn.compute_average_loss(value) for name, value in stage.loss(batch, outputs).items()}
@@ -81,7 +102,17 @@ def make_train_step(stage, model, optimizer, augmentation, strategy):
             if model.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
             scaled_loss = optimizer.scale_loss(loss)  # identity unless LossScaleOptimizer
-        gradients = tape.gradient(scaled_loss, model.trainable_variables)
+        return terms, tape.gradient(scaled_loss, model.trainable_variables)
+
+    if jit_compile:  # a nested tf.function: only when asked, since it cannot hold a cross-replica sync
+        loss_and_gradients = tf.function(loss_and_gradients, jit_compile=True)
+
+    def replica_step(batch):
+        if augmentation is not None:
+            batch = {**batch, "image": augmentation(batch["image"], training=True)}
+        terms, gradients = loss_and_gradients(batch)
+        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            gradients = finite_on_every_replica(gradients)
         optimizer.apply(gradients, model.trainable_variables)  # all-reduces over replicas, unscales
         return terms
 
@@ -94,11 +125,15 @@ def make_train_step(stage, model, optimizer, augmentation, strategy):
 
 
 def make_eval_step(stage, model, strategy):
-    """A tf.function: sums of the per-example loss terms and "count"; with AUC, labels and probabilities."""
+    """A tf.function: sums of the per-example loss terms, the stage's metrics and "count"; with AUC,
+    labels and probabilities."""
 
     def replica_step(batch):
         outputs = model(batch["image"], training=False)
-        sums = {name: tf.reduce_sum(value) for name, value in stage.loss(batch, outputs).items()}
+        per_example = stage.loss(batch, outputs)
+        if stage.metrics is not None:
+            per_example.update(stage.metrics(model, batch, outputs))
+        sums = {name: tf.reduce_sum(value) for name, value in per_example.items()}
         sums["count"] = tf.cast(tf.shape(batch["image"])[0], tf.float32)
         if not stage.computes_auc:
             return sums, ()
@@ -114,7 +149,8 @@ def make_eval_step(stage, model, strategy):
 
 
 def evaluate(eval_step, dataset, steps, show):
-    """val_<term> means over the examples, and val_auc (+ one per label) when the stage predicts labels."""
+    """val_<term> and val_<metric> means over the examples, and val_auc (+ one per label) when the stage
+    predicts labels."""
     sums = collections.defaultdict(float)
     labels, probabilities = [], []
     for batch in tqdm(itertools.islice(dataset, steps), desc="val", total=steps, leave=False, disable=not show):
@@ -133,17 +169,67 @@ def evaluate(eval_step, dataset, steps, show):
     return logs
 
 
+def batchnorm_layers(model):
+    """Every BatchNormalization layer of `model`, its sub-models' included."""
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            yield layer
+        elif hasattr(layer, "layers"):
+            yield from batchnorm_layers(layer)
+
+
+def sync_batchnorm(config, strategy):
+    """config.sync_batchnorm, or (None) whether there is more than one replica."""
+    synchronized = strategy.num_replicas_in_sync > 1 if config.sync_batchnorm is None else config.sync_batchnorm
+    if synchronized and config.jit_compile and strategy.num_replicas_in_sync > 1:
+        raise ValueError(f"--jit_compile cannot compile BatchNorm synchronized over {strategy.num_replicas_in_sync} "
+                         "replicas (a cross-replica sync inside XLA); pass --nosync_batchnorm or --nojit_compile")
+    return synchronized
+
+
 def build(stage, config, strategy):
-    """The stage's model, its optimizer and the device augmentation, created in the strategy's scope."""
+    """The stage's model, its optimizer and the device augmentation, created in the strategy's scope.
+
+    With sync_batchnorm, BatchNormalization computes its batch statistics over the global batch
+    (all replicas), as the reference's single-GPU batch does, not over each replica's share.
+    """
     keras.mixed_precision.set_global_policy(POLICIES[config.mixed_precision])
     with strategy.scope():
         model = stage.build_model(config)
+        for layer in batchnorm_layers(model):
+            layer.synchronized = sync_batchnorm(config, strategy)
         optimizer = make_optimizer(config)
         optimizer.build(model.trainable_variables)  # Adam's slots, mirrored, before the first step
         augmentation = stage.augmentation(config)
     model.optimizer = optimizer  # ReduceLROnPlateau reads and sets model.optimizer.learning_rate
     model.stop_training = False  # TerminateOnNaN sets it
     return model, optimizer, augmentation
+
+
+def check_same_start(strategy, model, epoch, step, checkpoint_dir):
+    """Stops every worker at once unless all start from the same epoch, step and weights.
+
+    Every worker restores from model_dir/checkpoints as it sees it; only the chief writes there.
+    When that folder is not shared, a worker finds no checkpoint (or a stale one) and would train
+    from other weights than the chief's, then hang when the chief exits. One gather of
+    (epoch, step, sum of the weights) per replica tells.
+    """
+
+    @tf.function
+    def gather_starts():
+        def start():
+            weight_sum = tf.add_n([tf.reduce_sum(tf.cast(w, tf.float64)) for w in model.weights])
+            return tf.stack([tf.constant(epoch, tf.float64), tf.constant(step, tf.float64), weight_sum])[None]
+
+        return strategy.gather(strategy.run(start), axis=0)  # [replicas, 3]
+
+    starts = gather_starts().numpy()
+    same_position = (starts[:, :2] == starts[0, :2]).all()
+    if not (same_position and np.allclose(starts[:, 2], starts[0, 2], rtol=1e-6, atol=0)):
+        found = ", ".join(f"replica {i}: epoch {int(e) + 1} step {int(s)}" for i, (e, s, _) in enumerate(starts))
+        raise WorkersDisagree(
+            f"{checkpoint_dir}: the workers would start from different states ({found}, or different weights): "
+            "the chief's checkpoints are not visible to every worker; use a --model_dir on storage all workers share")
 
 
 def make_callbacks(stage, config, chief, resumed_epoch):
@@ -192,6 +278,9 @@ def train(stage, config, strategy, callbacks=()):
     if latest:
         checkpoint.restore(latest).assert_existing_objects_matched()
     state = json.loads(progress.numpy())
+    check_same_start(strategy, model, state["epoch"], state["step"], checkpoint_dir)
+    if latest:
+        print(f"resuming from {latest}: epoch {state['epoch'] + 1}, step {state['step']}", flush=True)
 
     steps = config.steps_per_epoch or split_size(config.records_dir, "train") // config.batch_size
     callback_list = keras.callbacks.CallbackList(
@@ -207,7 +296,7 @@ def train(stage, config, strategy, callbacks=()):
         if not chief:
             shutil.rmtree(manager.directory, ignore_errors=True)
 
-    train_step = make_train_step(stage, model, optimizer, augmentation, strategy)
+    train_step = make_train_step(stage, model, optimizer, augmentation, strategy, config.jit_compile)
     eval_step = make_eval_step(stage, model, strategy)
     val_dataset = strategy.distribute_datasets_from_function(
         lambda context: stage.make_dataset(config, "val", False, context))

@@ -14,7 +14,7 @@ import tensorflow as tf
 from tfcxr import models
 from tfcxr.constants import CLASSIFICATION_WEIGHT, EPOCHS, LEARNING_RATE
 from tfcxr.data import augment, pipeline
-from tfcxr.models import residual_codec
+from tfcxr.models import compression, residual_codec
 
 
 @dataclasses.dataclass
@@ -35,6 +35,8 @@ class TrainConfig:
     mixed_precision: str = "none"  # "none", "bfloat16" or "float16"
     seed: int = 0
     deterministic: bool = False  # tf.config.experimental.enable_op_determinism()
+    sync_batchnorm: bool | None = None  # BatchNorm statistics over all replicas; None: when more than one
+    jit_compile: bool = False  # XLA for the train step's forward and backward pass (GPUs; slower on CPUs)
     init_autoencoder: str | None = None  # stage 3: stage 2's best.keras
     init_classifier: str | None = None  # stage 3: stage 1's best.keras
     log_every: int = 20  # steps between progress-bar and TensorBoard batch updates
@@ -59,6 +61,7 @@ class Stage:
     augmentation: Callable = lambda config: None  # (config) -> Keras layer applied to the batch in the train step
     image_outputs: tuple = ()  # model outputs shown as images in TensorBoard, beside the input
     computes_auc: bool = False  # validation ROC-AUC of outputs["logits"] against batch["labels"]
+    metrics: Callable | None = None  # (model, batch, outputs) -> {name: [B]}: logged as val_<name>, the mean
 
 
 def classification_loss(batch, outputs):
@@ -79,6 +82,28 @@ def joint_loss(batch, outputs):
     bce = classification_loss(batch, outputs)["loss"]
     mse = reconstruction_loss(batch, outputs)["loss"]
     return {"loss": CLASSIFICATION_WEIGHT * bce + (1.0 - CLASSIFICATION_WEIGHT) * mse, "bce": bce, "mse": mse}
+
+
+def reconstruction_metrics(model, batch, outputs):
+    """PSNR and SSIM [B] of each validation image: the reconstruction from the float latent, from the
+    latent rounded to 8 bits (what a PNG stores), and bicubic's round trip through the same size.
+
+    Bicubic's numbers repeat every epoch (same images): the gap is one glance in log.csv and
+    TensorBoard, at the cost of a resize, cheaper than a second pass over the decoded images.
+    """
+    images = tf.cast(batch["image"], tf.float32)  # [B,H,W,1]
+    decoder = model.get_layer("decoder")
+    candidates = {
+        "": outputs["reconstruction"],
+        "_8bit": decoder(compression.quantize(tf.cast(outputs["latent"], tf.float32)), training=False),
+        "_bicubic": compression.resize_round_trip(images, "bicubic"),
+    }
+    metrics = {}
+    for suffix, reconstruction in candidates.items():
+        reconstruction = tf.cast(reconstruction, tf.float32)
+        metrics[f"psnr{suffix}"] = tf.image.psnr(reconstruction, images, max_val=1.0)
+        metrics[f"ssim{suffix}"] = tf.image.ssim(reconstruction, images, max_val=1.0)
+    return metrics
 
 
 def records_dataset(stage, config, split, training, input_context=None, seed=None, repeat=False):
@@ -142,8 +167,8 @@ STAGES = {
     1: Stage(1, build_baseline, classification_loss, functools.partial(records_dataset, 1),
              augmentation=functools.partial(device_augmentation, 1), computes_auc=True),
     2: Stage(2, build_autoencoder, reconstruction_loss, functools.partial(records_dataset, 2),
-             image_outputs=("reconstruction", "latent")),
+             image_outputs=("reconstruction", "latent"), metrics=reconstruction_metrics),
     3: Stage(3, build_aecnn, joint_loss, functools.partial(records_dataset, 3), init_files=stage3_files,
              augmentation=functools.partial(device_augmentation, 3),
-             image_outputs=("reconstruction", "latent"), computes_auc=True),
+             image_outputs=("reconstruction", "latent"), computes_auc=True, metrics=reconstruction_metrics),
 }
