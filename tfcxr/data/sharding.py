@@ -11,8 +11,10 @@ Decisions (each one the simplest that is correct):
   one CRC pass instead of a deflate of 1 MB. Other sources are re-encoded with
   PNG_COMPRESS_LEVEL, no metadata: byte-deterministic. encoding="raw": the H*W uint8 pixels.
 - image/small: PIL BILINEAR resize to small_size x small_size (PIL's filters scale their
-  support with the reduction, so this is antialiased; it is exactly what torchvision's
-  Resize(256) does to a PIL image in the PyTorch reference), stored as PNG.
+  support with the reduction, so this is antialiased; it is what torchvision's Resize(256)
+  does to a PIL image in the PyTorch reference), stored as PNG. pixels.resize_pil runs its two
+  passes horizontal first whatever Pillow's version, and pixels.resize_tf, in stage-1
+  serving, gives the same pixels (tests/test_pixels.py).
 - Shard count per split: ceil(estimated bytes / shard_mb MiB), decided before writing from the
   sources (PNG: file size; raw: pixel count from the PNG header). The split's planned rows are
   shuffled with the seed, the images on disk kept in that order and cut into that many
@@ -43,13 +45,15 @@ from tqdm import tqdm
 
 from tfcxr.constants import LABELS, SMALL_SIZE, VAL_IMAGES
 from tfcxr.data import image_limits, metadata, schema
+from tfcxr.data import pixels as gray_pixels
 from tfcxr.data.metadata import ShardingError
 
 ENCODINGS = ("png", "raw")
 PNG_COMPRESS_LEVEL = 1  # zlib's fastest: 3x faster than 6 for +15% bytes on image/small (5% of a record)
 SMALL_DIR = "small"
 PROGRESS_DIR = ".progress"
-FORMAT_VERSION = 1  # part of every resume key: bump it when the bytes written for the same inputs change
+FORMAT_VERSION = 2  # part of every resume key: bump it when the bytes written for the same inputs change
+# 2: image/small's passes in a fixed order (pixels.resize_pil): Pillow 13 went vertical first for some non-square images
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
 META = ("patient_id", "follow_up", "patient_age", "patient_gender", "view_position",
@@ -112,9 +116,9 @@ def make_examples(row, encoding, small_size):
         encoded = pixels.tobytes()
     else:
         encoded = plain_gray_png(data, row["path"]) or encode_png(pixels)
-    small = Image.fromarray(pixels).resize((small_size, small_size), Image.Resampling.BILINEAR)
+    small = gray_pixels.resize_pil(pixels, small_size)  # [small_size, small_size]
     fields = dict(
-        small=encode_png(np.asarray(small)), filename=row["image_index"], height=pixels.shape[0],
+        small=encode_png(small), filename=row["image_index"], height=pixels.shape[0],
         width=pixels.shape[1], labels=row["labels"], image_format=encoding,
         **{name: row[name] for name in META},
     )

@@ -115,11 +115,15 @@ def export():
         raise FileNotFoundError(f"{config_path}: not found; the evaluation size is read from the run's config")
     config = json.loads(config_path.read_text())
     size = eval_size(FLAGS.stage, config.get("image_size"), config.get("resize_size"))
+    # stage 1 serves what evaluation reads: image/small as the sharder made it, then resized to `size`
+    small = runs.small_size(FLAGS.records_dir or config.get("records_dir")) if FLAGS.stage == 1 else None
     model, checkpoint = _load(model_dir)
     path = saved_model.export(model, FLAGS.export_dir, image_size=size, version=FLAGS.version,
                               model_name=FLAGS.model_name or saved_model.MODEL_NAMES[FLAGS.stage],
-                              max_image_side=FLAGS.max_image_side, max_image_pixels=FLAGS.max_image_pixels)
-    print(f"exported {checkpoint} ({size}x{size} inputs) to {path}")
+                              max_image_side=FLAGS.max_image_side, max_image_pixels=FLAGS.max_image_pixels,
+                              small_size=small)
+    first = f"image/small {small}x{small}, then " if small else ""
+    print(f"exported {checkpoint} ({first}{size}x{size} inputs) to {path}")
     print(f"image_bytes refuses headers above {FLAGS.max_image_side} pixels a side or {FLAGS.max_image_pixels} pixels")
 
 

@@ -22,6 +22,15 @@ def label_source(records_dir):
     return {key: manifest.get(key, "unknown") for key in ("label_file", "label_version")}
 
 
+def small_size(records_dir):
+    """The side of the records' image/small (manifest.json's small_size): stage 1's first resize."""
+    path = Path(records_dir or ".") / schema.MANIFEST
+    if not records_dir or not path.is_file():
+        raise FileNotFoundError(f"{path}: no manifest.json; stage 1 reads image/small's size from the records' "
+                                f"manifest (pass --records_dir)")
+    return int(json.loads(path.read_text())["small_size"])
+
+
 def write_bytes(path, data):
     """Writes under a temporary name in the same folder, then renames into place."""
     path = Path(path)
