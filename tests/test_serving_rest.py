@@ -172,3 +172,21 @@ def test_serving_client_against_the_d121_export(exports, tmp_path):
         image_bytes=tf.constant([png(9)]))["probabilities"].numpy()[0]
     np.testing.assert_allclose([float(line.split()[1]) for line in lines[1:]], expected, atol=1e-4)
     assert refused.returncode == 1 and "HTTP 400" in refused.stderr and "compress" in refused.stderr
+
+
+@pytest.mark.slow
+def test_serve_saved_model_tool_answers_curl_style_requests(exports, tmp_path):
+    tool = [sys.executable, str(ROOT / "tools" / "serve_saved_model.py")]
+    server = subprocess.Popen([*tool, f"--saved_model={exports['tfcxr_d121']}", "--port=0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = server.stdout.readline().split()
+        assert first[:2] == ["serving", str(exports["tfcxr_d121"])] and first[3].endswith("/v1/models/tfcxr_d121:predict")
+        status, body = post(first[3], {"instances": [b64(png(10))]})
+        assert status == 200 and body["predictions"][0]["labels"] == list(LABELS)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    assert "oneDNN" not in server.stderr.read()
+    missing = subprocess.run([*tool, f"--saved_model={tmp_path}"], capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 1 and missing.stderr.strip() == f"error: {tmp_path}: no saved_model.pb (export with --mode=export)"
