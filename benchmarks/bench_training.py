@@ -28,6 +28,7 @@ under each setting that could close the gap (threads, oneDNN, the device augment
 in a process of its own. Writes benchmarks/results/training_pytorch.md.
 """
 
+import collections
 import importlib.util
 import json
 import os
@@ -167,8 +168,9 @@ def torch_autoencoder():
         def forward(self, x):
             return x.clamp(0.0, 1.0)
 
-    return nn.Sequential(nn.Conv2d(1, 32, 5, stride=4, padding=2), nn.ELU(), nn.Conv2d(32, 1, 1), ClippedReLU(),
-                         nn.Conv2d(1, 16, 3, padding=1), nn.PixelShuffle(4), ClippedReLU())
+    encoder = nn.Sequential(nn.Conv2d(1, 32, 5, stride=4, padding=2), nn.ELU(), nn.Conv2d(32, 1, 1), ClippedReLU())
+    decoder = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.PixelShuffle(4), ClippedReLU())
+    return nn.Sequential(collections.OrderedDict(encoder=encoder, decoder=decoder))  # torch_port's state_dict names
 
 
 def native_bfloat16():
@@ -275,9 +277,9 @@ def best_of(runs):
     return max(runs, key=lambda case: -1.0 if case["images_per_s"] != case["images_per_s"] else case["images_per_s"])
 
 
-def compare_pytorch():
-    """tfcxr's loop against the PyTorch reference per stage (1, 2) and precision, then the stage-1 levers."""
-    out = Path(FLAGS.out or Path(__file__).parent / "results" / "training_pytorch.md")
+def compare_pytorch(out, stages, steps=None, repeats=2, levers=False):
+    """tfcxr's loop against the PyTorch reference per stage (1, 2) and precision, then the stage-1 levers
+    when `levers`; writes `out`. Without torch: says so, writes nothing."""
     if importlib.util.find_spec("torch") is None:
         print("torch is not installed (pip install -e '.[bench]'): the PyTorch reference is skipped")
         return 0
@@ -288,10 +290,10 @@ def compare_pytorch():
     implementations = {1: ("loop", "torch", "torch_channels_first"), 2: ("loop", "torch", "torch_channels_first")}
     load_start = os.getloadavg()[0]
     results = {}
-    for stage in [stage for stage in map(int, FLAGS.stages) if stage in implementations]:
+    for stage in [stage for stage in map(int, stages) if stage in implementations]:
         for precision in precisions:
-            runs = [{name: run_case(stage, name, precision, FLAGS.steps) for name in implementations[stage]}
-                    for _ in range(FLAGS.repeats)]
+            runs = [{name: run_case(stage, name, precision, steps) for name in implementations[stage]}
+                    for _ in range(repeats)]
             results[stage, precision] = {name: best_of([run[name] for run in runs]) for name in implementations[stage]}
             case = results[stage, precision]
             print(f"stage {stage} {precision}: " + ", ".join(f"{name} {case[name]['images_per_s']:.2f}" for name in case), flush=True)
@@ -299,8 +301,8 @@ def compare_pytorch():
         "# Training throughput: tfcxr against the PyTorch reference", "",
         f"`{' '.join(['python', 'benchmarks/bench_training.py', *sys.argv[1:]])}`", "",
         f"{cpu_description()}; TensorFlow {tf.__version__}, PyTorch {torch.__version__} ({torch.get_num_threads()} "
-        f"intra-op threads); the fastest of {FLAGS.repeats} alternating runs per case, each in a process of its own; "
-        f"timed steps after one untimed step (stage 1: {FLAGS.steps or SIZES[1][2]}, stage 2: {FLAGS.steps or SIZES[2][2]}); "
+        f"intra-op threads); the fastest of {repeats} alternating runs per case, each in a process of its own; "
+        f"timed steps after one untimed step (stage 1: {steps or SIZES[1][2]}, stage 2: {steps or SIZES[2][2]}); "
         f"synthetic in-memory batches, random weights. Load average (1 min) at the start: {load_start:.1f}.",
         "bfloat16: " + ("measured (the CPU has native bfloat16)." if bfloat16 else
                         "not measured: this CPU has no native bfloat16 (no avx512_bf16 / amx_bf16 in /proc/cpuinfo)."), "",
@@ -314,8 +316,8 @@ def compare_pytorch():
         lines.append(f"| {stage} | {size}x{size} | {batch} | {precision} | {tfcxr:.2f} | {last:.2f} / {first:.2f} "
                      f"| {tfcxr / last:.2f} | {tfcxr / max(last, first):.2f} "
                      f"| {case['loop']['peak_rss_mb']:.0f} / {case['torch']['peak_rss_mb']:.0f} |")
-    if FLAGS.levers:
-        lines += levers_table(results.get((1, "none")))
+    if levers:
+        lines += levers_table(results.get((1, "none")), steps, repeats)
     lines.append(f"\nLoad average (1 min) at the end: {os.getloadavg()[0]:.1f} (the machine is shared with other work).")
     notes = out.read_text().partition(NOTES)[2] if out.exists() else ""  # hand-written, kept across runs
     write_text(out, "\n".join(lines) + "\n" + (NOTES + notes if notes else ""))
@@ -323,9 +325,9 @@ def compare_pytorch():
     return 0
 
 
-def levers_table(reference):
+def levers_table(reference, steps, repeats):
     """The stage-1 float32 step under each lever, alternating, against the default loop and PyTorch."""
-    runs = [{lever: run_case(1, "loop", "none", FLAGS.steps, lever) for lever in LEVERS} for _ in range(FLAGS.repeats)]
+    runs = [{lever: run_case(1, "loop", "none", steps, lever) for lever in LEVERS} for _ in range(repeats)]
     best = {lever: best_of([run[lever] for run in runs]) for lever in LEVERS}
     torch_rate = max(reference["torch"]["images_per_s"], reference["torch_channels_first"]["images_per_s"]) if reference else None
     lines = ["", "Stage 1 (DenseNet121, 224, batch 8, float32): the tfcxr step under each lever, in the same run "
@@ -361,7 +363,8 @@ def main(argv):
         sys.stdout.flush()
         os._exit(0)  # MirroredStrategy processes can hang at exit
     if FLAGS.pytorch:
-        return compare_pytorch()
+        out = Path(FLAGS.out or Path(__file__).parent / "results" / "training_pytorch.md")
+        return compare_pytorch(out, FLAGS.stages, FLAGS.steps, FLAGS.repeats, FLAGS.levers)
 
     results = {}
     load_start = os.getloadavg()[0]  # the machine is shared: say how busy it was
