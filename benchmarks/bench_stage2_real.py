@@ -64,6 +64,8 @@ def parse_args(argv=None):
     parser.add_argument("--runs_dir", type=Path, default=ROOT / "workspace" / "runs" / "stage2-real")
     parser.add_argument("--results_dir", type=Path, default=RESULTS)
     parser.add_argument("--score_only", action="store_true", help="score the existing run, do not train")
+    parser.add_argument("--code_dir", type=Path, help="train with the tfcxr/ and configs/ in this folder (a modified "
+                        "copy, to measure a change) instead of a snapshot of the working tree")
     parser.add_argument("--note", default="", help="one line on why this run exists, kept in the results")
     args, args.extra = parser.parse_known_args(argv)  # other --flags go to tfcxr.main as they are
     for name in ("records_dir", "runs_dir", "results_dir"):  # training runs in a snapshot folder
@@ -135,6 +137,16 @@ def train(command, model_dir, code):
     if returncode:
         raise SystemExit(f"{model_dir / 'train.log'}: training failed (exit {returncode}); see its end")
     return wall, sampler.samples
+
+
+def score(code, model_path, records_dir):
+    """real_cxr14.score_autoencoder run in a process of its own on the tfcxr of `code` (see snapshot)."""
+    program = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); import real_cxr14; "
+               f"print(json.dumps(real_cxr14.score_autoencoder({str(model_path)!r}, {str(records_dir)!r})))")
+    done = subprocess.run([sys.executable, "-c", program], cwd=code, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"{model_path}: scoring failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def learning_rate_steps(log):
@@ -224,20 +236,25 @@ def main(argv=None):
     timing = model_dir / "timing.json"  # written after training, read by --score_only
     if not args.score_only:
         code, commit = snapshot(args.runs_dir / ".code")
+        if args.code_dir:
+            code, commit = args.code_dir.resolve(), f"{commit} modified in {args.code_dir}"
         print(f"training (code {commit}, in {code}): {' '.join(command)}\n  log: {model_dir / 'train.log'}",
               flush=True)
         wall, loads = train(command, model_dir, code)
-        write_json(timing, {"wall_s": wall, "load_samples": loads, "commit": commit})
+        write_json(timing, {"wall_s": wall, "load_samples": loads, "commit": commit, "code": str(code)})
     if not timing.is_file():
         raise SystemExit(f"{timing}: not found; train the run first (without --score_only)")
-    wall, loads, commit = (json.loads(timing.read_text()).get(key) for key in ("wall_s", "load_samples", "commit"))
+    wall, loads, commit, code = (json.loads(timing.read_text()).get(key)
+                                 for key in ("wall_s", "load_samples", "commit", "code"))
+    if not (code and Path(code, "tfcxr").is_dir()):
+        code, _ = snapshot(args.runs_dir / ".code")
     log = pd.read_csv(model_dir / "log.csv")
     config = json.loads((model_dir / "config.json").read_text())
     plot_losses(log, args.name, counts, args.results_dir / f"stage2_real_{args.name}.png")
-    scores = real_cxr14.score_autoencoder(model_dir / "best.keras", args.records_dir)
+    scores = score(code, model_dir / "best.keras", args.records_dir)
     result = {
         "name": args.name, "note": args.note, "commit": commit,
-        "bench_command": " ".join([".venv/bin/python benchmarks/bench_stage2_real.py", *(argv or sys.argv[1:])]),
+        "bench_command": " ".join([".venv/bin/python benchmarks/bench_stage2_real.py", *[a for a in (argv or sys.argv[1:]) if a != "--score_only"]]),
         "command": " ".join(["python", *command[1:]]).replace(str(ROOT) + "/", ""),
         "config": {key: config.get(key) for key in ("autoencoder", "learning_rate", "epochs", "steps_per_epoch",
                                                      "batch_size", "patches_per_image", "seed", "val_steps")},
