@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/bench_serving.py --rest            # the same over HTTP, tfcxr's REST stand-in
     .venv/bin/python benchmarks/bench_serving.py --url=http://HOST:8501/v1/models/tfcxr_aecnn:predict
 
-The model: the demo-size AECNN (the real encoder, decoder and DenseNet121, stage-3 evaluation
+Run from a snapshot of the code (`git archive HEAD`, PYTHONPATH=<snapshot>, TFCXR_REAL_DIR) when
+others edit the working tree. The model: the demo-size AECNN (the real encoder, decoder and DenseNet121, stage-3 evaluation
 size --image_size), UNTRAINED weights: the throughput and memory of the real architecture; its
 probabilities mean nothing. It is exported with tfcxr.export.saved_model.export and loaded once
 with tf.saved_model.load, as TF Serving loads it; --rest serves that export through
@@ -51,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 import serving_client  # noqa: E402
 
-REAL_IMAGES = ROOT.parent / "shared" / "cxr14-real" / "images"
+REAL_IMAGES = Path(os.environ.get("TFCXR_REAL_DIR", ROOT.parent / "shared" / "cxr14-real")) / "images"  # as tests
 BOMB_SIDE = 20_000
 MAX_BATCH = 8
 ATOL = 1e-6  # batched vs one at a time, float32 probabilities
