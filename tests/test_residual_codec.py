@@ -244,3 +244,15 @@ def test_export_compress_and_reconstruct_serve_the_residual_codec(tmp_path):
     np.testing.assert_array_equal(stored, np.round(np.clip(latent.numpy()[0, ..., 0], 0, 1) * 255))
     reconstruction = loaded.signatures["reconstruct"](latent=compressed["latent"])["reconstruction"]
     np.testing.assert_allclose(reconstruction.numpy(), decoder(latent).numpy(), atol=1e-6)
+
+
+def test_evaluation_names_the_codec_and_scores_an_untrained_residual_codec_as_bicubic(records_dir, tmp_path):
+    from tfcxr.evaluate import reconstruction
+
+    assert residual_codec.codec_kind(models.build_codec("paper")[0]) == "paper"
+    autoencoder = models.build_autoencoder(*models.build_codec("residual", width=8))
+    summary = reconstruction.evaluate_reconstruction(autoencoder, records_dir, tmp_path, stage=2, batch_size=16)
+    assert summary["codec"] == "residual"
+    assert "Codec: residual (--autoencoder)." in (tmp_path / "eval" / "test" / "reconstruction.md").read_text()
+    methods = summary["methods"]
+    assert methods["autoencoder_8bit"]["psnr"] == pytest.approx(methods["bicubic_8bit"]["psnr"], abs=1e-3)

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from tfcxr.constants import COMPRESSION
 from tfcxr.data import pipeline, schema
 from tfcxr.evaluate import runs
+from tfcxr.models.residual_codec import codec_kind
 from tfcxr.models.compression import quantize, resize_round_trip  # noqa: F401 - re-exported for tools
 
 METHODS = {
@@ -102,11 +103,13 @@ def evaluate_reconstruction(model, records_dir, model_dir, *, split="test", stag
                 + f", latent {height // COMPRESSION}x{width // COMPRESSION}")
     summary = {
         "split": split, "stage": stage, "checkpoint": str(checkpoint) if checkpoint else None,
+        "codec": codec_kind(model.get_layer("encoder")),  # --autoencoder: paper or residual
         "protocol": protocol, **runs.label_source(records_dir), "images": count,
         "metrics": "mean over images of tf.image.psnr / tf.image.ssim, max_val 1",
         "methods": {name: {**values, "description": METHODS[name]} for name, values in methods.items()},
     }
-    lines = [f"# Reconstruction quality: `{split}`, {count} images", "", f"Protocol: {protocol}.", "",
+    lines = [f"# Reconstruction quality: `{split}`, {count} images", "",
+             f"Codec: {summary['codec']} (--autoencoder). Protocol: {protocol}.", "",
              "| method | PSNR (dB) | SSIM | what |", "|---|---|---|---|"]
     lines += [f"| {name} | {v['psnr']:.2f} | {v['ssim']:.4f} | {METHODS[name]} |" for name, v in methods.items()]
     out = Path(model_dir) / "eval" / split

@@ -118,3 +118,8 @@ def build_codec(kind="paper", width=WIDTH, decoder_depth=DECODER_DEPTH, encoder_
     if kind == "residual":
         return build_encoder(width, encoder_depth), build_decoder(width, decoder_depth)
     raise ValueError(f"--autoencoder={kind}: expected one of {', '.join(AUTOENCODERS)}")
+
+
+def codec_kind(encoder):
+    """"residual" or "paper": the codec of an encoder built here or loaded from a .keras file."""
+    return "residual" if any(isinstance(layer, BicubicResize) for layer in encoder.layers) else "paper"
