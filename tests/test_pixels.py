@@ -2,6 +2,9 @@
 stage-1 serving gives the model exactly the pixels stage-1 evaluation reads."""
 
 import io
+import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -88,3 +91,27 @@ def test_small_size_comes_from_the_manifest(tmp_path):
     assert runs.small_size(tmp_path) == 64
     with pytest.raises(FileNotFoundError, match="manifest.json; stage 1 reads image/small's size"):
         runs.small_size(tmp_path / "elsewhere")
+
+
+@pytest.mark.slow
+def test_stage1_export_through_main_reads_small_size_from_the_manifest(tmp_path):
+    baseline = tiny_baseline()
+    run, records = tmp_path / "d121", tmp_path / "records"
+    run.mkdir()
+    records.mkdir()
+    baseline.save(run / "best.keras")
+    (run / "config.json").write_text(json.dumps({"stage": 1, "resize_size": 32, "records_dir": str(records)}))
+    main = [sys.executable, "-m", "tfcxr.main", "--stage=1", "--mode=export", f"--model_dir={run}"]
+    missing = subprocess.run([*main, f"--export_dir={tmp_path}"], capture_output=True, text=True, timeout=600)
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == (f"error: {records / 'manifest.json'}: no manifest.json; stage 1 reads "
+                                      f"image/small's size from the records' manifest (pass --records_dir)")
+    (records / "manifest.json").write_text(json.dumps({"small_size": 48}))
+    result = subprocess.run([*main, f"--export_dir={tmp_path}"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "(image/small 48x48, then 32x32 inputs)" in result.stdout
+    source = np.random.default_rng(3).integers(0, 256, (70, 64), dtype=np.uint8)
+    served = tf.saved_model.load(str(tmp_path / "tfcxr_d121" / "1")).signatures["serving_default"](
+        image_bytes=tf.constant([encode(source)]))["probabilities"].numpy()
+    evaluated = pipeline.to_float(pipeline.resize_uint8(tf.constant(pixels.resize_pil(source, 48)[..., None]), 32))
+    np.testing.assert_allclose(served, tf.sigmoid(baseline(evaluated[None])["logits"]).numpy(), atol=1e-6)
