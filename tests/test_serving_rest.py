@@ -157,6 +157,8 @@ def test_serving_client_writes_the_latent_pngs_of_compress(exports, aecnn_url, t
     assert sorted(p.name for p in out_dir.iterdir()) == ["image_7_latent.png", "image_8_latent.png"]  # no temporaries
     wrong = client(aecnn_url, f"--out_dir={out_dir}", files[0])
     assert wrong.returncode == 1 and "--signature_name=compress" in wrong.stderr
+    unwritable = client(aecnn_url, "--signature_name=compress", f"--out_dir={files[0]}", files[0])  # a file, not a folder
+    assert unwritable.returncode == 1 and unwritable.stderr.startswith(f"{files[0]}: cannot write the latent PNGs")
 
 
 def test_serving_client_against_the_d121_export(exports, tmp_path):

@@ -112,7 +112,10 @@ def main():
     except (urllib.error.URLError, OSError) as error:
         sys.exit(f"{args.url}: cannot reach the server ({getattr(error, 'reason', error)})")
     if args.signature_name == "compress":
-        print(latent_lines(args.files, predictions, args.out_dir))
+        try:
+            print(latent_lines(args.files, predictions, args.out_dir))
+        except OSError as error:
+            sys.exit(f"{args.out_dir}: cannot write the latent PNGs ({error.strerror})")
     else:
         print(table(args.files, predictions))
 
