@@ -69,7 +69,6 @@ LEVERS = {
     "no_augmentation": ({}, "without the rotation + contrast jitter of augment.device_augmentation(1) in the step"),
     "onednn_off": ({"TF_ENABLE_ONEDNN_OPTS": "0"}, "TF_ENABLE_ONEDNN_OPTS=0 (Eigen kernels)"),
     "inter_op_1": ({"TF_NUM_INTEROP_THREADS": "1"}, "inter-op threads 1 (intra-op: all cores)"),
-    "intra_op_1": ({"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "2"}, "intra-op 1, inter-op 2"),
     "xla": ({}, "the train step compiled with XLA: tf.function(jit_compile=True)"),
 }
 
@@ -231,15 +230,23 @@ def measure(stage, implementation, precision, steps=None, lever="default"):
     return time_steps(run, stage, steps)
 
 
+def cpu_seconds():
+    """CPU time (user + system) of this process's threads so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def time_steps(run, stage, steps):
-    """run(1) untimed (tracing), then run(steps) timed -> images/s, first-step seconds, peak RSS."""
+    """run(1) untimed (tracing), then run(steps) timed -> images/s, images per CPU-second (steadier than
+    wall time on a shared machine, though threads spinning for work count too), first-step s, peak RSS."""
     start = time.perf_counter()
     run(1)  # traces
     first = time.perf_counter() - start
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), cpu_seconds()
     run(steps)
-    seconds = time.perf_counter() - start
-    return {"images_per_s": steps * SIZES[stage][1] / seconds, "first_step_s": first,
+    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
+    images = steps * SIZES[stage][1]
+    return {"images_per_s": images / seconds, "images_per_cpu_s": images / cpu, "first_step_s": first,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -307,15 +314,17 @@ def compare_pytorch(out, stages, steps=None, repeats=2, levers=False):
         "bfloat16: " + ("measured (the CPU has native bfloat16)." if bfloat16 else
                         "not measured: this CPU has no native bfloat16 (no avx512_bf16 / amx_bf16 in /proc/cpuinfo)."), "",
         "| stage | input | batch | precision | tfcxr loop img/s | PyTorch img/s channels_last / channels_first "
-        "| tfcxr / PyTorch channels_last | tfcxr / faster PyTorch | peak RSS MB tfcxr / PyTorch channels_last |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| tfcxr / PyTorch channels_last | tfcxr / faster PyTorch | img per CPU-s tfcxr / PyTorch channels_last / channels_first "
+        "| tfcxr / faster PyTorch, per CPU-s | peak RSS MB tfcxr / PyTorch channels_last |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (stage, precision), case in results.items():
         size, batch, _ = SIZES[stage]
         tfcxr, last, first = (case[name]["images_per_s"] for name in ("loop", "torch", "torch_channels_first"))
+        cpu = [case[name]["images_per_cpu_s"] for name in ("loop", "torch", "torch_channels_first")]
         lines.append(f"| {stage} | {size}x{size} | {batch} | {precision} | {tfcxr:.2f} | {last:.2f} / {first:.2f} "
-                     f"| {tfcxr / last:.2f} | {tfcxr / max(last, first):.2f} "
-                     f"| {case['loop']['peak_rss_mb']:.0f} / {case['torch']['peak_rss_mb']:.0f} |")
+                     f"| {tfcxr / last:.2f} | {tfcxr / max(last, first):.2f} | {' / '.join(f'{c:.2f}' for c in cpu)} "
+                     f"| {cpu[0] / max(cpu[1:]):.2f} | {case['loop']['peak_rss_mb']:.0f} / {case['torch']['peak_rss_mb']:.0f} |")
     if levers:
         lines += levers_table(results.get((1, "none")), steps, repeats)
     lines.append(f"\nLoad average (1 min) at the end: {os.getloadavg()[0]:.1f} (the machine is shared with other work).")
@@ -326,20 +335,25 @@ def compare_pytorch(out, stages, steps=None, repeats=2, levers=False):
 
 
 def levers_table(reference, steps, repeats):
-    """The stage-1 float32 step under each lever, alternating, against the default loop and PyTorch."""
-    runs = [{lever: run_case(1, "loop", "none", steps, lever) for lever in LEVERS} for _ in range(repeats)]
-    best = {lever: best_of([run[lever] for run in runs]) for lever in LEVERS}
-    torch_rate = max(reference["torch"]["images_per_s"], reference["torch_channels_first"]["images_per_s"]) if reference else None
-    lines = ["", "Stage 1 (DenseNet121, 224, batch 8, float32): the tfcxr step under each lever, in the same run "
-             "(alternating rounds with the default), against the default step and the faster PyTorch float32 above:", "",
-             "| lever | what changes | img/s | x default loop | x PyTorch |", "|---|---|---|---|---|"]
+    """The stage-1 float32 step under each lever against the default loop (`reference["loop"]`, measured
+    above) and the faster PyTorch float32, by wall time and by CPU time."""
+    levers = [lever for lever in LEVERS if lever != "default"]
+    runs = [{lever: run_case(1, "loop", "none", steps, lever) for lever in levers} for _ in range(repeats)]
+    best = {"default": reference["loop"], **{lever: best_of([run[lever] for run in runs]) for lever in levers}}
+    torch_names = ("torch", "torch_channels_first")
+    torch_rate = {key: max(reference[name][key] for name in torch_names) for key in ("images_per_s", "images_per_cpu_s")}
+    lines = ["", "Stage 1 (DenseNet121, 224, batch 8, float32): the tfcxr step under each lever, each in a process of its "
+             "own after the table above, against the default step (its loop row) and the faster PyTorch float32:", "",
+             "| lever | what changes | img/s | x default loop | x PyTorch | img per CPU-s | x default, per CPU-s | x PyTorch, per CPU-s |",
+             "|---|---|---|---|---|---|---|---|"]
     for lever, (_, what) in LEVERS.items():
-        rate = best[lever]["images_per_s"]
-        if "error" in best[lever]:
-            lines.append(f"| {lever} | {what} | fails: {best[lever]['error']} | - | - |")
+        case = best[lever]
+        if "error" in case:
+            lines.append(f"| {lever} | {what} | fails: {case['error']} | - | - | - | - | - |")
             continue
-        versus_torch = f"{rate / torch_rate:.2f}" if torch_rate else "-"
-        lines.append(f"| {lever} | {what} | {rate:.2f} | {rate / best['default']['images_per_s']:.2f} | {versus_torch} |")
+        cells = [f"{case[key]:.2f} | {case[key] / best['default'][key]:.2f} | {case[key] / torch_rate[key]:.2f}"
+                 for key in ("images_per_s", "images_per_cpu_s")]
+        lines.append(f"| {lever} | {what} | {cells[0]} | {cells[1]} |")
     return lines
 
 
