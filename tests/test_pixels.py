@@ -104,8 +104,8 @@ def test_stage1_export_through_main_reads_small_size_from_the_manifest(tmp_path)
     main = [sys.executable, "-m", "tfcxr.main", "--stage=1", "--mode=export", f"--model_dir={run}"]
     missing = subprocess.run([*main, f"--export_dir={tmp_path}"], capture_output=True, text=True, timeout=600)
     assert missing.returncode == 1
-    assert missing.stderr.strip() == (f"error: {records / 'manifest.json'}: no manifest.json; stage 1 reads "
-                                      f"image/small's size from the records' manifest (pass --records_dir)")
+    assert missing.stderr.strip().splitlines()[-1] == (f"error: {records / 'manifest.json'}: no manifest.json; stage 1 "
+                                                       f"reads image/small's size from the records' manifest (pass --records_dir)")
     (records / "manifest.json").write_text(json.dumps({"small_size": 48}))
     result = subprocess.run([*main, f"--export_dir={tmp_path}"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -1,5 +1,6 @@
 """tfcxr.quiet: the entry points start TensorFlow without its start-up noise; -v / TF_CPP_MIN_LOG_LEVEL=0 bring it back."""
 
+import importlib
 import os
 import subprocess
 import sys
@@ -7,22 +8,34 @@ from pathlib import Path
 
 import pytest
 
-from tfcxr import quiet
-
 ROOT = Path(__file__).resolve().parents[1]
 STARTUP_LINES = ("I0000 00:00:1796024936.775055   18736 port.cc:153] oneDNN custom operations are on. You may see ...",
                  "E0000 00:00:1796024952.721528   18736 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error",
                  "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR")
 
 
-def test_stderr_without_drops_only_the_startup_lines(capfd):
+@pytest.fixture(scope="module")
+def quiet():
+    """tfcxr.quiet imported as an entry point imports it (no -v), this process's environment left as it was."""
+    before = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", ["pytest"])  # pytest's own -v is not the tools' -v
+        module = importlib.import_module("tfcxr.quiet")
+    if before is None:
+        os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    else:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = before
+    return module
+
+
+def test_stderr_without_drops_only_the_startup_lines(quiet, capfd):
     with quiet.stderr_without(quiet.NOISE):
         os.write(2, ("\n".join(STARTUP_LINES) + "\nE0000 real_op.cc:12] a real error\n").encode())
         os.write(2, b"UserWarning: a Python warning\n")
     assert capfd.readouterr().err == "E0000 real_op.cc:12] a real error\nUserWarning: a Python warning\n"
 
 
-def test_verbose_on_minus_v_or_level_0():
+def test_verbose_on_minus_v_or_level_0(quiet):
     assert quiet.verbose(["tool", "-v", "1"], {}) and quiet.verbose(["tool", "--verbosity=1"], {})
     assert quiet.verbose(["tool"], {"TF_CPP_MIN_LOG_LEVEL": "0"})
     assert not quiet.verbose(["tool", "--values=1"], {"TF_CPP_MIN_LOG_LEVEL": "1"})

@@ -4,6 +4,7 @@ and tools/serving_client.py over HTTP on 127.0.0.1."""
 import base64
 import io
 import json
+import os
 import subprocess
 import sys
 import urllib.error
@@ -179,8 +180,9 @@ def test_serving_client_against_the_d121_export(exports, tmp_path):
 @pytest.mark.slow
 def test_serve_saved_model_tool_answers_curl_style_requests(exports, tmp_path):
     tool = [sys.executable, str(ROOT / "tools" / "serve_saved_model.py")]
+    environ = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}  # the default console
     server = subprocess.Popen([*tool, f"--saved_model={exports['tfcxr_d121']}", "--port=0"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ)
     try:
         first = server.stdout.readline().split()
         assert first[:2] == ["serving", str(exports["tfcxr_d121"])] and first[3].endswith("/v1/models/tfcxr_d121:predict")
@@ -190,5 +192,5 @@ def test_serve_saved_model_tool_answers_curl_style_requests(exports, tmp_path):
         server.terminate()
         server.wait(timeout=60)
     assert "oneDNN" not in server.stderr.read()
-    missing = subprocess.run([*tool, f"--saved_model={tmp_path}"], capture_output=True, text=True, timeout=300)
+    missing = subprocess.run([*tool, f"--saved_model={tmp_path}"], capture_output=True, text=True, timeout=300, env=environ)
     assert missing.returncode == 1 and missing.stderr.strip() == f"error: {tmp_path}: no saved_model.pb (export with --mode=export)"
