@@ -15,7 +15,6 @@ import base64
 import json
 import os
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -65,17 +64,14 @@ def latent_path(out_dir, path):
 
 
 def write_file(path, data):
-    """Under a temporary name, then renamed (tfcxr.evaluate.runs.write_bytes; this tool stays stdlib-only)."""
+    """Under a temporary name, then renamed: never half a PNG under its name (stdlib only, as this whole tool)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        os.chmod(temporary, 0o644)
+        temporary.write_bytes(data)
         os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def latent_lines(paths, predictions, out_dir=None):
