@@ -285,8 +285,9 @@ def best_of(runs):
 
 
 def compare_pytorch(out, stages, steps=None, repeats=2, levers=False):
-    """tfcxr's loop against the PyTorch reference per stage (1, 2) and precision, then the stage-1 levers
-    when `levers`; writes `out`. Without torch: says so, writes nothing."""
+    """tfcxr's loop against the PyTorch reference per stage (1, 2) and precision, and the stage-1 levers
+    when `levers` (right after stage 1 float32, which they compare with); rewrites `out` after each
+    part, so a run cut short keeps what it measured. Without torch: says so, writes nothing."""
     if importlib.util.find_spec("torch") is None:
         print("torch is not installed (pip install -e '.[bench]'): the PyTorch reference is skipped")
         return 0
@@ -296,14 +297,24 @@ def compare_pytorch(out, stages, steps=None, repeats=2, levers=False):
     precisions = ["none", "bfloat16"] if bfloat16 else ["none"]
     implementations = {1: ("loop", "torch", "torch_channels_first"), 2: ("loop", "torch", "torch_channels_first")}
     load_start = os.getloadavg()[0]
-    results = {}
-    for stage in [stage for stage in map(int, stages) if stage in implementations]:
-        for precision in precisions:
-            runs = [{name: run_case(stage, name, precision, steps) for name in implementations[stage]}
-                    for _ in range(repeats)]
-            results[stage, precision] = {name: best_of([run[name] for run in runs]) for name in implementations[stage]}
-            case = results[stage, precision]
-            print(f"stage {stage} {precision}: " + ", ".join(f"{name} {case[name]['images_per_s']:.2f}" for name in case), flush=True)
+    results, lever_lines = {}, []
+    for stage, precision in [(stage, precision) for stage in map(int, stages) if stage in implementations
+                             for precision in precisions]:
+        runs = [{name: run_case(stage, name, precision, steps) for name in implementations[stage]}
+                for _ in range(repeats)]
+        results[stage, precision] = {name: best_of([run[name] for run in runs]) for name in implementations[stage]}
+        case = results[stage, precision]
+        print(f"stage {stage} {precision}: " + ", ".join(f"{name} {case[name]['images_per_s']:.2f}" for name in case), flush=True)
+        write_comparison(out, results, lever_lines, torch, bfloat16, steps, repeats, load_start)
+        if levers and (stage, precision) == (1, "none"):
+            lever_lines = levers_table(case, steps, repeats)
+            write_comparison(out, results, lever_lines, torch, bfloat16, steps, repeats, load_start)
+    print(out.read_text() + f"\nwrote {out}")
+    return 0
+
+
+def write_comparison(out, results, lever_lines, torch, bfloat16, steps, repeats, load_start):
+    """benchmarks/results/training_pytorch.md from what is measured so far (a "## Notes" part is kept)."""
     lines = [
         "# Training throughput: tfcxr against the PyTorch reference", "",
         f"`{' '.join(['python', 'benchmarks/bench_training.py', *sys.argv[1:]])}`", "",
@@ -325,18 +336,15 @@ def compare_pytorch(out, stages, steps=None, repeats=2, levers=False):
         lines.append(f"| {stage} | {size}x{size} | {batch} | {precision} | {tfcxr:.2f} | {last:.2f} / {first:.2f} "
                      f"| {tfcxr / last:.2f} | {tfcxr / max(last, first):.2f} | {' / '.join(f'{c:.2f}' for c in cpu)} "
                      f"| {cpu[0] / max(cpu[1:]):.2f} | {case['loop']['peak_rss_mb']:.0f} / {case['torch']['peak_rss_mb']:.0f} |")
-    if levers:
-        lines += levers_table(results.get((1, "none")), steps, repeats)
-    lines.append(f"\nLoad average (1 min) at the end: {os.getloadavg()[0]:.1f} (the machine is shared with other work).")
+    lines += lever_lines
+    lines.append(f"\nLoad average (1 min) when written: {os.getloadavg()[0]:.1f} (the machine is shared with other work).")
     notes = out.read_text().partition(NOTES)[2] if out.exists() else ""  # hand-written, kept across runs
     write_text(out, "\n".join(lines) + "\n" + (NOTES + notes if notes else ""))
-    print("\n".join(lines) + f"\nwrote {out}")
-    return 0
 
 
 def levers_table(reference, steps, repeats):
     """The stage-1 float32 step under each lever against the default loop (`reference["loop"]`, measured
-    above) and the faster PyTorch float32, by wall time and by CPU time."""
+    just before) and the faster PyTorch float32, by wall time and by CPU time -> Markdown lines."""
     levers = [lever for lever in LEVERS if lever != "default"]
     runs = [{lever: run_case(1, "loop", "none", steps, lever) for lever in levers} for _ in range(repeats)]
     best = {"default": reference["loop"], **{lever: best_of([run[lever] for run in runs]) for lever in levers}}
