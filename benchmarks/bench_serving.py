@@ -18,9 +18,10 @@ header declares 20,000 x 20,000 (0.39 MB, a valid image), a JPEG header declarin
 --threads clients send --rounds requests each, of 1-8 images; one request in --bad_share carries
 one bad item. Checks: every good request's probabilities equal those of its images sent one at
 a time (no cross-talk between concurrent requests), and every request with a bad item is refused
-with InvalidArgument (HTTP 400). In-process, then: the 20,000 x 20,000 PNG alone with the limit
-and without it (the same model exported with no limit): time and memory. Writes
-benchmarks/results/serving.md.
+with InvalidArgument (HTTP 400). In-process, then: requests of 1 and 4 20,000 x 20,000 PNGs with
+the limit, and of --unlimited_counts (default 1) without it (the same model exported with no
+limit): time and memory. 4 without the limit took the process to ~8 GB (OOM-killed once on a
+shared 23 GB machine). Writes benchmarks/results/serving.md.
 """
 
 import argparse
@@ -216,13 +217,14 @@ def check(requests, reference):
     return worst, problems
 
 
-def bomb_costs(path, unlimited_path, bomb, real, peak):
-    """The 20,000 x 20,000 PNG alone, and four of them, with and without the limit: [(row...)]."""
+def bomb_costs(path, unlimited_path, bomb, real, peak, unlimited_counts):
+    """Requests of 1 and 4 20,000 x 20,000 PNGs with the limit, of `unlimited_counts` without: [(row...)]."""
     rows = []
-    for label, export_path in (("with the limit", path), ("without the limit", unlimited_path)):
+    for label, export_path, counts in (("with the limit", path, (1, 4)),
+                                       ("without the limit", unlimited_path, unlimited_counts)):
         client = InProcess(export_path)
         client.predict([real])  # warm
-        for count in (1, 4):
+        for count in counts:
             before = peak.reset()
             start = time.perf_counter()
             try:
@@ -253,6 +255,8 @@ def main():
     parser.add_argument("--image_size", type=int, default=224, help="the export's evaluation size (demo stage 3)")
     parser.add_argument("--bad_share", type=float, default=0.25, help="share of requests carrying one bad item")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--unlimited_counts", type=lambda text: [int(n) for n in text.split(",")], default=[1],
+                        help="requests of that many 20k PNGs sent WITHOUT the limit (4: ~8 GB peak process RSS)")
     parser.add_argument("--rest", action="store_true", help="over HTTP, through tfcxr/export/rest.py's stand-in")
     parser.add_argument("--url", help="a running TF Serving: http://HOST:8501/v1/models/NAME:predict")
     parser.add_argument("--out", type=Path, help="default: benchmarks/results/serving.md (serving_http.md over HTTP)")
@@ -297,7 +301,7 @@ def main():
         if not over_http:
             unlimited = build_export(work / "unlimited", args.image_size, max_image_side=2**31 - 1,
                                      max_image_pixels=2**62)
-            costs = bomb_costs(path, unlimited, bad[4], good[0], peak)
+            costs = bomb_costs(path, unlimited, bad[4], good[0], peak, args.unlimited_counts)
         if args.rest:
             server.__exit__(None, None, None)
     load_after = os.getloadavg()
