@@ -1,12 +1,12 @@
 """Serving soak: one SavedModel, concurrent clients, real radiographs mixed with hostile bytes.
 
     .venv/bin/python benchmarks/bench_serving.py [--threads=4] [--rounds=12] [--image_size=224]
-    .venv/bin/python benchmarks/bench_serving.py --rest            # the same over HTTP, tfcxr's REST stand-in
+    .venv/bin/python benchmarks/bench_serving.py --rest  # the same over HTTP, tfcxr's REST stand-in
     .venv/bin/python benchmarks/bench_serving.py --url=http://HOST:8501/v1/models/tfcxr_aecnn:predict
 
 Run from a snapshot of the code (`git archive HEAD`, PYTHONPATH=<snapshot>, TFCXR_REAL_DIR) when
-others edit the working tree. The model: the demo-size AECNN (the real encoder, decoder and DenseNet121, stage-3 evaluation
-size --image_size), UNTRAINED weights: the throughput and memory of the real architecture; its
+others edit the working tree. The model: the demo-size AECNN (the real encoder, decoder and
+DenseNet121, stage-3 evaluation size --image_size), UNTRAINED weights: the throughput and memory of the real architecture; its
 probabilities mean nothing. It is exported with tfcxr.export.saved_model.export and loaded once
 with tf.saved_model.load, as TF Serving loads it; --rest serves that export through
 tfcxr/export/rest.py and --url drives an already running TF Serving, both through
