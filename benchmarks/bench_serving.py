@@ -6,8 +6,8 @@
 
 Run from a snapshot of the code (`git archive HEAD`, PYTHONPATH=<snapshot>, TFCXR_REAL_DIR) when
 others edit the working tree. The model: the demo-size AECNN (the real encoder, decoder and
-DenseNet121, stage-3 evaluation size --image_size), UNTRAINED weights: the throughput and memory of the real architecture; its
-probabilities mean nothing. It is exported with tfcxr.export.saved_model.export and loaded once
+DenseNet121, stage-3 evaluation size --image_size), UNTRAINED weights: the throughput and memory
+of the real architecture; its probabilities mean nothing. It is exported with tfcxr.export.saved_model.export and loaded once
 with tf.saved_model.load, as TF Serving loads it; --rest serves that export through
 tfcxr/export/rest.py and --url drives an already running TF Serving, both through
 tools/serving_client.py's HTTP path (no server memory is measured then).
