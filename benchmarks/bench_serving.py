@@ -6,11 +6,11 @@
 
 Run from a snapshot of the code (`git archive HEAD`, PYTHONPATH=<snapshot>, TFCXR_REAL_DIR) when
 others edit the working tree. The model: the demo-size AECNN (the real encoder, decoder and
-DenseNet121, stage-3 evaluation size --image_size), UNTRAINED weights: the throughput and memory
-of the real architecture; its probabilities mean nothing. It is exported with tfcxr.export.saved_model.export and loaded once
-with tf.saved_model.load, as TF Serving loads it; --rest serves that export through
-tfcxr/export/rest.py and --url drives an already running TF Serving, both through
-tools/serving_client.py's HTTP path (no server memory is measured then).
+DenseNet121, stage-3 evaluation size --image_size), UNTRAINED weights: the throughput and memory of
+the real architecture; its probabilities mean nothing. It is exported with
+tfcxr.export.saved_model.export and loaded once with tf.saved_model.load, as TF Serving loads it;
+--rest serves that export through tfcxr/export/rest.py and --url drives an already running TF
+Serving, both through tools/serving_client.py's HTTP path (no server memory is measured then).
 
 Inputs: the 64 real radiographs of ../shared/cxr14-real/images (1024x1024 PNGs, 2 of them RGBA)
 and 16 JPEGs made from them; bad: bytes that are no image, truncated PNG and JPEG, a PNG whose
