@@ -190,8 +190,11 @@ def row(result):
     """One results-table row of a run's JSON."""
     methods, config = result["scores"]["methods"], result["config"]
     cuts = ", ".join(f"{rate:.0e} at {epoch}" for epoch, rate in result["learning_rate_steps"]) or "none"
-    return (f"| {result['name']} | {config['learning_rate']:g} | {config['epochs']} x {config['steps_per_epoch']} "
-            f"| {config.get('patches_per_image', 1)} | {result['wall_s'] / 60:.0f} | {result['load_mean']:.1f} | {cuts} "
+    done = result.get("epochs_done", config["epochs"])
+    epochs = f"{done} of {config['epochs']} (stopped)" if done < config["epochs"] else config["epochs"]
+    load = f"{result['load_mean']:.1f}" if result["load_mean"] is not None else "n/a"
+    return (f"| {result['name']} | {config['learning_rate']:g} | {epochs} x {config['steps_per_epoch']} "
+            f"| {config.get('patches_per_image', 1)} | {result['wall_s'] / 60:.0f} | {load} | {cuts} "
             f"| {result['final_train_mse']:.2e} | {result['best_val_mse']:.2e} "
             f"| {methods['autoencoder']['psnr']:.2f} / {methods['autoencoder']['ssim']:.4f} "
             f"| {methods['autoencoder_8bit']['psnr']:.2f} / {methods['autoencoder_8bit']['ssim']:.4f} |")
@@ -220,9 +223,12 @@ def write_report(results_dir):
     ]
     for result in results:
         lines += [f"## {result['name']}", "", result["note"] or "", "", "```bash", result["bench_command"], "# which ran:", result["command"], "```", "",
-                  f"Code: {result.get('commit') or 'unknown'} (commit + hash of uncommitted tfcxr/, configs/). Finished {result['finished']} on {result['cpu']}; 1-minute load average during training "
-                  f"{result['load_min']:.1f}-{result['load_max']:.1f} (mean {result['load_mean']:.1f}): "
-                  "the machine is shared with other work.", "",
+                  f"Code: {result.get('commit') or 'unknown'} (commit + hash of uncommitted tfcxr/, configs/). "
+                  f"Finished {result['finished']} on {result['cpu']}; " + (
+                      f"1-minute load average during training {result['load_min']:.1f}-{result['load_max']:.1f} "
+                      f"(mean {result['load_mean']:.1f})" if result["load_mean"] is not None else
+                      "training was stopped by hand (wall time from config.json to the last log.csv row)")
+                  + ": the machine is shared with other work.", "",
                   f"![loss curve](stage2_real_{result['name']}.png)", ""]
     write_text(path, "\n".join(lines) + (NOTES + notes if notes else ""))
 
@@ -242,8 +248,13 @@ def main(argv=None):
               flush=True)
         wall, loads = train(command, model_dir, code)
         write_json(timing, {"wall_s": wall, "load_samples": loads, "commit": commit, "code": str(code)})
-    if not timing.is_file():
-        raise SystemExit(f"{timing}: not found; train the run first (without --score_only)")
+    if not timing.is_file():  # training stopped by hand: its wall time from the files it wrote
+        if not (model_dir / "log.csv").is_file():
+            raise SystemExit(f"{model_dir / 'log.csv'}: not found; train the run first (without --score_only)")
+        wall = (model_dir / "log.csv").stat().st_mtime - (model_dir / "config.json").stat().st_mtime
+        code_dir = args.code_dir.resolve() if args.code_dir else None  # the code it trained with, if known
+        write_json(timing, {"wall_s": wall, "load_samples": [], "stopped": True, "code": str(code_dir or ""),
+                            "commit": f"the tfcxr/ of {code_dir}" if code_dir else None})
     wall, loads, commit, code = (json.loads(timing.read_text()).get(key)
                                  for key in ("wall_s", "load_samples", "commit", "code"))
     if not (code and Path(code, "tfcxr").is_dir()):
@@ -259,8 +270,8 @@ def main(argv=None):
         "config": {key: config.get(key) for key in ("autoencoder", "learning_rate", "epochs", "steps_per_epoch",
                                                      "batch_size", "patches_per_image", "seed", "val_steps")},
         "records": counts, "cpu": cpu_description(), "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "wall_s": wall, "load_samples": loads, "load_mean": sum(loads) / len(loads),
-        "load_min": min(loads), "load_max": max(loads),
+        "wall_s": wall, "load_samples": loads, "load_mean": sum(loads) / len(loads) if loads else None,
+        "load_min": min(loads, default=None), "load_max": max(loads, default=None), "epochs_done": len(log),
         "learning_rate_steps": learning_rate_steps(log),
         "final_train_mse": float(log["loss"].iloc[-1]), "best_val_mse": float(log["val_loss"].min()),
         "log": log.to_dict("list"), "scores": scores,

@@ -33,7 +33,7 @@ def test_report_keeps_notes_and_lists_every_run(tmp_path):
             "name": name, "note": f"why {name}", "bench_command": "bench", "command": "python -m tfcxr.main",
             "config": {"learning_rate": 1e-4, "epochs": 20, "steps_per_epoch": 1196, "patches_per_image": 1},
             "records": {"train": 43, "val": 4, "test": 17}, "cpu": "cpu", "finished": finished,
-            "wall_s": 600.0, "load_mean": 2.0, "load_min": 1.0, "load_max": 3.0,
+            "wall_s": 600.0, "load_mean": 2.0, "epochs_done": 20, "load_min": 1.0, "load_max": 3.0,
             "learning_rate_steps": [[7, 1e-5]] if name == "a" else [], "final_train_mse": 2e-4,
             "best_val_mse": 3e-4, "scores": {"images": 17, "methods": {m: method for m in bench.real_cxr14.reconstruction.METHODS}},
         }
