@@ -43,14 +43,20 @@ def test_verbose_on_minus_v_or_level_0(quiet):
 
 @pytest.mark.slow
 def test_a_tool_prints_its_error_without_tensorflow_noise(tmp_path):
-    """tools/compare_runs.py on a missing run: one line; with TF_CPP_MIN_LOG_LEVEL=0 TensorFlow's lines are back."""
+    """tools/compare_runs.py on a missing run: one line; with TF_CPP_MIN_LOG_LEVEL=0 TensorFlow's lines are back;
+    a crash inside the filter still prints what came before it."""
     environ = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
     tool = [sys.executable, str(ROOT / "tools" / "compare_runs.py"), str(tmp_path / "missing"), "--split=test"]
     bare = [sys.executable, "-c", "import tensorflow as tf; tf.config.list_physical_devices()"]
+    crash = [sys.executable, "-c", "import os; from tfcxr import quiet\nwith quiet.stderr_without(quiet.NOISE):\n"
+             "    os.write(2, b'I0000 port.cc:153] oneDNN custom operations are on\\nF0000 a fatal check failed\\n')\n"
+             "    os.abort()"]
     runs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for command, env in ((tool, environ), (tool, {**environ, "TF_CPP_MIN_LOG_LEVEL": "0"}), (bare, environ))]
-    (quiet_rc, quiet_err), (verbose_rc, verbose_err), (_, bare_err) = [
+            for command, env in ((tool, environ), (tool, {**environ, "TF_CPP_MIN_LOG_LEVEL": "0"}), (bare, environ),
+                                 (crash, environ))]
+    (quiet_rc, quiet_err), (verbose_rc, verbose_err), (_, bare_err), (crash_rc, crash_err) = [
         (run.wait(timeout=600), run.communicate()[1]) for run in runs]
+    assert crash_rc != 0 and crash_err == "F0000 a fatal check failed\n"  # a crash's last words still show
     error = f"{tmp_path / 'missing'}/eval/test/auc.json: not found; run python -m tfcxr.main --mode=evaluate --split=test first"
     assert quiet_rc == 1 and quiet_err.strip() == error  # the real error, alone
     assert verbose_rc == 1 and error in verbose_err

@@ -5,9 +5,9 @@ TF_CPP_MIN_LOG_LEVEL does not hide them: absl's "All log messages before absl::I
 the oneDNN notice, "Could not find cuda drivers", the CPU-instructions notice and, on a machine
 without a GPU, "failed call to cuInit" (an E line that is no error there). Importing this
 module imports TensorFlow and lists its devices (the cuInit call) with the process's stderr
-(file descriptor 2) sent to a temporary file, then writes back every line that is not one of
-those: a real error, a Python warning or a traceback still shows. Later C++ INFO lines are
-hidden by TF_CPP_MIN_LOG_LEVEL=1 (set unless already set).
+(file descriptor 2) passed through a filter that drops exactly those lines: a real error, a
+Python warning, a traceback, even the last words of a crash still show. Later C++ INFO lines
+are hidden by TF_CPP_MIN_LOG_LEVEL=1 (set unless already set).
 
 Verbose: TF_CPP_MIN_LOG_LEVEL=0 in the environment, or -v / --verbosity on the command line
 (absl's flag), keeps every line; -v also sets TF_CPP_MIN_LOG_LEVEL=0 for child processes.
@@ -17,7 +17,6 @@ import contextlib
 import os
 import re
 import sys
-import tempfile
 
 NOISE = re.compile("|".join([
     r"All log messages before absl::InitializeLog\(\) is called are written to STDERR",
@@ -37,21 +36,32 @@ def verbose(argv, environ):
 
 @contextlib.contextmanager
 def stderr_without(pattern):
-    """Captures file descriptor 2 (C++ and Python alike) and writes back the lines not matching `pattern`."""
+    """Sends file descriptor 2 (C++ and Python alike) through a filter that drops the lines matching `pattern`.
+
+    The filter is a forked process reading a pipe, so whatever is printed before a crash (an
+    abort in TensorFlow's C++ start-up) still reaches the console.
+    """
     sys.stderr.flush()
     saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
-            sys.stderr.write("".join(line for line in lines if not pattern.search(line)))
-            sys.stderr.flush()
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # the filter: every line not matching, as it comes, until the last writer closes
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as lines:
+            for line in lines:
+                if not pattern.search(line.decode(errors="replace")):
+                    os.write(saved, line)
+        os._exit(0)
+    os.close(read_end)
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # closes this process's last write end of the pipe: the filter ends
+        os.close(saved)
+        os.waitpid(child, 0)
 
 
 def start_tensorflow(argv=sys.argv, environ=os.environ):
