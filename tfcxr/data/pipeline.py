@@ -53,7 +53,7 @@ INTERLEAVE_FILES = 8  # shards read at once when training
 # Stage 2 cuts K patches from each decoded 1024 original: the PNG decode, not the patch, is the cost
 # (benchmarks/results/pipeline.md). PATCHES_PER_IMAGE is the trainer's K (make_dataset's default is the
 # paper's 1); PATCH_SHUFFLE patches (64 MiB at 128 px) mix them so that a batch of 64 holds patches of
-# ~60 originals on average at K=16 (tests/test_pipeline.py::test_stage2_patches_are_mixed measures it).
+# ~54 originals on average at K=16 (benchmarks/bench_pipeline.py measures it; tests/test_pipeline.py tests the mixing).
 PATCHES_PER_IMAGE = 16
 PATCH_SHUFFLE = 4096
 
