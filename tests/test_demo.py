@@ -24,8 +24,11 @@ def test_demo_runs_every_step_and_ends_with_table1_psnr_export_and_tensorboard(t
     out = result.stdout
     titles = re.findall(r"^=== (.+): done in \d+ s$", out, flags=re.MULTILINE)
     assert titles == ["generate a ChestX-ray14-shaped dataset", "shard it into TFRecords",
-                      "stage 1: DenseNet121 baseline (BL5)", "stage 2: autoencoder head start", "stage 3: joint AECNN",
+                      "stage 1: DenseNet121 baseline (BL5)", "stage 2: autoencoder head start",
+                      "stage 2: residual codec (--autoencoder=residual)", "stage 3: joint AECNN",
                       "evaluate stage 1 on the test split", "evaluate stage 3 on the test split",
+                      "evaluate the paper autoencoder (stage 2) on the test split",
+                      "evaluate the residual codec (stage 2) on the test split",
                       "export stage 3 for TF Serving", "query the SavedModel's serving_default with a generated PNG",
                       "Table 1 of the demo (test split)"]
 
@@ -37,6 +40,10 @@ def test_demo_runs_every_step_and_ends_with_table1_psnr_export_and_tensorboard(t
     assert (workspace / "runs" / "table1_demo.md").read_text().count("**Mean**") == 1
     tail = out.split("=== Table 1 of the demo (test split): done")[1]
     assert "## AECNN Reconstruction quality" in tail and re.search(r"^\| bicubic \| \d+\.\d\d \|", tail, re.MULTILINE)
+    both = tail.split("## Both codecs (stage 2)")[1]
+    for row in ("paper autoencoder, latent stored as 8 bits", "residual codec, latent stored as 8 bits",
+                "bicubic (small image stored as 8 bits)"):
+        assert re.search(rf"^\| {re.escape(row)} \| \d+\.\d\d \| [01]\.\d{{4}} \|$", both, re.MULTILINE), row
     export = workspace / "exports" / "tfcxr_aecnn" / "1"
     assert f"SavedModel for TF Serving: {export}" in tail and (export / "saved_model.pb").is_file()
     assert f"--logdir {workspace / 'runs'}" in tail

@@ -9,6 +9,7 @@ after an interruption: generation is skipped, sharding and training resume where
 (a finished run has nothing left to do), evaluation runs again and export writes the next version.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -38,6 +39,23 @@ def run(title, *args):
     print(f"=== {title}: done in {time.time() - start:.0f} s", flush=True)
 
 
+def codec_table(model_dirs):
+    """Markdown: both stage-2 codecs' test reconstruction (8-bit latent) beside bicubic / bilinear resizing."""
+    summaries = {name: json.loads((path / "eval" / "test" / "reconstruction.json").read_text())
+                 for name, path in model_dirs.items()}
+    first = next(iter(summaries.values()))
+    lines = [f"## Both codecs (stage 2): `test`, {first['images']} images", "", f"Protocol: {first['protocol']}.", "",
+             "| method | PSNR (dB) | SSIM |", "|---|---|---|"]
+    for name, summary in summaries.items():
+        for method, label in (("autoencoder", "float latent"), ("autoencoder_8bit", "latent stored as 8 bits")):
+            values = summary["methods"][method]
+            lines.append(f"| {name}, {label} | {values['psnr']:.2f} | {values['ssim']:.4f} |")
+    for method in ("bicubic_8bit", "bilinear_8bit"):
+        values = first["methods"][method]
+        lines.append(f"| {method.replace('_8bit', '')} (small image stored as 8 bits) | {values['psnr']:.2f} | {values['ssim']:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv):
     del argv
     python = sys.executable
@@ -57,10 +75,13 @@ def main(argv):
     train = ["--epochs=1", "--steps_per_epoch=2", "--val_steps=2"] if FLAGS.quick else []
     evaluate = ["--resamples=20"] if FLAGS.quick else []
     stage1, stage2, stage3 = runs / "demo_d121", runs / "demo_autoencoder", runs / "demo_aecnn"
+    residual = runs / "demo_residual_codec"
     run("stage 1: DenseNet121 baseline (BL5)", *stage, "--stage=1",
         "--flagfile=configs/demo_stage1.cfg", f"--model_dir={stage1}", *train)
     run("stage 2: autoencoder head start", *stage, "--stage=2",
         "--flagfile=configs/demo_stage2.cfg", f"--model_dir={stage2}", *train)
+    run("stage 2: residual codec (--autoencoder=residual)", *stage, "--stage=2",
+        "--flagfile=configs/demo_stage2_residual.cfg", f"--model_dir={residual}", *train)
     run("stage 3: joint AECNN", *stage, "--stage=3", "--flagfile=configs/demo_stage3.cfg",
         f"--model_dir={stage3}", f"--init_autoencoder={stage2 / 'best.keras'}",
         f"--init_classifier={stage1 / 'best.keras'}", *train)
@@ -69,6 +90,9 @@ def main(argv):
         run(f"evaluate stage {number} on the test split", *stage, f"--stage={number}",
             f"--flagfile=configs/demo_stage{number}.cfg", f"--model_dir={model_dir}",
             "--mode=evaluate", "--split=test", *evaluate)
+    for name, model_dir in (("paper autoencoder", stage2), ("residual codec", residual)):
+        run(f"evaluate the {name} (stage 2) on the test split", *stage, "--stage=2", f"--model_dir={model_dir}",
+            "--mode=evaluate", "--split=test", "--batch_size=32")
     run("export stage 3 for TF Serving", *stage, "--stage=3",
         "--flagfile=configs/demo_stage3.cfg", f"--model_dir={stage3}", "--mode=export",
         f"--export_dir={exports}", "--model_name=tfcxr_aecnn")  # the next version: TF Serving serves the highest
@@ -80,6 +104,7 @@ def main(argv):
     run("Table 1 of the demo (test split)", python, "tools/compare_runs.py", stage1, stage3,
         "--names=D121,AECNN", "--split=test", f"--out={runs / 'table1_demo.md'}")
     print((stage3 / "eval" / "test" / "reconstruction.md").read_text().replace("# ", "## AECNN ", 1))
+    print(codec_table({"paper autoencoder": stage2, "residual codec": residual}))
     print(f"SavedModel for TF Serving: {latest}")
     print(f"TensorBoard: {Path(python).parent / 'tensorboard'} --logdir {runs}")
 
