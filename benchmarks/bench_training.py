@@ -54,6 +54,8 @@ flags.DEFINE_integer("repeats", 2, "runs of each case, alternating; the fastest 
 flags.DEFINE_string("case", None, "internal: measure one case (stage,implementation,precision) in this process")
 flags.DEFINE_string("out", None, "Markdown results (default: results/training.md, with --pytorch results/training_pytorch.md)")
 flags.DEFINE_bool("pytorch", False, "compare the tfcxr loop with the PyTorch reference instead (stages 1 and 2)")
+flags.DEFINE_bool("sync_batchnorm", False, "measure instead stage 1's loop on 2 CPU replicas with BatchNorm "
+                  "synchronized across them (--sync_batchnorm, the default there) and without")
 flags.DEFINE_bool("levers", False, "with --pytorch: the stage-1 step under each lever (threads, oneDNN, augmentation, XLA)")
 FLAGS = flags.FLAGS
 
@@ -62,6 +64,8 @@ SIZES = {1: (STAGE1_CROP, 8, 3), 2: (STAGE2_PATCH, 32, 30), 3: (STAGE3_CROP, 2, 
 PRECISIONS = ("none", "bfloat16")
 IMPLEMENTATIONS = ("loop", "loop_mirrored", "fit", "fit_mirrored")
 NOTES = "\n## Notes\n"
+# --sync_batchnorm: the loop on 2 CPU replicas -> whether BatchNorm is synchronized across them.
+SYNC_CASES = {"loop_2replicas_synced": True, "loop_2replicas_unsynced": False}
 # Stage-1 levers: name -> (environment of the case's process, what it changes). The loop's code levers
 # ("no_augmentation", "xla") are applied in loop_steps.
 LEVERS = {
@@ -69,7 +73,7 @@ LEVERS = {
     "no_augmentation": ({}, "without the rotation + contrast jitter of augment.device_augmentation(1) in the step"),
     "onednn_off": ({"TF_ENABLE_ONEDNN_OPTS": "0"}, "TF_ENABLE_ONEDNN_OPTS=0 (Eigen kernels)"),
     "inter_op_1": ({"TF_NUM_INTEROP_THREADS": "1"}, "inter-op threads 1 (intra-op: all cores)"),
-    "xla": ({}, "the train step compiled with XLA: tf.function(jit_compile=True)"),
+    "xla": ({}, "--jit_compile: each replica's forward and backward compiled with XLA"),
 }
 
 
@@ -89,19 +93,19 @@ def synthetic_batch(stage):
             "labels": tf.cast(tf.random.uniform([batch_size, NUM_LABELS]) < 0.2, tf.float32)}
 
 
-def loop_steps(stage_number, batch, distribution, lever="default"):
+def loop_steps(stage_number, batch, distribution, lever="default", sync_batchnorm=False):
     """A function (n) -> None running n train steps of the tfcxr loop (under a code `lever`)."""
     stage = stages.STAGES[stage_number]
     with distribution.scope():
         model = build_model(stage_number)
+        for layer in loop.batchnorm_layers(model):  # as loop.build does
+            layer.synchronized = sync_batchnorm
         optimizer = keras.optimizers.Adam(LEARNING_RATE)
         optimizer.build(model.trainable_variables)
         augmentation = stage.augmentation(stages.TrainConfig("", "", SIZES[stage_number][1]))
     if lever == "no_augmentation":
         augmentation = None
-    train_step = loop.make_train_step(stage, model, optimizer, augmentation, distribution)
-    if lever == "xla":
-        train_step = tf.function(train_step.python_function, jit_compile=True)
+    train_step = loop.make_train_step(stage, model, optimizer, augmentation, distribution, jit_compile=lever == "xla")
     batches = iter(distribution.distribute_datasets_from_function(
         lambda context: tf.data.Dataset.from_tensors(batch).repeat()))
 
@@ -219,6 +223,10 @@ def measure(stage, implementation, precision, steps=None, lever="default"):
         run = torch_steps(stage, precision, channels_last=implementation == "torch")
         return time_steps(run, stage, steps)
     keras.mixed_precision.set_global_policy(loop.POLICIES[precision])
+    if implementation in SYNC_CASES:  # the CPU split into 2 devices before anything initialises them
+        distribution = strategy.make_strategy("mirrored", cpu_replicas=2)
+        run = loop_steps(stage, synthetic_batch(stage), distribution, lever, SYNC_CASES[implementation])
+        return time_steps(run, stage, steps)
     batch = synthetic_batch(stage)
     distribution = {
         "loop": strategy.make_strategy("mirrored"), "fit": tf.distribute.get_strategy(),
@@ -377,6 +385,24 @@ def cpu_description():
     return f"{model}, {os.cpu_count()} cores, AVX-512: {'yes' if 'avx512f' in flags.split() else 'no'}"
 
 
+def compare_sync_batchnorm(out, steps=None, repeats=2):
+    """Stage 1's step on 2 CPU replicas with and without synchronized BatchNorm, alternating runs."""
+    load_start = os.getloadavg()[0]
+    runs = [{name: run_case(1, name, "none", steps) for name in SYNC_CASES} for _ in range(repeats)]
+    best = {name: best_of([run[name] for run in runs]) for name in SYNC_CASES}
+    synced, unsynced = (best[name]["images_per_s"] for name in SYNC_CASES)
+    command = " ".join(["python", "benchmarks/bench_training.py", *sys.argv[1:]])
+    rows = "\n".join(f"| {name} | {case['images_per_s']:.2f} | {case['images_per_cpu_s']:.2f} | {case['peak_rss_mb']:.0f} |"
+                     for name, case in best.items())
+    write_text(out, f"# Synchronized BatchNorm: its cost on 2 CPU replicas\n\n`{command}`\n\n{cpu_description()}; "
+               f"stage 1 (DenseNet121, {SIZES[1][0]} px, global batch {SIZES[1][1]}, 4 per replica), float32, the "
+               f"tfcxr loop under MirroredStrategy over 2 logical CPU devices; fastest of {repeats} alternating runs. "
+               f"Load average (1 min) at start / end: {load_start:.1f} / {os.getloadavg()[0]:.1f}.\n\n"
+               f"| case | images/s | images per CPU-s | peak RSS MB |\n|---|---|---|---|\n{rows}\n\n"
+               f"synchronized / per-replica throughput: {synced / unsynced:.2f}\n")
+    print(f"synchronized {synced:.2f} img/s, per replica {unsynced:.2f} img/s ({synced / unsynced:.2f}x); wrote {out}")
+
+
 def main(argv):
     del argv
     if FLAGS.case:
@@ -384,6 +410,9 @@ def main(argv):
         print(json.dumps(measure(int(stage), implementation, precision, FLAGS.steps, lever)))
         sys.stdout.flush()
         os._exit(0)  # MirroredStrategy processes can hang at exit
+    if FLAGS.sync_batchnorm:
+        return compare_sync_batchnorm(Path(FLAGS.out or Path(__file__).parent / "results" / "training_sync_batchnorm.md"),
+                                      FLAGS.steps, FLAGS.repeats)
     if FLAGS.pytorch:
         out = Path(FLAGS.out or Path(__file__).parent / "results" / "training_pytorch.md")
         return compare_pytorch(out, FLAGS.stages, FLAGS.steps, FLAGS.repeats, FLAGS.levers)
