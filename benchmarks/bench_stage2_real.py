@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -66,6 +67,8 @@ def parse_args(argv=None):
     parser.add_argument("--score_only", action="store_true", help="score the existing run, do not train")
     parser.add_argument("--code_dir", type=Path, help="train with the tfcxr/ and configs/ in this folder (a modified "
                         "copy, to measure a change) instead of a snapshot of the working tree")
+    parser.add_argument("--dead_at_init", type=int, metavar="N", help="only count, for seeds 0..N-1, the stage-2 "
+                        "models whose initial decoder has a channel no latent in [0, 1] lifts above 0; no training")
     parser.add_argument("--note", default="", help="one line on why this run exists, kept in the results")
     args, args.extra = parser.parse_known_args(argv)  # other --flags go to tfcxr.main as they are
     for name in ("records_dir", "runs_dir", "results_dir"):  # training runs in a snapshot folder
@@ -142,7 +145,11 @@ def train(command, model_dir, code):
 def score(code, model_path, records_dir):
     """real_cxr14.score_autoencoder run in a process of its own on the tfcxr of `code` (see snapshot)."""
     program = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); import real_cxr14; "
-               f"print(json.dumps(real_cxr14.score_autoencoder({str(model_path)!r}, {str(records_dir)!r})))")
+               f"from tfcxr.models import load_model; model = load_model({str(model_path)!r}); "
+               f"scores = real_cxr14.score_autoencoder(model, {str(records_dir)!r}); "
+               f"scores['dead_decoder_channels'] = real_cxr14.dead_decoder_channels(model); "
+               f"scores['channels_off'] = real_cxr14.channels_off_on(model, real_cxr14.held_out_images({str(records_dir)!r})[0]); "
+               f"print(json.dumps(scores))")
     done = subprocess.run([sys.executable, "-c", program], cwd=code, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"{model_path}: scoring failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
@@ -197,7 +204,8 @@ def row(result):
             f"| {config.get('patches_per_image', 1)} | {result['wall_s'] / 60:.0f} | {load} | {cuts} "
             f"| {result['final_train_mse']:.2e} | {result['best_val_mse']:.2e} "
             f"| {methods['autoencoder']['psnr']:.2f} / {methods['autoencoder']['ssim']:.4f} "
-            f"| {methods['autoencoder_8bit']['psnr']:.2f} / {methods['autoencoder_8bit']['ssim']:.4f} |")
+            f"| {methods['autoencoder_8bit']['psnr']:.2f} / {methods['autoencoder_8bit']['ssim']:.4f} "
+            f"| {result['scores'].get('dead_decoder_channels', '?')} / {result['scores'].get('channels_off', '?')} |")
 
 
 def write_report(results_dir):
@@ -217,8 +225,9 @@ def write_report(results_dir):
         *[f"| {name} | {baseline['methods'][name]['psnr']:.2f} | {baseline['methods'][name]['ssim']:.4f} |"
           for name in ("bicubic", "bicubic_8bit", "bilinear", "bilinear_8bit")],
         "", "| run | lr | epochs x steps | patches / image | wall (min) | load (mean) | LR steps (epoch) "
-        "| train MSE, last epoch | best val MSE | autoencoder PSNR / SSIM | 8-bit latent PSNR / SSIM |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| train MSE, last epoch | best val MSE | autoencoder PSNR / SSIM | 8-bit latent PSNR / SSIM "
+        "| decoder channels: dead / off on the held-out |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
         *[row(result) for result in results], "",
     ]
     for result in results:
@@ -233,8 +242,32 @@ def write_report(results_dir):
     write_text(path, "\n".join(lines) + (NOTES + notes if notes else ""))
 
 
+def dead_at_init(seeds, records_dir):
+    """{seed: (dead decoder channels, channels 0 on every pixel of the val radiographs)} of the
+    stage-2 model as the trainer builds it (seeded, tfcxr.train.stages)."""
+    import keras
+
+    from tfcxr.train import stages
+
+    images, _ = real_cxr14.held_out_images(records_dir, split="val")  # [4,1024,1024,1]
+    config = stages.TrainConfig(records_dir="", model_dir="", batch_size=64)
+    dead = {}
+    for seed in range(seeds):
+        keras.utils.set_random_seed(seed)  # as tfcxr.train.loop.train does before building
+        model = stages.build_autoencoder(config)
+        dead[seed] = (real_cxr14.dead_decoder_channels(model), real_cxr14.channels_off_on(model, images))
+    return dead
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.dead_at_init:
+        dead = dead_at_init(args.dead_at_init, args.records_dir)
+        print("seed: (decoder channels no latent in [0, 1] lifts above 0, channels 0 on every pixel of the "
+              f"{len(real_cxr14.split_names(args.records_dir, 'val'))} val radiographs)\n{dead}")
+        for index, what in enumerate(("a dead channel", "a channel 0 on the val radiographs")):
+            print(f"{sum(bool(d[index]) for d in dead.values())} of {len(dead)} seeds start with {what}")
+        return
     model_dir = args.runs_dir / args.name
     manifest = real_cxr14.ensure_records(args.records_dir)
     counts = {split: summary["written"] for split, summary in manifest["splits"].items()}
@@ -265,8 +298,9 @@ def main(argv=None):
     scores = score(code, model_dir / "best.keras", args.records_dir)
     result = {
         "name": args.name, "note": args.note, "commit": commit,
-        "bench_command": " ".join([".venv/bin/python benchmarks/bench_stage2_real.py", *[a for a in (argv or sys.argv[1:]) if a != "--score_only"]]),
-        "command": " ".join(["python", *command[1:]]).replace(str(ROOT) + "/", ""),
+        "bench_command": shlex.join([".venv/bin/python", "benchmarks/bench_stage2_real.py",
+                                     *[a for a in (argv or sys.argv[1:]) if a != "--score_only" and not a.startswith("--note")]]),
+        "command": shlex.join(["python", *command[1:]]).replace(str(ROOT) + "/", ""),
         "config": {key: config.get(key) for key in ("autoencoder", "learning_rate", "epochs", "steps_per_epoch",
                                                      "batch_size", "patches_per_image", "seed", "val_steps")},
         "records": counts, "cpu": cpu_description(), "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -276,7 +310,12 @@ def main(argv=None):
         "final_train_mse": float(log["loss"].iloc[-1]), "best_val_mse": float(log["val_loss"].min()),
         "log": log.to_dict("list"), "scores": scores,
     }
-    write_json(args.results_dir / "stage2_real" / f"{args.name}.json", result)
+    path = args.results_dir / "stage2_real" / f"{args.name}.json"
+    if args.score_only and path.is_file():  # scored again: how it was trained stays as recorded
+        before = json.loads(path.read_text())
+        result.update(command=before["command"], bench_command=before["bench_command"].split(" --note")[0],
+                      note=args.note or before["note"])
+    write_json(path, result)
     write_report(args.results_dir)
     methods = scores["methods"]
     print(f"{args.name}: {scores['images']} held-out images; autoencoder {methods['autoencoder']['psnr']:.2f} dB "

@@ -107,6 +107,34 @@ def score_autoencoder(model, records_dir=RECORDS_DIR, split=HELD_OUT):
     return {"images": count, "methods": methods}
 
 
+def dead_decoder_channels(model):
+    """Sub-pixel channels of the paper decoder's convolution that no latent in [0, 1] lifts above 0.
+
+    The decoder is Conv2D(16, 3x3) -> PixelShuffle(4) -> ClippedReLU: channel c is output pixel
+    (c // 4, c % 4) of every 4x4 block. Its largest pre-activation over latents in [0, 1] is its bias
+    plus the sum of its positive kernel weights; if that is <= 0 the clip passes no gradient, so the
+    channel stays 0 (black) for good. model: an autoencoder / AECNN with a "decoder", or a decoder;
+    None for another decoder (no "decoder_conv": e.g. the residual codec).
+    """
+    decoder = model.get_layer("decoder") if "decoder" in [layer.name for layer in model.layers] else model
+    if "decoder_conv" not in [layer.name for layer in decoder.layers]:
+        return None
+    kernel, bias = decoder.get_layer("decoder_conv").get_weights()  # [3,3,1,16], [16]
+    highest = bias + np.clip(kernel, 0, None).sum(axis=(0, 1, 2))  # [16]
+    return [int(channel) for channel in np.flatnonzero(highest <= 0)]
+
+
+def channels_off_on(model, images):
+    """Decoder sub-pixel channels whose output is 0 on every pixel of `images` [N,H,W,1]: no gradient
+    reaches them from these images, a looser test than dead_decoder_channels. None without "decoder_conv"."""
+    decoder = model.get_layer("decoder")
+    if "decoder_conv" not in [layer.name for layer in decoder.layers]:
+        return None
+    latent = model.get_layer("encoder")(images, training=False)  # [N,H/4,W/4,1]
+    before_shuffle = decoder.get_layer("decoder_conv")(latent).numpy()  # [N,H/4,W/4,16]
+    return [int(channel) for channel in np.flatnonzero((before_shuffle > 0).sum(axis=(0, 1, 2)) == 0)]
+
+
 def _manifest(records_dir):
     path = Path(records_dir) / schema.MANIFEST
     return json.loads(path.read_text()) if path.is_file() else None

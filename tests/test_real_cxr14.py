@@ -59,3 +59,15 @@ def test_score_autoencoder_matches_direct_measure(real_dir, records):
     assert scores["methods"]["bicubic"]["psnr"] == pytest.approx(expected, abs=1e-3)
     untrained = scores["methods"]["autoencoder"]["psnr"]
     assert untrained < scores["methods"]["bicubic"]["psnr"]  # random weights do not beat resizing
+
+
+def test_dead_decoder_channels():
+    model = autoencoder.build_autoencoder()
+    conv = model.get_layer("decoder").get_layer("decoder_conv")
+    kernel, bias = conv.get_weights()
+    kernel[..., 3], bias[3] = -np.abs(kernel[..., 3]), -0.01  # no latent in [0, 1] lifts channel 3
+    kernel[..., 5], bias[5] = np.abs(kernel[..., 5]) + 0.01, -0.05  # a latent of 1 lifts channel 5
+    bias[[c for c in range(16) if c not in (3, 5)]] = 0.5
+    conv.set_weights([kernel, bias])
+    assert real_cxr14.dead_decoder_channels(model) == [3]
+    assert real_cxr14.dead_decoder_channels(model.get_layer("decoder")) == [3]
