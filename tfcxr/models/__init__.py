@@ -1,4 +1,4 @@
-"""AECNN models: encoder, decoder, autoencoder, DenseNet121 classifier, BL5 baseline, AECNN.
+"""AECNN models: encoder, decoder, autoencoder (the paper's, or the residual codec), DenseNet121 classifier, BL5 baseline, AECNN.
 
 Importing this package registers the custom layers, so keras.saving.load_model reads our
 .keras files without custom_objects.
@@ -8,9 +8,11 @@ from tfcxr.models.aecnn import build_aecnn, load_model, load_stage_weights
 from tfcxr.models.autoencoder import build_autoencoder, build_decoder, build_encoder
 from tfcxr.models.classifier import FEATURES, NOTOP_WEIGHTS, build_baseline, build_classifier
 from tfcxr.models.layers import ImageNetNormalization, PixelShuffle, clipped_relu
+from tfcxr.models.residual_codec import AUTOENCODERS, build_codec
 from tfcxr.models.torch_port import load_torch_autoencoder_state, load_torch_checkpoint
 
 __all__ = [
+    "AUTOENCODERS",
     "FEATURES",
     "NOTOP_WEIGHTS",
     "ImageNetNormalization",
@@ -19,6 +21,7 @@ __all__ = [
     "build_autoencoder",
     "build_baseline",
     "build_classifier",
+    "build_codec",
     "build_decoder",
     "build_encoder",
     "clipped_relu",
