@@ -72,7 +72,7 @@ def make_optimizer(config):
     return optimizer
 
 
-def finite_on_every_replica(gradients):
+def finite_on_every_replica(optimizer, gradients):
     """`gradients`, poisoned with NaN on every replica when any replica's are not finite.
 
     LossScaleOptimizer checks the gradients it is given for inf / NaN before it all-reduces them,
@@ -81,7 +81,7 @@ def finite_on_every_replica(gradients):
     all-reduced first, so a step is skipped on every replica, and the scale halved once, when any
     replica overflows: one step of the reference's single-GPU float16 training.
     """
-    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients if g is not None])
+    finite = optimizer.check_finite(gradients)  # this replica's verdict, as LossScaleOptimizer reads it
     overflows = tf.distribute.get_replica_context().all_reduce("SUM", 1.0 - tf.cast(finite, tf.float32))
     poison = tf.where(overflows > 0, float("nan"), 0.0)
     return [g if g is None else g + tf.cast(poison, g.dtype) for g in gradients]
@@ -112,7 +112,7 @@ def make_train_step(stage, model, optimizer, augmentation, strategy, jit_compile
             batch = {**batch, "image": augmentation(batch["image"], training=True)}
         terms, gradients = loss_and_gradients(batch)
         if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-            gradients = finite_on_every_replica(gradients)
+            gradients = finite_on_every_replica(optimizer, gradients)
         optimizer.apply(gradients, model.trainable_variables)  # all-reduces over replicas, unscales
         return terms
 
@@ -196,8 +196,9 @@ def build(stage, config, strategy):
     keras.mixed_precision.set_global_policy(POLICIES[config.mixed_precision])
     with strategy.scope():
         model = stage.build_model(config)
+        synchronized = sync_batchnorm(config, strategy)
         for layer in batchnorm_layers(model):
-            layer.synchronized = sync_batchnorm(config, strategy)
+            layer.synchronized = synchronized
         optimizer = make_optimizer(config)
         optimizer.build(model.trainable_variables)  # Adam's slots, mirrored, before the first step
         augmentation = stage.augmentation(config)
