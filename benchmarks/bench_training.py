@@ -24,7 +24,8 @@ definition, written out below: the torchvision wheel of the index does not load 
 wheel) with BCE on 14 logits at stage 1's size, the autoencoder of tfcxr/models/torch_port.py with
 MSE at stage 2's, Adam, channels_last, float32 (bfloat16 autocast only where the CPU has native
 bfloat16: avx512_bf16 or amx_bf16), and reports tfcxr / PyTorch. --levers adds the stage-1 step
-under each setting that could close the gap (threads, oneDNN, the device augmentation, XLA), each
+under each setting that could close the gap (threads, oneDNN, the device augmentation, XLA, Keras's
+unfused BatchNormalization instead of ours), each
 in a process of its own. Writes benchmarks/results/training_pytorch.md.
 """
 
@@ -74,6 +75,8 @@ LEVERS = {
     "onednn_off": ({"TF_ENABLE_ONEDNN_OPTS": "0"}, "TF_ENABLE_ONEDNN_OPTS=0 (Eigen kernels)"),
     "inter_op_1": ({"TF_NUM_INTEROP_THREADS": "1"}, "inter-op threads 1 (intra-op: all cores)"),
     "xla": ({}, "--jit_compile: each replica's forward and backward compiled with XLA"),
+    "keras_batchnorm": ({}, "Keras 3's BatchNormalization (moments + normalization as separate ops) instead of the "
+                        "classifier's fused TorchBatchNormalization"),
 }
 
 
@@ -96,6 +99,8 @@ def synthetic_batch(stage):
 def loop_steps(stage_number, batch, distribution, lever="default", sync_batchnorm=False):
     """A function (n) -> None running n train steps of the tfcxr loop (under a code `lever`)."""
     stage = stages.STAGES[stage_number]
+    if lever == "keras_batchnorm":  # this case's process only
+        models.classifier.torch_batchnorm = lambda backbone: backbone
     with distribution.scope():
         model = build_model(stage_number)
         for layer in loop.batchnorm_layers(model):  # as loop.build does

@@ -268,3 +268,74 @@ def test_imagenet_download_failure_suggests_a_local_copy(monkeypatch):
     with pytest.raises(RuntimeError, match=models.NOTOP_WEIGHTS) as error:
         models.build_classifier(weights="imagenet", image_size=32)
     assert "~/.keras/models/" in str(error.value) and "URL fetch failure" in str(error.value)
+
+
+def batchnorm_step(layer, x):
+    """One training call of `layer` on x: (output, d sum(output * w) / d [x, gamma, beta]) with a fixed w."""
+    weight = tf.constant(np.random.default_rng(3).normal(size=x.shape), tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        output = layer(x, training=True)
+        loss = tf.reduce_sum(tf.cast(output, tf.float32) * weight)
+    return output, tape.gradient(loss, [x, layer.gamma, layer.beta])
+
+
+def test_torch_batchnorm_trains_like_pytorch_batchnorm2d():
+    """Same output and gradients as Keras's layer; moving variance from the unbiased batch variance."""
+    x = tf.constant(np.random.default_rng(0).normal(2.0, 3.0, size=(4, 5, 6, 3)), tf.float32)
+    torch_style = models.TorchBatchNormalization(momentum=0.9, epsilon=1e-5)
+    keras_style = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)
+    for layer in (torch_style, keras_style):
+        layer.build(x.shape)
+        layer.gamma.assign([0.5, 1.0, 2.0])
+        layer.beta.assign([0.1, -0.2, 0.3])
+    (fused, fused_grads), (plain, plain_grads) = batchnorm_step(torch_style, x), batchnorm_step(keras_style, x)
+    np.testing.assert_allclose(fused, plain, atol=1e-5)
+    for got, expected in zip(fused_grads, plain_grads):
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+    values = x.numpy().reshape(-1, 3)
+    np.testing.assert_allclose(torch_style.moving_mean, 0.1 * values.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(torch_style.moving_variance, 0.9 + 0.1 * values.var(0, ddof=1), rtol=1e-5)
+    np.testing.assert_allclose(keras_style.moving_variance, 0.9 + 0.1 * values.var(0), rtol=1e-5)  # Keras: biased
+    inference = torch_style(x, training=False).numpy()
+    expected = (values - torch_style.moving_mean.numpy()) / np.sqrt(torch_style.moving_variance.numpy() + 1e-5)
+    np.testing.assert_allclose(inference.reshape(-1, 3), expected * [0.5, 1.0, 2.0] + [0.1, -0.2, 0.3], atol=1e-4)
+
+    torch = pytest.importorskip("torch")
+    reference = torch.nn.BatchNorm2d(3, momentum=0.1, eps=1e-5)
+    with torch.no_grad():
+        reference.weight.copy_(torch.tensor([0.5, 1.0, 2.0]))
+        reference.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    reference_output = reference(torch.tensor(x.numpy()).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    np.testing.assert_allclose(fused, reference_output.detach().numpy(), atol=1e-5)
+    np.testing.assert_allclose(torch_style.moving_mean, reference.running_mean.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(torch_style.moving_variance, reference.running_var.numpy(), rtol=1e-5)
+
+
+def test_torch_batchnorm_under_mixed_bfloat16(mixed_bfloat16):
+    layer = models.TorchBatchNormalization()
+    output = layer(tf.random.normal([2, 4, 4, 8]), training=True)
+    assert output.dtype == tf.bfloat16 and layer.moving_mean.dtype == tf.float32
+    assert np.isfinite(layer.moving_variance.numpy()).all()
+
+
+def test_classifier_batchnorm_is_pytorch_s_and_keeps_the_weights():
+    """Every BatchNorm of the classifier: PyTorch's momentum and moving variance; torch_batchnorm
+    copies each layer's weights and reuses every other layer."""
+    image = keras.Input(shape=(8, 8, 2))
+    conv = keras.layers.Conv2D(3, 3, name="conv")
+    backbone = keras.Model(image, keras.layers.BatchNormalization(name="bn")(conv(image)))
+    weights = [np.array(values, np.float32) for values in ([0.5, 1, 2], [0.1, 0.2, 0.3], [1, 2, 3], [4, 5, 6])]
+    backbone.get_layer("bn").set_weights(weights)
+    converted = models.torch_batchnorm(backbone)
+    assert converted.get_layer("conv") is conv
+    assert isinstance(converted.get_layer("bn"), models.TorchBatchNormalization)
+    for got, expected in zip(converted.get_layer("bn").get_weights(), weights):
+        np.testing.assert_array_equal(got, expected)
+    x = images(8, channels=2)
+    np.testing.assert_allclose(converted(x, training=False), backbone(x, training=False), atol=1e-6)
+
+    classifier = models.build_classifier(weights=None, image_size=32)
+    batchnorms = [layer for layer in classifier.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(batchnorms) == 121
+    assert all(type(layer) is models.TorchBatchNormalization and layer.momentum == 0.9 for layer in batchnorms)

@@ -29,13 +29,14 @@ SIZES = dict(image_size=32, resize_size=40)  # stage 1: the 64 px image/small re
 def tiny_classifier(config, batchnorm=False):
     """Stage 1's baseline around a 2-layer classifier instead of DenseNet121 (trains in seconds).
 
-    batchnorm: a BatchNormalization after the convolution, with momentum 0 so that its moving
-    statistics after a step are that step's batch statistics.
+    batchnorm: the classifier's TorchBatchNormalization after the convolution, with momentum 0 so that
+    its moving statistics after a step are that step's batch statistics (the fused kernel on one
+    replica, the all-reduced moments when synchronized).
     """
     image = keras.Input(shape=(None, None, 3), name="image")
     x = keras.layers.Conv2D(4, 3, strides=2, activation="relu", name="conv")(image)  # [B,H/2,W/2,4]
     if batchnorm:
-        x = keras.layers.BatchNormalization(momentum=0.0, name="bn")(x)
+        x = models.TorchBatchNormalization(momentum=0.0, name="bn")(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)  # [B,4]
     logits = keras.layers.Dense(NUM_LABELS, dtype="float32", name="logits")(x)  # [B,14]
     return models.build_baseline(keras.Model(image, logits, name="classifier"))

@@ -6,8 +6,8 @@ Importing this package registers the custom layers, so keras.saving.load_model r
 
 from tfcxr.models.aecnn import build_aecnn, load_model, load_stage_weights
 from tfcxr.models.autoencoder import build_autoencoder, build_decoder, build_encoder
-from tfcxr.models.classifier import FEATURES, NOTOP_WEIGHTS, build_baseline, build_classifier
-from tfcxr.models.layers import ImageNetNormalization, PixelShuffle, clipped_relu
+from tfcxr.models.classifier import FEATURES, NOTOP_WEIGHTS, build_baseline, build_classifier, torch_batchnorm
+from tfcxr.models.layers import ImageNetNormalization, PixelShuffle, TorchBatchNormalization, clipped_relu
 from tfcxr.models.residual_codec import AUTOENCODERS, build_codec
 from tfcxr.models.torch_port import load_torch_autoencoder_state, load_torch_checkpoint
 
@@ -17,6 +17,7 @@ __all__ = [
     "NOTOP_WEIGHTS",
     "ImageNetNormalization",
     "PixelShuffle",
+    "TorchBatchNormalization",
     "build_aecnn",
     "build_autoencoder",
     "build_baseline",
@@ -29,4 +30,5 @@ __all__ = [
     "load_stage_weights",
     "load_torch_autoencoder_state",
     "load_torch_checkpoint",
+    "torch_batchnorm",
 ]

@@ -7,7 +7,8 @@ import tensorflow as tf
 from keras import layers
 
 from tfcxr.constants import NUM_LABELS
-from tfcxr.models.layers import ImageNetNormalization, torch_initializers
+from tfcxr.models.layers import (TORCH_BATCHNORM_MOMENTUM, ImageNetNormalization, TorchBatchNormalization,
+                                 torch_initializers)
 
 # The file Keras caches in ~/.keras/models/ for DenseNet121(weights="imagenet", include_top=False).
 NOTOP_WEIGHTS = "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"
@@ -26,7 +27,7 @@ def build_classifier(weights=None, image_size=None):
         if not tf.io.gfile.exists(weights):
             raise FileNotFoundError(f"{weights}: DenseNet121 weights not found (a copy of {NOTOP_WEIGHTS})")
     image = keras.Input(shape=(image_size, image_size, 3), name="image")
-    backbone = _densenet121(image, weights)
+    backbone = torch_batchnorm(_densenet121(image, weights))
     x = layers.GlobalAveragePooling2D(name="pool")(backbone.output)  # [B,1024]
     # The head starts as the reference's nn.Linear(1024, 14), not with Keras's glorot / zeros.
     logits = layers.Dense(NUM_LABELS, dtype="float32", name="logits", **torch_initializers(x.shape[-1]))(x)  # [B,14]
@@ -52,6 +53,22 @@ def _densenet121(image, weights):
         except Exception as error:
             raise ValueError(f"{weights}: cannot load as DenseNet121 notop weights ({error})") from error
     return backbone
+
+
+def torch_batchnorm(backbone):
+    """`backbone` with each BatchNormalization replaced by a TorchBatchNormalization of the same
+    config, weights and name but PyTorch's momentum (0.1, torchvision's DenseNet121: Keras's 0.99
+    follows the batch statistics 10x slower); every other layer is reused as it is."""
+    def clone(layer):
+        if type(layer) is not layers.BatchNormalization:
+            return layer
+        return TorchBatchNormalization.from_config({**layer.get_config(), "momentum": TORCH_BATCHNORM_MOMENTUM})
+
+    model = keras.models.clone_model(backbone, input_tensors=backbone.input, clone_function=clone)
+    for old, new in zip(backbone.layers, model.layers):
+        if new is not old:
+            new.set_weights(old.get_weights())
+    return model
 
 
 def build_baseline(classifier):
