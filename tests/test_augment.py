@@ -1,12 +1,16 @@
 """tfcxr.data.augment against torchvision / PIL semantics, on tiny images."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
 
 from tfcxr.constants import CONTRAST, ROTATION_DEGREES
-from tfcxr.data import augment
+from tfcxr.data import augment, pipeline
+from tfcxr.train import stages
+from helpers import expected_zero_fraction, zero_fraction
 
 SEED = tf.constant([1, 2], tf.int64)
 
@@ -14,21 +18,6 @@ SEED = tf.constant([1, 2], tf.int64)
 def noise(shape, seed=0, low=1):
     """uint8 noise in [low, 255]; with low=1 a 0 can only come from a rotation's fill."""
     return np.random.default_rng(seed).integers(low, 256, shape, dtype=np.uint8)
-
-
-def zero_fraction(size, degrees):
-    """Fraction of a size x size output that samples outside the input, rotated by `degrees`."""
-    index = np.arange(size) - (size - 1) / 2
-    x, y = np.meshgrid(index, index)
-    angle = np.radians(degrees)
-    source_x = np.round(np.cos(angle) * x - np.sin(angle) * y + (size - 1) / 2)
-    source_y = np.round(np.sin(angle) * x + np.cos(angle) * y + (size - 1) / 2)
-    return ((source_x < 0) | (source_x > size - 1) | (source_y < 0) | (source_y > size - 1)).mean()
-
-
-def expected_zero_fraction(size, degrees):
-    """zero_fraction averaged over angles ~ U[-degrees, degrees]."""
-    return np.mean([zero_fraction(size, angle) for angle in np.linspace(-degrees, degrees, 201)])
 
 
 @pytest.mark.parametrize("angle", [5.0, -5.0, 3.3, -1.7, 30.0])
@@ -144,8 +133,10 @@ def test_ten_crop_torchvision_order(height, width, size):
 
 
 def test_stage1_device_augmentation_rotates_then_jitters_contrast():
-    assert augment.device_augmentation(1, "fmix") is None and augment.device_augmentation(2) is None
-    layer = augment.device_augmentation(1)
+    baseline, autoencoder = (stages.STAGES[name].inputs for name in ("baseline", "autoencoder"))
+    assert pipeline.device_augmentation(baseline, "fmix") is None and pipeline.device_augmentation(autoencoder) is None
+    assert pipeline.device_augmentation(dataclasses.replace(baseline, rotation="pipeline")) is None
+    layer = pipeline.device_augmentation(baseline)
     images = tf.constant(noise((4, 40, 40, 1), low=1) / 255.0, tf.float32)
     assert np.array_equal(layer(images, training=False), images)
     outputs = layer(images, training=True).numpy()
@@ -156,7 +147,7 @@ def test_stage1_device_augmentation_rotates_then_jitters_contrast():
 
 
 def test_device_augmentation():
-    layer = augment.device_augmentation(3)
+    layer = pipeline.device_augmentation(stages.STAGES["aecnn"].inputs)
     images = tf.constant(noise((4, 40, 40, 1)) / 255.0, tf.float32)
     assert np.array_equal(layer(images, training=False), images)
     rotated = layer(images, training=True)

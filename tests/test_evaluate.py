@@ -1,8 +1,6 @@
 """ROC-AUC, patient-level bootstrap, Table 1 and evaluate_classifier (tfcxr.evaluate)."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +12,10 @@ from sklearn.metrics import roc_auc_score
 
 from tfcxr.constants import LABELS, TABLE1
 from tfcxr.data.pipeline import make_dataset
+from tfcxr.train import stages
 from tfcxr.evaluate import classification, metrics, tables
+from helpers import run_tool
 from tiny_models import tiny_baseline
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _scores(n=600, seed=0):
@@ -96,7 +94,8 @@ def test_table1_puts_ours_beside_the_papers_columns():
 
 # --- evaluate_classifier on the synthetic records (tests/conftest.py records_dir) ---------------
 
-STAGE1_TOY = dict(stage=1, image_size=48, resize_size=64, batch_size=8)
+BASELINE_TOY = stages.STAGES["baseline"].inputs.with_sizes(image_size=48, resize_size=64)
+STAGE1_TOY = dict(stage="baseline", inputs=BASELINE_TOY, batch_size=8)
 
 
 def _read_json(path):
@@ -153,8 +152,7 @@ def test_evaluate_classifier_aucs_match_sklearn_on_its_predictions(evaluated):
 def test_evaluate_classifier_probabilities_are_the_models(evaluated, baseline, records_dir):
     model_dir, _ = evaluated
     predictions = pd.read_csv(model_dir / "eval" / "test" / "predictions.csv").set_index("filename")
-    batch = next(iter(make_dataset(records_dir, "test", 1, 8, training=False, image_size=48, resize_size=64,
-                                   include_metadata=True)))
+    batch = next(iter(make_dataset(records_dir, "test", BASELINE_TOY, 8, training=False, include_metadata=True)))
     expected = tf.sigmoid(baseline(batch["image"])["logits"]).numpy()
     names = [n.decode() for n in batch["filename"].numpy()]
     np.testing.assert_allclose(predictions.loc[names, [f"prob_{l}" for l in LABELS]], expected, atol=1e-6)
@@ -167,8 +165,8 @@ def test_evaluate_classifier_tencrop_averages_ten_crop_probabilities(baseline, r
                                                  resamples=20, **STAGE1_TOY)
     assert summary["protocol"].startswith("tencrop") and "48x48" in summary["protocol"]
     predictions = pd.read_csv(tmp_path / "eval" / "test_tencrop" / "predictions.csv").set_index("filename")
-    batch = next(iter(make_dataset(records_dir, "test", 1, 8, training=False, image_size=48, resize_size=64,
-                                   include_metadata=True, tta="tencrop")))
+    batch = next(iter(make_dataset(records_dir, "test", BASELINE_TOY, 8, training=False, include_metadata=True,
+                                   tta="tencrop")))
     crops = [tf.sigmoid(baseline(batch["image"][:, k])["logits"]) for k in range(10)]
     names = [n.decode() for n in batch["filename"].numpy()]
     np.testing.assert_allclose(predictions.loc[names, [f"prob_{l}" for l in LABELS]], np.mean(crops, axis=0), atol=1e-6)
@@ -188,8 +186,7 @@ def _fake_run(run_dir, mean, label_version="v2020", tta="none", protocol="resize
 
 
 def compare_runs(*args):
-    return subprocess.run([sys.executable, str(ROOT / "tools" / "compare_runs.py"), *map(str, args)],
-                          capture_output=True, text=True, timeout=120)
+    return run_tool("compare_runs.py", *args, timeout=120)
 
 
 def test_compare_runs_puts_runs_beside_the_papers_columns(tmp_path):

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from tfcxr import models
 from tfcxr.data.pipeline import make_dataset
+from tfcxr.train import stages
 from tfcxr.evaluate import reconstruction
 from tiny_models import tiny_aecnn
 
@@ -61,13 +62,14 @@ def _expected_psnr(model, dataset):
 
 def test_stage3_reconstruction_report(records_dir, tmp_path):
     aecnn = tiny_aecnn()
-    summary = reconstruction.evaluate_reconstruction(aecnn, records_dir, tmp_path, split="val", stage=3,
-                                                     batch_size=8, image_size=64)
+    inputs = stages.STAGES["aecnn"].inputs.with_sizes(image_size=64)
+    summary = reconstruction.evaluate_reconstruction(aecnn, records_dir, tmp_path, inputs=inputs, split="val",
+                                                     batch_size=8)
     written = json.loads((tmp_path / "eval" / "val" / "reconstruction.json").read_text())
     assert written == summary and summary["images"] == json.loads((records_dir / "manifest.json").read_text())["splits"]["val"]["written"]
     assert "64x64" in summary["protocol"] and "latent 16x16" in summary["protocol"]
     assert summary["label_version"] and sorted(summary["methods"]) == sorted(reconstruction.METHODS)
-    dataset = make_dataset(records_dir, "val", 3, 8, training=False, image_size=64)
+    dataset = make_dataset(records_dir, "val", inputs, 8, training=False)
     assert summary["methods"]["autoencoder_8bit"]["psnr"] == pytest.approx(_expected_psnr(aecnn, dataset), rel=1e-5)
     for values in summary["methods"].values():
         assert 0 < values["ssim"] <= 1 and values["psnr"] > 0
@@ -77,8 +79,10 @@ def test_stage3_reconstruction_report(records_dir, tmp_path):
 
 def test_stage2_is_measured_at_the_records_full_resolution(records_dir, tmp_path):
     autoencoder = models.build_autoencoder()
-    summary = reconstruction.evaluate_reconstruction(autoencoder, records_dir, tmp_path, split="val", stage=2, batch_size=8)
+    inputs = stages.STAGES["autoencoder"].inputs
+    summary = reconstruction.evaluate_reconstruction(autoencoder, records_dir, tmp_path, inputs=inputs, split="val",
+                                                     stage="autoencoder", batch_size=8)
     assert reconstruction.original_size(records_dir, "val") == (128, 128)  # the synthetic tree's size
     assert "128x128" in summary["protocol"] and "full resolution" in summary["protocol"]
-    dataset = make_dataset(records_dir, "val", 2, 8, training=False, image_size=128)
+    dataset = make_dataset(records_dir, "val", inputs.with_sizes(image_size=128), 8, training=False)
     assert summary["methods"]["autoencoder_8bit"]["psnr"] == pytest.approx(_expected_psnr(autoencoder, dataset), rel=1e-5)

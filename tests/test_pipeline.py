@@ -6,7 +6,7 @@ shards; `records_dir` (tests/conftest.py) is the synthetic tree sharded by tfcxr
 """
 
 import collections
-import io
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -19,19 +19,17 @@ from PIL import Image
 
 from tfcxr.constants import NUM_LABELS, ROTATION_DEGREES
 from tfcxr.data import schema
-from tfcxr.data import make_dataset, pipeline
-from test_augment import expected_zero_fraction
+from tfcxr.data import InputSpec, make_dataset, pipeline
+from tfcxr.train import stages
+from helpers import encode, expected_zero_fraction
 
 ORIGINAL, SMALL = 128, 64
 SIZES = {1: dict(image_size=56, resize_size=SMALL), 2: dict(image_size=32), 3: dict(image_size=112)}
+# The stages' inputs at these sizes; the baseline's rotation in the pipeline unless a test says "device".
+INPUTS = {number: stages.STAGES[number].inputs.with_sizes(**SIZES[number]) for number in SIZES}
+INPUTS[1] = dataclasses.replace(INPUTS[1], rotation="pipeline")
 SHARDS = {"train": [4, 4, 4], "val": [3, 2]}  # records per shard
 VALUES = np.arange(1, 256, 4, dtype=np.uint8)  # pixel values of the originals (never 0)
-
-
-def png(pixels):
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def write_records(out_dir, sources, encoding):
@@ -48,8 +46,8 @@ def write_records(out_dir, sources, encoding):
                     source = sources[filename]
                     original = source["original"]
                     example = schema.make_example(
-                        encoded=original.tobytes() if encoding == "raw" else png(original),
-                        image_format=encoding, small=png(source["small"]), filename=filename,
+                        encoded=original.tobytes() if encoding == "raw" else encode(original),
+                        image_format=encoding, small=encode(source["small"]), filename=filename,
                         height=ORIGINAL, width=ORIGINAL, labels=source["labels"], patient_id=source["patient_id"])
                     full.write(example.SerializeToString())
                     del example.features.feature[schema.ENCODED]  # small-only: no original
@@ -82,8 +80,14 @@ def toy_records(sources, tmp_path_factory):
     return dirs
 
 
-def batches(records, split, stage, batch_size=4, training=False, take=None, **kwargs):
-    dataset = make_dataset(records, split, stage, batch_size, training, include_metadata=True, **{**SIZES[stage], **kwargs})
+def inputs_of(stage, rotation=None):
+    """The toy-sized InputSpec of stage number `stage`, its rotation moved where asked."""
+    return dataclasses.replace(INPUTS[stage], rotation=rotation) if rotation else INPUTS[stage]
+
+
+def batches(records, split, stage, batch_size=4, training=False, take=None, rotation=None, **kwargs):
+    dataset = make_dataset(records, split, inputs_of(stage, rotation), batch_size, training, include_metadata=True,
+                           **kwargs)
     return list((dataset.take(take) if take else dataset).as_numpy_iterator())
 
 
@@ -178,7 +182,7 @@ def test_eval_images_and_record_order(toy_records, sources):
 
 @pytest.mark.parametrize("stage", [1, 3])
 def test_eval_is_deterministic(toy_records, stage):
-    dataset = make_dataset(toy_records["png"], "val", stage, 2, False, **SIZES[stage])
+    dataset = make_dataset(toy_records["png"], "val", INPUTS[stage], 2, False)
     first, second = list(dataset.as_numpy_iterator()), list(dataset.as_numpy_iterator())
     for a, b in zip(first, second, strict=True):
         np.testing.assert_array_equal(a["image"], b["image"])
@@ -225,7 +229,7 @@ def test_stage2_patches_per_image_is_seeded_and_resumable(toy_records):
     """The same seed gives the same batches; a fresh pipeline skipping n batches gives the rest
     (what the loop does to resume mid-epoch)."""
     def images(seed, skip=0):
-        dataset = make_dataset(toy_records["png"], "train", 2, 8, True, image_size=32, seed=seed, repeat=True,
+        dataset = make_dataset(toy_records["png"], "train", INPUTS[2], 8, True, seed=seed, repeat=True,
                                patches_per_image=4)
         return np.stack([batch["image"] for batch in dataset.skip(skip).take(10 - skip).as_numpy_iterator()])
 
@@ -246,13 +250,11 @@ def test_stage2_patches_are_mixed(toy_records, monkeypatch):
 
 
 def test_trainer_passes_patches_per_image(toy_records):
-    """stage 2's records_dataset: config.patches_per_image when training, whole resizes for val."""
-    from tfcxr.train import stages
-
+    """The autoencoder stage's dataset: config.patches_per_image when training, whole resizes for val."""
     config = stages.TrainConfig(str(toy_records["png"]), "", batch_size=8, image_size=32, patches_per_image=4)
-    train = stages.STAGES[2].make_dataset(config, "train", True, seed=0)
+    train = stages.STAGES["autoencoder"].dataset(config, "train", training=True, seed=0)
     assert len(list(train)) == 12 * 4 // 8
-    assert len(list(stages.STAGES[2].make_dataset(config, "val", False))) == 1  # 5 val images, one batch
+    assert len(list(stages.STAGES["autoencoder"].dataset(config, "val", training=False))) == 1  # 5 val images
     assert stages.TrainConfig("", "", 8).patches_per_image == pipeline.PATCHES_PER_IMAGE
 
 
@@ -277,7 +279,7 @@ def test_stage1_bl5_and_fmix(toy_records, sources):
     for name, labels in zip(names(bl5), stacked(bl5, "labels")):
         np.testing.assert_array_equal(labels, sources[name]["labels"])
     device = batches(toy_records["png"], "train", 1, batch_size=4, training=True, seed=0, repeat=True, take=8,
-                     rotation="device")  # rotation and contrast left to augment.device_augmentation(1)
+                     rotation="device")  # rotation and contrast left to pipeline.device_augmentation
     assert (as_uint8(stacked(device, "image")) == 0).mean() == 0  # exact 8-bit levels (no contrast), no black fill
     fmix = batches(toy_records["png"], "train", 1, batch_size=4, training=True, seed=0, repeat=True, take=8, augment="fmix")
     assert (stacked(fmix, "image") == 0).mean() == 0  # no rotation with FMix
@@ -296,7 +298,7 @@ def test_stage1_reads_small_shards(toy_records, sources, tmp_path):
     result = batches(records, "val", 1)
     assert names(result) == list(sources)[12:]
     with pytest.raises(FileNotFoundError, match="val-00000-of-00002.tfrecord"):
-        make_dataset(records, "val", 2, 4, False)
+        make_dataset(records, "val", INPUTS[2], 4, False)
 
 
 def test_stage1_falls_back_to_full_shards_and_glob(toy_records, sources, tmp_path):
@@ -323,7 +325,7 @@ def test_input_context_shards_files(toy_records, sources, training):
     assert not seen[0] & seen[1] and seen[0] | seen[1] == set(list(sources)[:12])
     context = tf.distribute.InputContext(num_input_pipelines=3, input_pipeline_id=0, num_replicas_in_sync=3)
     with pytest.raises(ValueError, match="2 val shards cannot feed 3"):
-        make_dataset(toy_records["png"], "val", 2, 6, False, input_context=context)
+        make_dataset(toy_records["png"], "val", INPUTS[2], 6, False, input_context=context)
 
 
 @pytest.mark.parametrize("stage, source_key", [(1, "small"), (3, "original")])
@@ -350,12 +352,9 @@ def test_raw_and_png_records_give_identical_images(toy_records, stage, training)
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(stage=2, rotation="device"), "rotation"),
     (dict(stage=2, augment="fmix"), "augment"),
     (dict(stage=3, training=True, tta="tencrop"), "tta"),
     (dict(stage=2, tta="tencrop"), "tta"),
-    (dict(stage=3, resize_size=256), "resize_size"),
-    (dict(stage=4), "stage"),
     (dict(stage=2, patches_per_image=4), "patches_per_image"),  # not for evaluation
     (dict(stage=3, training=True, patches_per_image=4), "patches_per_image"),
     (dict(stage=2, training=True, patches_per_image=0), "patches_per_image"),
@@ -363,14 +362,34 @@ def test_raw_and_png_records_give_identical_images(toy_records, stage, training)
 def test_bad_arguments(toy_records, kwargs, message):
     kwargs = {"split": "val", "batch_size": 2, "training": False, **kwargs}
     with pytest.raises(ValueError, match=message):
-        make_dataset(toy_records["png"], **kwargs)
+        make_dataset(toy_records["png"], inputs=INPUTS[kwargs.pop("stage")], **kwargs)
+
+
+@pytest.mark.parametrize("spec, message", [
+    (lambda: InputSpec(schema.SMALL, 56), "resize_size"),  # image/small needs its resize
+    (lambda: InputSpec(schema.ENCODED, 32, resize_size=64), "resize_size"),
+    (lambda: InputSpec("image/other", 32), "feature"),
+    (lambda: InputSpec(schema.ENCODED, 32, rotation="sideways"), "rotation"),
+    (lambda: InputSpec(schema.ENCODED, 32, contrast=True), "contrast needs a rotation"),
+    (lambda: INPUTS[3].with_sizes(resize_size=256), "resize_size"),
+])
+def test_bad_input_specs(spec, message):
+    with pytest.raises(ValueError, match=message):
+        spec()
+
+
+def test_input_spec_sizes():
+    """with_sizes keeps what is not given; eval_size is image/small's resize or the original's."""
+    assert INPUTS[1].eval_size == SMALL and INPUTS[3].eval_size == 112
+    assert INPUTS[1].with_sizes(image_size=48) == dataclasses.replace(INPUTS[1], image_size=48)
+    assert INPUTS[3].with_sizes() == INPUTS[3]
 
 
 def test_missing_split(toy_records, tmp_path):
     with pytest.raises(ValueError, match="no split 'test'"):
-        make_dataset(toy_records["png"], "test", 1, 2, False)
+        make_dataset(toy_records["png"], "test", INPUTS[1], 2, False)
     with pytest.raises(FileNotFoundError, match="no test shards"):
-        make_dataset(tmp_path, "test", 1, 2, False)
+        make_dataset(tmp_path, "test", INPUTS[1], 2, False)
 
 
 def test_public_entry_point_is_lazy():

@@ -11,10 +11,11 @@ import pytest
 import tensorflow as tf
 
 from tfcxr import models
+from tfcxr.models.metrics import ReconstructionQuality
 from tfcxr.constants import CLASSIFICATION_WEIGHT, NUM_LABELS, PLATEAU_FACTOR, PLATEAU_PATIENCE
 from tfcxr.train import callbacks as callbacks_lib
 from tfcxr.train import loop, stages, strategy
-from test_train_distributed import SIZES, tiny_stage
+from tiny_models import SIZES, as_stage, tiny_stage
 
 
 @pytest.fixture(autouse=True)
@@ -53,7 +54,16 @@ def test_stage3_loss_is_the_weighted_sum_of_bce_and_mse():
 
 
 def test_stage_records():
-    assert [stages.STAGES[n].computes_auc for n in (1, 2, 3)] == [True, False, True]
+    assert list(stages.STAGES) == ["baseline", "autoencoder", "aecnn"]
+    assert [stages.STAGES[n].name for n in (1, "2", "aecnn")] == ["baseline", "autoencoder", "aecnn"]  # aliases
+    with pytest.raises(KeyError, match="--stage=4: no such stage; one of baseline \\(1\\)"):
+        stages.STAGES[4]
+    config = stages.TrainConfig("records", "run", 8)
+    metrics = {name: [type(m).__name__ for m in stage.metrics(config)] for name, stage in stages.STAGES.items()}
+    assert metrics == {"baseline": ["ClassificationAUC"], "autoencoder": ["ReconstructionQuality"],
+                       "aecnn": ["ClassificationAUC", "ReconstructionQuality"]}
+    assert [stage.evaluations for stage in stages.STAGES.values()] == [
+        ("classification",), ("reconstruction",), ("classification", "reconstruction")]
     config = stages.TrainConfig("records", "run", 8, init_autoencoder="a.keras", init_classifier="b.keras")
     assert stages.STAGES[1].augmentation(config).contrast is not None  # BL5's rotation + contrast, on the accelerator
     assert stages.STAGES[1].augmentation(dataclasses.replace(config, augment="fmix")) is None
@@ -199,7 +209,7 @@ def test_reconstruction_metrics_agree_with_the_evaluation_mode():
     autoencoder = models.build_autoencoder()
     images = tf.image.resize(tf.random.stateless_uniform([3, 8, 8, 1], seed=(1, 2)), [32, 32], "bicubic")
     images = tf.clip_by_value(images, 0.0, 1.0)
-    metrics = stages.reconstruction_metrics(autoencoder, {"image": images}, autoencoder(images, training=False))
+    metrics = ReconstructionQuality().per_example(autoencoder, {"image": images}, autoencoder(images, training=False))
     expected = reconstruction.reconstructions(autoencoder.get_layer("encoder"), autoencoder.get_layer("decoder"), images)
     for suffix, method in (("", "autoencoder"), ("_8bit", "autoencoder_8bit"), ("_bicubic", "bicubic")):
         np.testing.assert_allclose(metrics[f"psnr{suffix}"], tf.image.psnr(expected[method], images, 1.0), rtol=1e-5)
@@ -222,9 +232,12 @@ def test_device_augmentation_feeds_the_train_step_only(records_dir, tmp_path):
     def mean_image(batch, outputs):
         return {"loss": tf.reduce_mean(batch["image"], axis=[1, 2, 3]) + 0.0 * tf.reduce_sum(outputs["logits"], -1)}
 
-    stage = dataclasses.replace(
-        tiny_stage(), loss=mean_image, computes_auc=False,
-        augmentation=lambda config: keras.layers.Lambda(lambda images: 0.0 * images + 0.25))
+    @dataclasses.dataclass(frozen=True)
+    class ConstantImages(stages.Stage):
+        def augmentation(self, config):
+            return keras.layers.Lambda(lambda images: 0.0 * images + 0.25)
+
+    stage = as_stage(ConstantImages, dataclasses.replace(tiny_stage(), loss=mean_image, metrics=lambda config: []))
     loop.train(stage, train_config(records_dir, tmp_path), strategy.make_strategy("one_device"))
     log = read_log(tmp_path)
     assert log["loss"][0] == pytest.approx(0.25)

@@ -2,25 +2,13 @@
 at toy sizes, a couple of steps each, stage 3 starting from stages 1 and 2's best.keras."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from tfcxr import models
 from tfcxr.train import callbacks, stages
-
-TIMEOUT = 600
-
-
-def tfcxr_main(*flags, expect=0):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    result = subprocess.run([sys.executable, "-m", "tfcxr.main", *flags], env=env, capture_output=True, text=True,
-                            timeout=TIMEOUT)
-    assert result.returncode == expect, result.stderr[-3000:]
-    return result
+from helpers import tfcxr_main
 
 
 def test_stage3_without_the_earlier_stages_stops_with_one_line(records_dir, tmp_path):
@@ -46,7 +34,7 @@ def test_stages_2_and_3_end_to_end(records_dir, tmp_path):
                         "--mixed_precision=float16", "--epochs=2", *common)
     assert "best val_loss" in stage2.stdout and "AUC" not in stage2.stdout
     config = json.loads((tmp_path / "stage2" / "config.json").read_text())
-    assert (config["stage"], config["cpu_replicas"], config["mixed_precision"], config["epochs"]) == (2, 2, "float16", 2)
+    assert (config["stage"], config["cpu_replicas"], config["mixed_precision"], config["epochs"]) == ("autoencoder", 2, "float16", 2)
 
     # learning_rate 0: stage 3 must hold exactly the weights it was initialised with.
     stage3 = tfcxr_main("--stage=3", f"--model_dir={tmp_path / 'stage3'}", "--image_size=128",

@@ -1,9 +1,13 @@
-"""Tiny stand-ins for DenseNet121 in the evaluation / export / codec tests (CPU seconds).
+"""Tiny stand-ins for DenseNet121 in the evaluation / export / codec / training tests (CPU seconds).
 
-`tiny_classifier` keeps the classifier's contract (ImageNet-normalized [B,H,W,3] -> logits
+`tiny_densenet` keeps the classifier's contract (ImageNet-normalized [B,H,W,3] -> logits
 [B,14], its last conv activation named models.FEATURES), so the real encoder, decoder,
-baseline and AECNN builders wrap it exactly as they wrap DenseNet121.
+baseline and AECNN builders wrap it exactly as they wrap DenseNet121. `tiny_stage` is stage 1
+training a smaller one still (test_train.py in this process, test_train_distributed.py in child
+processes).
 """
+
+import dataclasses
 
 import keras
 import numpy as np
@@ -11,9 +15,13 @@ from keras import layers
 
 from tfcxr import models
 from tfcxr.constants import NUM_LABELS
+from tfcxr.train import stages
+
+SIZES = dict(image_size=32, resize_size=40)  # stage 1: the 64 px image/small resized, then cropped
 
 
-def tiny_classifier(seed=0):
+def tiny_densenet(seed=0):
+    """DenseNet121's stand-in: two strided convolutions, FEATURES, pooling, 14 logits; seeded."""
     keras.utils.set_random_seed(seed)
     image = keras.Input(shape=(None, None, 3), name="image")
     x = layers.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="conv1")(image)  # [B,H/2,W/2,8]
@@ -25,12 +33,14 @@ def tiny_classifier(seed=0):
 
 
 def tiny_baseline(seed=0):
-    return models.build_baseline(tiny_classifier(seed))
+    """Stage 1's model (models.build_baseline) around tiny_densenet."""
+    return models.build_baseline(tiny_densenet(seed))
 
 
 def tiny_aecnn(seed=0):
+    """Stage 3's model (the paper's encoder and decoder, untrained) around tiny_densenet."""
     keras.utils.set_random_seed(seed)
-    return models.build_aecnn(models.build_encoder(), models.build_decoder(), tiny_classifier(seed))
+    return models.build_aecnn(models.build_encoder(), models.build_decoder(), tiny_densenet(seed))
 
 
 def box_codec(model):
@@ -51,3 +61,43 @@ def box_codec(model):
     kernel[1, 1, 0, :] = 1  # every one of the 16 sub-pixels copies the latent pixel
     up.set_weights([kernel, bias])
     return model
+
+
+def tiny_classifier(config, batchnorm=False):
+    """Stage 1's baseline around a 2-layer classifier instead of DenseNet121 (trains in seconds).
+
+    batchnorm: the classifier's TorchBatchNormalization after the convolution, with momentum 0 so that
+    its moving statistics after a step are that step's batch statistics (the fused kernel on one
+    replica, the all-reduced moments when synchronized).
+    """
+    image = keras.Input(shape=(None, None, 3), name="image")
+    x = keras.layers.Conv2D(4, 3, strides=2, activation="relu", name="conv")(image)  # [B,H/2,W/2,4]
+    if batchnorm:
+        x = models.TorchBatchNormalization(momentum=0.0, name="bn")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)  # [B,4]
+    logits = keras.layers.Dense(NUM_LABELS, dtype="float32", name="logits")(x)  # [B,14]
+    return models.build_baseline(keras.Model(image, logits, name="classifier"))
+
+
+def as_stage(cls, stage):
+    """`stage`'s record as an instance of the Stage subclass `cls` (which overrides a method)."""
+    return cls(**{field.name: getattr(stage, field.name) for field in dataclasses.fields(stage)})
+
+
+@dataclasses.dataclass(frozen=True)
+class FixedInputStage(stages.Stage):
+    """The eval pipeline on train and no device augmentation: a global batch is the same images
+    however it is split over replicas."""
+
+    def dataset(self, config, split, *, training, **kwargs):
+        return super().dataset(config, split, training=False, **kwargs)
+
+    def augmentation(self, config):
+        return None
+
+
+def tiny_stage(fixed_input=False, batchnorm=False):
+    """The baseline stage with the tiny classifier; `fixed_input`: as FixedInputStage."""
+    build = (lambda config: tiny_classifier(config, batchnorm=True)) if batchnorm else tiny_classifier
+    stage = dataclasses.replace(stages.STAGES["baseline"], build_model=build)
+    return as_stage(FixedInputStage, stage) if fixed_input else stage

@@ -57,6 +57,9 @@ PLATEAU_THRESHOLD = 1e-4  # PyTorch's default, RELATIVE (threshold_mode="rel"): 
 ADAM_EPSILON = 1e-8  # PyTorch's Adam default (Keras's is 1e-7)
 CLASSIFICATION_WEIGHT = 0.9  # stage 3: L = 0.9 * BCE + 0.1 * MSE
 
+# Evaluation: patient-level bootstrap resamples of the ROC-AUC confidence intervals.
+BOOTSTRAP_RESAMPLES = 1000
+
 # Validation split carved patient-wise out of train_val.
 VAL_IMAGES = 10_000
 TRAIN_VAL_IMAGES = 86_524  # official train_val_list.txt

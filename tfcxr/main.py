@@ -1,28 +1,30 @@
-"""Command line: python -m tfcxr.main --stage=1|2|3 --flagfile=configs/stageN.cfg [--mode=train|evaluate|explain|export].
+"""Command line: python -m tfcxr.main --flagfile=configs/<stage>.cfg [--mode=train|evaluate|explain|export].
 
-Modes live in MODES; each is a function of the parsed flags.
+The training flags (one per TrainConfig field) live here; the modes, and their own flags, in
+tfcxr/modes.py. Every flagfile names its stage (--stage=baseline|autoencoder|aecnn, or the
+paper's 1|2|3); a --stage that contradicts another (command line against flagfile, or against
+the run's config.json) stops with one line.
 """
 
 import dataclasses
 import os
 import sys
-from pathlib import Path
 
 import tfcxr.quiet  # noqa: F401  (first: TensorFlow starts without its start-up noise; -v shows it)
 
-import pandas as pd
 from absl import app, flags, logging
 
-from tfcxr import models
+from tfcxr import modes
 from tfcxr.constants import SMALL_SIZE
-from tfcxr.evaluate.runs import write_json
-from tfcxr.evaluate import modes as evaluation_modes
+from tfcxr.models.residual_codec import AUTOENCODERS
 from tfcxr.train import loop, stages, strategy
 
 FLAGS = flags.FLAGS
 DEFAULTS = {field.name: field.default for field in dataclasses.fields(stages.TrainConfig)}
-flags.DEFINE_string("mode", "train", "what to do: one of MODES (train, evaluate, explain, export)")
-flags.DEFINE_integer("stage", 1, "1: D121 BL5 baseline, 2: autoencoder, 3: joint AECNN", lower_bound=1, upper_bound=3)
+flags.DEFINE_string("mode", "train", f"what to do: one of {', '.join(modes.MODES)}")
+flags.DEFINE_string("stage", None, "the stage to train (every flagfile names its own): "
+                    + ", ".join(f"{name} ({stage.number})" for name, stage in stages.STAGES.items())
+                    + "; evaluate / explain / export read it from the run's config.json")
 flags.DEFINE_string("records_dir", None, "TFRecords and manifest.json of tools/shard_cxr14.py")
 flags.DEFINE_string("model_dir", None, "the run: checkpoints/, best.keras, log.csv, tensorboard/, config.json")
 flags.DEFINE_integer("epochs", DEFAULTS["epochs"], "epochs in all (a resumed run continues to this many)")
@@ -47,7 +49,7 @@ flags.DEFINE_float("learning_rate", DEFAULTS["learning_rate"], "Adam learning ra
 flags.DEFINE_integer("log_every", DEFAULTS["log_every"], "steps between progress and TensorBoard batch-loss updates")
 flags.DEFINE_integer("checkpoint_every", DEFAULTS["checkpoint_every"], "steps between mid-epoch checkpoints (0: none)")
 flags.DEFINE_integer("preview_images", DEFAULTS["preview_images"], "val images in TensorBoard (stages 2 and 3)")
-flags.DEFINE_enum("autoencoder", DEFAULTS["autoencoder"], list(models.AUTOENCODERS),
+flags.DEFINE_enum("autoencoder", DEFAULTS["autoencoder"], list(AUTOENCODERS),
                   "stages 2 and 3: the paper's autoencoder, or the residual codec (bicubic + learned residuals)")
 flags.DEFINE_integer("residual_width", DEFAULTS["residual_width"], "residual codec: channels of its hidden convolutions", lower_bound=1)
 flags.DEFINE_integer("residual_decoder_depth", DEFAULTS["residual_decoder_depth"],
@@ -58,47 +60,44 @@ flags.DEFINE_integer("patches_per_image", DEFAULTS["patches_per_image"],
                      "stage 2 training: random patches cut from each decoded original (1: the paper's loader)", lower_bound=1)
 
 
-def train_config():
-    """The TrainConfig of the flags."""
-    names = [field.name for field in dataclasses.fields(stages.TrainConfig)]
-    return stages.TrainConfig(**{name: FLAGS[name].value for name in names})
+def stage_flags(argv):
+    """[(value, where)] of every --stage in argv, flagfiles read: where is the flagfile or "the command line"."""
+    found = []
+    args = iter(argv[1:])
+    for arg in args:
+        name, _, value = arg.partition("=")
+        if name in ("--flagfile", "--stage") and not value:
+            value = next(args, "")  # --flag value
+        if name == "--flagfile":
+            found += [(inner.partition("=")[2], value) for inner in FLAGS.read_flags_from_files([f"--flagfile={value}"])
+                      if inner.startswith("--stage=")]
+        elif name == "--stage":
+            found.append((value, "the command line"))
+    return found
 
 
-def print_best(log_path):
-    """The epoch of lowest val_loss in log.csv, with its mean val AUC when the stage has one."""
-    log = pd.read_csv(log_path)
-    best = log.loc[log["val_loss"].idxmin()]
-    auc = f", val mean AUC {best['val_auc']:.4f}" if "val_auc" in log else ""
-    print(f"best val_loss {best['val_loss']:.5f} at epoch {int(best['epoch']) + 1}{auc}")
-
-
-def train():
-    if not (FLAGS.records_dir and FLAGS.model_dir):
-        raise app.UsageError("--mode=train needs --records_dir and --model_dir")
-    distribution = strategy.make_strategy(FLAGS.strategy, FLAGS.cpu_replicas)
-    config = train_config()
-    model_dir = Path(config.model_dir)
-    chief = strategy.is_chief(distribution)
-    if chief:
-        model_dir.mkdir(parents=True, exist_ok=True)
-        run = {"stage": FLAGS.stage, "strategy": FLAGS.strategy, "cpu_replicas": FLAGS.cpu_replicas}
-        write_json(model_dir / "config.json", {**run, **dataclasses.asdict(config)})
-    loop.train(stages.STAGES[FLAGS.stage], config, distribution)
-    if chief:
-        print_best(model_dir / "log.csv")
-
-
-MODES = {"train": train, **evaluation_modes.MODES}  # evaluate, explain, export: tfcxr/evaluate/modes.py
+def check_stage_flags(argv):
+    """One line and exit 1 when two --stage values (command line, flagfiles) name different stages."""
+    try:
+        found = stage_flags(argv)
+        named = {stages.STAGES[value].name for value, _ in found}
+    except KeyError as error:
+        raise SystemExit(f"error: {error.args[0]}")
+    except flags.Error as error:  # a flagfile that cannot be read
+        raise SystemExit(f"error: {error}")
+    if len(named) > 1:
+        said = " contradicts ".join(f"--stage={value} ({where})" for value, where in found)
+        raise SystemExit(f"error: {said}: name one stage (each flagfile names its own)")
 
 
 def main(argv):
     del argv
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # TensorFlow's Python INFO lines (checkpoint saving...); -v 0 shows them
-    if FLAGS.mode not in MODES:
-        raise app.UsageError(f"--mode={FLAGS.mode}: expected one of {', '.join(MODES)}")
+    if FLAGS.mode not in modes.MODES:
+        raise app.UsageError(f"--mode={FLAGS.mode}: expected one of {', '.join(modes.MODES)}")
     try:
-        MODES[FLAGS.mode]()
+        modes.MODES[FLAGS.mode]()
     except (FileNotFoundError, ValueError, loop.TrainingStopped) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
@@ -108,4 +107,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    check_stage_flags(sys.argv)
     app.run(main)

@@ -12,7 +12,8 @@ image, so they can run once per batch after `Dataset.batch` (or on the accelerat
 - random_contrast:  ColorJitter(contrast=CONTRAST): factor ~ U[0.75, 1.25], blend with the
                     image's grayscale mean, clip to [0, 1] (torchvision's tensor formula)
 - ten_crop:         TenCrop(size): 4 corners + centre, then the same of the flipped image
-- device_augmentation(stage): the Keras layer the training step applies on the accelerator
+- RandomRotation: the Keras layer the training step applies on the accelerator
+                    (pipeline.device_augmentation picks it for an InputSpec)
 """
 
 import math
@@ -176,17 +177,3 @@ class RandomRotation(keras.layers.Layer):
         config = {"degrees": self.degrees, "interpolation": self.interpolation}
         return {**super().get_config(), **config, "fill_value": self.fill_value, "seed": self.seed,
                 "contrast": self.contrast}
-
-
-def device_augmentation(stage, augment="bl5"):
-    """The augmentation the training step applies on the accelerator (rotation="device"), or None.
-
-    Stage 3: the 5-degree rotation (nearest, fill 0) of the 896 crops; stage 1 BL5: the rotation and
-    then the contrast jitter of the 224 crops. Both cost little on a GPU and a lot on the input
-    pipeline's CPU cores. Stage 1 FMix and stage 2 have none.
-    """
-    if stage == 3:
-        return RandomRotation(name="device_rotation")
-    if stage == 1 and augment == "bl5":
-        return RandomRotation(contrast=CONTRAST, name="device_rotation_contrast")
-    return None

@@ -18,11 +18,10 @@ import tensorflow as tf  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from tfcxr.constants import LABELS  # noqa: E402
+from tfcxr.constants import BOOTSTRAP_RESAMPLES, LABELS  # noqa: E402
 from tfcxr.data import pipeline  # noqa: E402
 from tfcxr.evaluate import metrics, runs, tables  # noqa: E402
-
-RESAMPLES = 1000
+from tfcxr.io import save_figure, write_json, write_text  # noqa: E402
 
 
 def logits_of(outputs):
@@ -85,12 +84,14 @@ def _json_value(value):
     return int(value) if isinstance(value, (int, np.integer)) else float(value)
 
 
-def evaluate_classifier(model, records_dir, model_dir, *, split="test", stage=1, tta="none", batch_size=32,
-                        image_size=None, resize_size=None, resamples=RESAMPLES, seed=0, checkpoint=None):
-    """Evaluates a classifier on a split; writes the five outputs; returns the auc.json dict."""
+def evaluate_classifier(model, records_dir, model_dir, *, inputs: pipeline.InputSpec, stage: str = "baseline",
+                        split: str = "test", tta: str = "none", batch_size: int = 32, resamples: int = BOOTSTRAP_RESAMPLES,
+                        seed: int = 0, checkpoint=None) -> dict:
+    """Evaluates a classifier on the images `inputs` reads from a split (`stage` names it in the
+    outputs); writes the five outputs; returns the auc.json dict."""
     source = runs.label_source(records_dir)
-    dataset = pipeline.make_dataset(records_dir, split, stage, batch_size, training=False, image_size=image_size,
-                                     resize_size=resize_size, include_metadata=True, tta=tta)
+    dataset = pipeline.make_dataset(records_dir, split, inputs, batch_size, training=False, include_metadata=True,
+                                    tta=tta)
     predictions, protocol = predict(model, dataset)
     labels = predictions[[f"label_{label}" for label in LABELS]].to_numpy()
     probabilities = predictions[[f"prob_{label}" for label in LABELS]].to_numpy()
@@ -115,15 +116,15 @@ def evaluate_classifier(model, records_dir, model_dir, *, split="test", stage=1,
         notes.append(f"Without both classes in this split (AUC n/a, left out of the mean): {', '.join(excluded)}.")
 
     out = runs.eval_dir(model_dir, split, tta)
-    runs.write_json(out / "auc.json", summary)
-    runs.write_text(out / "auc.csv", table.reset_index().assign(**stated).to_csv(index=False))
-    runs.write_text(out / "predictions.csv", predictions.assign(**stated).to_csv(index=False))
-    heading = f"# Table 1: per-label ROC-AUC, `{split}` split, stage {stage}\n\n"
+    write_json(out / "auc.json", summary)
+    write_text(out / "auc.csv", table.reset_index().assign(**stated).to_csv(index=False))
+    write_text(out / "predictions.csv", predictions.assign(**stated).to_csv(index=False))
+    heading = f"# Table 1: per-label ROC-AUC, `{split}` split, {stage}\n\n"
     table1 = tables.table1({"Ours": summary["auc"]})
-    runs.write_text(out / "table1.md", heading + table1 + "\n" + "\n\n".join(notes) + "\n")
+    write_text(out / "table1.md", heading + table1 + "\n" + "\n\n".join(notes) + "\n")
     title = (f"{split}: mean AUC {table.loc[metrics.MEAN, 'auc']:.4f}\n{protocol}\n"
              f"labels {source['label_file']} ({source['label_version']})")
     figure = plot_roc(predictions, table, title)
-    runs.save_figure(figure, out / "roc.png")
+    save_figure(figure, out / "roc.png")
     plt.close(figure)
     return summary

@@ -24,20 +24,20 @@ import tensorflow as tf  # noqa: E402
 
 from tfcxr.constants import LABELS, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE  # noqa: E402
 from tfcxr.data import pipeline, schema  # noqa: E402
-from tfcxr.evaluate import runs  # noqa: E402
-from tfcxr.export.codec import read_gray  # noqa: E402
-from tfcxr.models import FEATURES  # noqa: E402
+from tfcxr.data.image_limits import read_gray  # noqa: E402
+from tfcxr.io import save_figure, write_text  # noqa: E402
+from tfcxr.models import CLASSIFIER, ENCODER, FEATURES, NORMALIZATION, has_codec  # noqa: E402
 
 BBOX_SPELLING = {"Infiltrate": "Infiltration"}  # BBox_List_2017.csv's name -> ours
 
 
 def cam_model(model):
     """Baseline or AECNN -> keras.Model: gray image [B,H,W,1] -> (features [B,h,w,C], logits [B,14])."""
-    classifier = model.get_layer("classifier")
+    classifier = model.get_layer(CLASSIFIER)
     head = keras.Model(classifier.inputs, [classifier.get_layer(FEATURES).output, classifier.outputs[0]])
     image = keras.Input(shape=(None, None, 1), name="image")
-    seen = model.get_layer("encoder")(image) if "encoder" in [layer.name for layer in model.layers] else image
-    features, logits = head(model.get_layer("imagenet_normalization")(seen))
+    seen = model.get_layer(ENCODER)(image) if has_codec(model) else image
+    features, logits = head(model.get_layer(NORMALIZATION)(seen))
     return keras.Model(image, [features, logits], name="gradcam")
 
 
@@ -94,7 +94,7 @@ def read_boxes(path):
 def file_images(paths, size, max_side=MAX_IMAGE_SIDE, max_pixels=MAX_IMAGE_PIXELS):
     """Image files (any PNG / JPEG) -> [(name, image float [size, size, 1], (height, width))].
 
-    CodecError for a file that is not an image, or whose header declares more than the limits.
+    image_limits.ImageFileError for a file that is not an image, or whose header declares more than the limits.
     """
     images = []
     for path in paths:
@@ -104,15 +104,16 @@ def file_images(paths, size, max_side=MAX_IMAGE_SIDE, max_pixels=MAX_IMAGE_PIXEL
     return images
 
 
-def split_images(records_dir, split, stage, num_images, size):
-    """The first `num_images` records of a split, in the evaluation geometry of `stage`."""
-    keys = [schema.SMALL if stage == 1 else schema.ENCODED, schema.FORMAT, schema.HEIGHT, schema.WIDTH, schema.FILENAME]
+def split_images(records_dir, split, inputs: pipeline.InputSpec, num_images):
+    """The first `num_images` records of a split, as `inputs` evaluates them (inputs.eval_size)."""
+    small, size = inputs.feature == schema.SMALL, inputs.eval_size
+    keys = [inputs.feature, schema.FORMAT, schema.HEIGHT, schema.WIDTH, schema.FILENAME]
     records = tf.data.TFRecordDataset(pipeline.shard_files(records_dir, split)).take(num_images)
     images = []
     for record in records:
         example = schema.parse(record, keys)
         height, width = int(example[schema.HEIGHT]), int(example[schema.WIDTH])
-        pixels = (tf.io.decode_png(example[schema.SMALL], channels=1) if stage == 1 else
+        pixels = (tf.io.decode_png(example[schema.SMALL], channels=1) if small else
                   schema.decode_original(example[schema.ENCODED], example[schema.FORMAT], height, width))
         image = pipeline.to_float(pipeline.resize_uint8(pixels, size)).numpy()
         images.append((example[schema.FILENAME].numpy().decode(), image, (height, width)))
@@ -162,7 +163,7 @@ def explain(model, images, model_dir, *, top_k=3, boxes=None):
                          "mass_in_box": mass_in_boxes(heatmap, own) if own else None,
                          "box_area_fraction": box_mask(heatmap.shape, own).mean() if own else None})
         figure = overlay(image, heatmaps[0], findings, scaled)
-        runs.save_figure(figure, out / f"{Path(name).stem}.png")
+        save_figure(figure, out / f"{Path(name).stem}.png")
         plt.close(figure)
-    runs.write_text(out / "explain.csv", pd.DataFrame(rows).to_csv(index=False))
+    write_text(out / "explain.csv", pd.DataFrame(rows).to_csv(index=False))
     return rows

@@ -5,10 +5,10 @@ and decoded, once with the float latent and once with the latent quantised to 8 
 a latent PNG stores). Beside them: bicubic and bilinear resizing to the same small size
 and back (antialiased downsizing), with the small image kept as float and as 8 bits.
 
-Evaluation size (a choice): stage 3 at its evaluation size (the pipeline's whole-image
-resize, STAGE3_CROP); stage 2 at the records' full original resolution (the autoencoder is
-fully convolutional, so it is measured on what it will actually compress, not on the
-128-pixel validation resize). Writes model_dir/eval/<split>/reconstruction.json and .md.
+Evaluation size (a choice): a model with a classifier (the AECNN) at its inputs' evaluation
+size (the pipeline's whole-image resize, STAGE3_CROP); a codec alone (the autoencoder) on
+originals at the records' full resolution (it is fully convolutional, so it is measured on
+what it will actually compress, not on the 128-pixel validation resize). Writes model_dir/eval/<split>/reconstruction.json and .md.
 """
 
 import glob
@@ -23,6 +23,8 @@ from tqdm import tqdm
 from tfcxr.constants import COMPRESSION
 from tfcxr.data import pipeline, schema
 from tfcxr.evaluate import runs
+from tfcxr.io import write_json, write_text
+from tfcxr.models.names import CLASSIFIER, DECODER, ENCODER, has_layer
 from tfcxr.models.residual_codec import codec_kind
 from tfcxr.models.compression import quantize, resize_round_trip  # noqa: F401 - re-exported for tools
 
@@ -91,19 +93,21 @@ def measure(encoder, decoder, dataset):
     return {name: {"psnr": total[0] / count, "ssim": total[1] / count} for name, total in totals.items()}, count, shape
 
 
-def evaluate_reconstruction(model, records_dir, model_dir, *, split="test", stage=3, batch_size=8,
-                            image_size=None, checkpoint=None):
-    """Measures an autoencoder or AECNN (anything with "encoder" and "decoder" sub-models)."""
-    if stage == 2 and image_size is None:
-        image_size = original_size(records_dir, split)[0]
-    dataset = pipeline.make_dataset(records_dir, split, stage, batch_size, training=False, image_size=image_size)
-    methods, count, (height, width) = measure(model.get_layer("encoder"), model.get_layer("decoder"), dataset)
-    protocol = (f"stage {stage}: whole images resized to {height}x{width}"
-                + (" (the records' full resolution)" if stage == 2 else " (the stage-3 evaluation size)")
+def evaluate_reconstruction(model, records_dir, model_dir, *, inputs: pipeline.InputSpec, stage: str = "aecnn",
+                            split: str = "test", batch_size: int = 8, checkpoint=None) -> dict:
+    """Measures an autoencoder or AECNN (anything with encoder and decoder sub-models) on the images
+    `inputs` reads; `stage` names it in the report."""
+    full_resolution = inputs.feature == schema.ENCODED and not has_layer(model, CLASSIFIER)
+    if full_resolution:
+        inputs = inputs.with_sizes(image_size=original_size(records_dir, split)[0])
+    dataset = pipeline.make_dataset(records_dir, split, inputs, batch_size, training=False)
+    methods, count, (height, width) = measure(model.get_layer(ENCODER), model.get_layer(DECODER), dataset)
+    protocol = (f"{stage}: whole images resized to {height}x{width}"
+                + (" (the records' full resolution)" if full_resolution else " (the evaluation size)")
                 + f", latent {height // COMPRESSION}x{width // COMPRESSION}")
     summary = {
         "split": split, "stage": stage, "checkpoint": str(checkpoint) if checkpoint else None,
-        "codec": codec_kind(model.get_layer("encoder")),  # --autoencoder: paper or residual
+        "codec": codec_kind(model.get_layer(ENCODER)),  # --autoencoder: paper or residual
         "protocol": protocol, **runs.label_source(records_dir), "images": count,
         "metrics": "mean over images of tf.image.psnr / tf.image.ssim, max_val 1",
         "methods": {name: {**values, "description": METHODS[name]} for name, values in methods.items()},
@@ -113,6 +117,6 @@ def evaluate_reconstruction(model, records_dir, model_dir, *, split="test", stag
              "| method | PSNR (dB) | SSIM | what |", "|---|---|---|---|"]
     lines += [f"| {name} | {v['psnr']:.2f} | {v['ssim']:.4f} | {METHODS[name]} |" for name, v in methods.items()]
     out = Path(model_dir) / "eval" / split
-    runs.write_json(out / "reconstruction.json", summary)
-    runs.write_text(out / "reconstruction.md", "\n".join(lines) + "\n")
+    write_json(out / "reconstruction.json", summary)
+    write_text(out / "reconstruction.md", "\n".join(lines) + "\n")
     return summary

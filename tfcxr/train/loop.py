@@ -1,8 +1,9 @@
 """One custom training loop for every stage, under any tf.distribute strategy.
 
-Per epoch: `steps` train steps on a freshly seeded input pipeline, one pass over val (or
-`val_steps`), then the CallbackList (ReduceLROnPlateau, TerminateOnNaN and, on the chief,
-BestModel, CSVLogger, Summaries), then a checkpoint.
+train() reads top to bottom like orbit's controller: build, restore, then per epoch run_epoch
+(`steps` train steps on a freshly seeded input pipeline), validate (one pass over val, or
+`val_steps`: the loss terms and the stage's metric objects), the CallbackList
+(ReduceLROnPlateau, TerminateOnNaN and, on the chief, BestModel, CSVLogger, Summaries), save.
 
 Fault tolerance: a tf.train.Checkpoint holds the model, the optimizer (its learning rate
 included), the device augmentation's seed state and a JSON `progress` string (epoch, step,
@@ -17,7 +18,6 @@ CheckpointManager's atomic rename of its state file, carries all of them at once
 import collections
 import itertools
 import json
-import math
 import shutil
 import time
 from pathlib import Path
@@ -27,10 +27,10 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from tfcxr.constants import ADAM_EPSILON, LABELS
+from tfcxr.constants import ADAM_EPSILON
 from tfcxr.data import schema
-from tfcxr.evaluate.metrics import label_aucs
 from tfcxr.train import callbacks as callbacks_lib
+from tfcxr.train.stages import Stage, TrainConfig
 from tfcxr.train.strategy import is_chief, write_dir
 
 POLICIES = {"none": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
@@ -48,7 +48,7 @@ def check_init_files(stage, config):
     """Stops at once, naming the flag and path, when a previous stage's file is missing."""
     for flag, path in stage.init_files(config).items():
         if not path:
-            raise FileNotFoundError(f"stage {stage.number} needs --{flag} (a best.keras of an earlier stage)")
+            raise FileNotFoundError(f"stage {stage.name} needs --{flag} (a best.keras of an earlier stage)")
         if not Path(path).is_file():
             raise FileNotFoundError(f"--{flag}={path}: file not found (train the earlier stage first)")
 
@@ -124,48 +124,41 @@ def make_train_step(stage, model, optimizer, augmentation, strategy, jit_compile
     return train_step
 
 
-def make_eval_step(stage, model, strategy):
-    """A tf.function: sums of the per-example loss terms, the stage's metrics and "count"; with AUC,
-    labels and probabilities."""
+def make_eval_step(stage, model, metrics, strategy):
+    """A tf.function: sums of the per-example loss terms and "count", and every metric's per-example
+    values gathered from all replicas and workers ({metric index: {name: [B, ...]}})."""
 
     def replica_step(batch):
         outputs = model(batch["image"], training=False)
-        per_example = stage.loss(batch, outputs)
-        if stage.metrics is not None:
-            per_example.update(stage.metrics(model, batch, outputs))
-        sums = {name: tf.reduce_sum(value) for name, value in per_example.items()}
+        sums = {name: tf.reduce_sum(value) for name, value in stage.loss(batch, outputs).items()}
         sums["count"] = tf.cast(tf.shape(batch["image"])[0], tf.float32)
-        if not stage.computes_auc:
-            return sums, ()
-        return sums, (batch["labels"], tf.sigmoid(tf.cast(outputs["logits"], tf.float32)))
+        return sums, {str(i): metric.per_example(model, batch, outputs) for i, metric in enumerate(metrics)}
 
     @tf.function
     def eval_step(batch):
-        sums, predictions = strategy.run(replica_step, args=(batch,))
+        sums, values = strategy.run(replica_step, args=(batch,))
         sums = {name: strategy.reduce("SUM", value, axis=None) for name, value in sums.items()}
-        return sums, tuple(strategy.gather(value, axis=0) for value in predictions)  # from every worker
+        return sums, tf.nest.map_structure(lambda value: strategy.gather(value, axis=0), values)
 
     return eval_step
 
 
-def evaluate(eval_step, dataset, steps, show):
-    """val_<term> and val_<metric> means over the examples, and val_auc (+ one per label) when the stage
-    predicts labels."""
+def validate(eval_step, metrics, dataset, steps, show):
+    """val_<term> means over the examples and val_<name> of every metric's result."""
     sums = collections.defaultdict(float)
-    labels, probabilities = [], []
+    values = collections.defaultdict(list)
     for batch in tqdm(itertools.islice(dataset, steps), desc="val", total=steps, leave=False, disable=not show):
-        batch_sums, predictions = eval_step(batch)
+        batch_sums, batch_values = eval_step(batch)
         for name, value in batch_sums.items():
             sums[name] += float(value)
-        if predictions:
-            labels.append(predictions[0].numpy())
-            probabilities.append(predictions[1].numpy())
+        for index, named in batch_values.items():
+            for name, value in named.items():
+                values[index, name].append(value.numpy())
     count = sums.pop("count")
     logs = {f"val_{name}": total / count for name, total in sums.items()}
-    if labels:
-        aucs = label_aucs(np.concatenate(labels), np.concatenate(probabilities))
-        logs["val_auc"] = float(np.nanmean(aucs)) if not np.isnan(aucs).all() else math.nan
-        logs.update({f"val_auc_{label}": float(auc) for label, auc in zip(LABELS, aucs)})
+    for index, metric in enumerate(metrics):
+        gathered = {name: np.concatenate(parts) for (i, name), parts in values.items() if i == str(index)}
+        logs.update({f"val_{name}": value for name, value in metric.result(gathered).items()})
     return logs
 
 
@@ -244,7 +237,7 @@ def make_callbacks(stage, config, chief, resumed_epoch):
         return callbacks
     preview = None
     if stage.image_outputs:
-        preview = next(iter(stage.make_dataset(config, "val", False)))["image"][: config.preview_images]
+        preview = next(iter(stage.dataset(config, "val", training=False)))["image"][: config.preview_images]
     if resumed_epoch is not None:
         callbacks_lib.truncate_log(model_dir / "log.csv", resumed_epoch)  # rows of re-run epochs go
     return callbacks + [
@@ -254,7 +247,70 @@ def make_callbacks(stage, config, chief, resumed_epoch):
     ]
 
 
-def train(stage, config, strategy, callbacks=()):
+class Checkpointer:
+    """The run's tf.train.Checkpoint: model, optimizer, augmentation seeds and a JSON `progress`
+    (epoch, step, running train-loss sums, the callbacks' resumable state), in model_dir/checkpoints."""
+
+    def __init__(self, model, optimizer, augmentation, model_dir, strategy):
+        self.progress = tf.Variable(json.dumps({"epoch": 0, "step": 0, "train_sums": {}, "callbacks": {}}))
+        self.checkpoint = tf.train.Checkpoint(
+            model=model, optimizer=optimizer, progress=self.progress,
+            augmentation=augmentation.variables if augmentation is not None else [])
+        self.directory = Path(model_dir) / "checkpoints"
+        self.manager = tf.train.CheckpointManager(self.checkpoint, write_dir(str(self.directory), strategy),
+                                                  max_to_keep=2)
+        self.chief = is_chief(strategy)
+
+    def restore(self):
+        """The saved progress (epoch 0, step 0 when there is no checkpoint) and the checkpoint's path."""
+        latest = tf.train.latest_checkpoint(self.directory)  # the chief's, read by every worker
+        if latest:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+        return json.loads(self.progress.numpy()), latest
+
+    def save(self, epoch, step, train_sums, callbacks):
+        self.progress.assign(json.dumps({
+            "epoch": epoch, "step": step, "train_sums": train_sums,
+            "callbacks": callbacks_lib.callback_state(callbacks),
+        }, default=float))  # numpy scalars -> float
+        self.manager.save()
+        if not self.chief:
+            shutil.rmtree(self.manager.directory, ignore_errors=True)
+
+
+def run_epoch(stage, config, strategy, train_step, model, callback_list, checkpointer, epoch, first_step,
+              train_sums, steps):
+    """Train steps first_step .. steps - 1 of `epoch`; the train-loss means over the epoch's steps."""
+    chief = is_chief(strategy)
+
+    def train_input(context):
+        dataset = stage.dataset(config, "train", training=True, input_context=context,
+                                seed=epoch_seed(config.seed, epoch), repeat=True)
+        # Each step takes one batch per local replica from this pipeline.
+        return dataset.skip(first_step * context.num_replicas_in_sync // context.num_input_pipelines)
+
+    batches = iter(strategy.distribute_datasets_from_function(train_input))
+    bar = tqdm(range(first_step, steps), desc=f"epoch {epoch + 1}/{config.epochs}", initial=first_step,
+               total=steps, disable=not chief)
+    for step in bar:
+        callback_list.on_train_batch_begin(step)
+        terms = {name: float(value) for name, value in train_step(next(batches)).items()}
+        train_sums.update(terms)
+        callback_list.on_train_batch_end(step, terms)
+        if model.stop_training:
+            raise TrainingStopped(f"epoch {epoch + 1}, step {step + 1}: loss is {terms['loss']}; training stopped")
+        if step == first_step:  # the rate leaves out the first step: it traces and fills buffers
+            start = time.perf_counter()
+        elif step % config.log_every == 0 or step == steps - 1:
+            rate = (step - first_step) * config.batch_size / (time.perf_counter() - start)
+            bar.set_postfix(loss=f"{train_sums['loss'] / (step + 1):.4f}", images_per_s=f"{rate:.1f}")
+        if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < steps:
+            checkpointer.save(epoch, step + 1, dict(train_sums), callback_list.callbacks)
+    return {name: total / steps for name, total in train_sums.items()}
+
+
+def train(stage: Stage, config: TrainConfig, strategy: tf.distribute.Strategy,
+          callbacks: tuple[keras.callbacks.Callback, ...] = ()) -> keras.Model:
     """Trains `stage` under `strategy` and returns the model.
 
     Writes (chief only) config.model_dir/{checkpoints/, best.keras, log.csv, tensorboard/};
@@ -262,24 +318,15 @@ def train(stage, config, strategy, callbacks=()):
     """
     check_init_files(stage, config)
     chief = is_chief(strategy)
-    model_dir = Path(config.model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
+    Path(config.model_dir).mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     model, optimizer, augmentation = build(stage, config, strategy)
 
-    progress = tf.Variable(json.dumps({"epoch": 0, "step": 0, "train_sums": {}, "callbacks": {}}))
-    checkpoint = tf.train.Checkpoint(
-        model=model, optimizer=optimizer, progress=progress,
-        augmentation=augmentation.variables if augmentation is not None else [])
-    checkpoint_dir = model_dir / "checkpoints"
-    manager = tf.train.CheckpointManager(checkpoint, write_dir(str(checkpoint_dir), strategy), max_to_keep=2)
-    latest = tf.train.latest_checkpoint(checkpoint_dir)  # the chief's, read by every worker
-    if latest:
-        checkpoint.restore(latest).assert_existing_objects_matched()
-    state = json.loads(progress.numpy())
-    check_same_start(strategy, model, state["epoch"], state["step"], checkpoint_dir)
+    checkpointer = Checkpointer(model, optimizer, augmentation, config.model_dir, strategy)
+    state, latest = checkpointer.restore()
+    check_same_start(strategy, model, state["epoch"], state["step"], checkpointer.directory)
     if latest:
         print(f"resuming from {latest}: epoch {state['epoch'] + 1}, step {state['step']}", flush=True)
 
@@ -287,20 +334,11 @@ def train(stage, config, strategy, callbacks=()):
     callback_list = keras.callbacks.CallbackList(
         make_callbacks(stage, config, chief, state["epoch"] if latest else None) + list(callbacks),
         model=model, epochs=config.epochs, steps=steps)
-
-    def save(epoch, step, train_sums):
-        progress.assign(json.dumps({
-            "epoch": epoch, "step": step, "train_sums": train_sums,
-            "callbacks": callbacks_lib.callback_state(callback_list.callbacks),
-        }, default=float))  # numpy scalars -> float
-        manager.save()
-        if not chief:
-            shutil.rmtree(manager.directory, ignore_errors=True)
-
     train_step = make_train_step(stage, model, optimizer, augmentation, strategy, config.jit_compile)
-    eval_step = make_eval_step(stage, model, strategy)
+    metrics = stage.metrics(config)
+    eval_step = make_eval_step(stage, model, metrics, strategy)
     val_dataset = strategy.distribute_datasets_from_function(
-        lambda context: stage.make_dataset(config, "val", False, context))
+        lambda context: stage.dataset(config, "val", training=False, input_context=context))
 
     callback_list.on_train_begin()  # resets ReduceLROnPlateau: restore its state after this
     callbacks_lib.restore_callback_state(callback_list.callbacks, state["callbacks"])
@@ -308,34 +346,11 @@ def train(stage, config, strategy, callbacks=()):
         first_step = state["step"] if epoch == state["epoch"] else 0
         train_sums = collections.Counter(state["train_sums"] if first_step else {})
         callback_list.on_epoch_begin(epoch)
-
-        def train_input(context, epoch=epoch, first_step=first_step):
-            dataset = stage.make_dataset(config, "train", True, context, epoch_seed(config.seed, epoch), True)
-            # Each step takes one batch per local replica from this pipeline.
-            return dataset.skip(first_step * context.num_replicas_in_sync // context.num_input_pipelines)
-
-        batches = iter(strategy.distribute_datasets_from_function(train_input))
-        bar = tqdm(range(first_step, steps), desc=f"epoch {epoch + 1}/{config.epochs}", initial=first_step,
-                   total=steps, disable=not chief)
-        for step in bar:
-            callback_list.on_train_batch_begin(step)
-            terms = {name: float(value) for name, value in train_step(next(batches)).items()}
-            train_sums.update(terms)
-            callback_list.on_train_batch_end(step, terms)
-            if model.stop_training:
-                raise TrainingStopped(f"epoch {epoch + 1}, step {step + 1}: loss is {terms['loss']}; training stopped")
-            if step == first_step:  # the rate leaves out the first step: it traces and fills buffers
-                start = time.perf_counter()
-            elif step % config.log_every == 0 or step == steps - 1:
-                rate = (step - first_step) * config.batch_size / (time.perf_counter() - start)
-                bar.set_postfix(loss=f"{train_sums['loss'] / (step + 1):.4f}", images_per_s=f"{rate:.1f}")
-            if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < steps:
-                save(epoch, step + 1, dict(train_sums))
-
-        logs = {name: total / steps for name, total in train_sums.items()}
-        logs.update(evaluate(eval_step, val_dataset, config.val_steps, chief))
+        logs = run_epoch(stage, config, strategy, train_step, model, callback_list, checkpointer, epoch,
+                         first_step, train_sums, steps)
+        logs.update(validate(eval_step, metrics, val_dataset, config.val_steps, chief))
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
         callback_list.on_epoch_end(epoch, logs)
-        save(epoch + 1, 0, {})
+        checkpointer.save(epoch + 1, 0, {}, callback_list.callbacks)
     callback_list.on_train_end()
     return model
