@@ -19,7 +19,6 @@ pipeline run is paired with runs of its baselines just before and after it, as t
 shared. Writes benchmarks/results/pipeline.md (--stages / --encodings pick rows; --out elsewhere).
 """
 
-import argparse
 import functools
 import multiprocessing
 import os
@@ -31,10 +30,23 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from absl import app, flags
 from PIL import Image, ImageEnhance
+
+from tfcxr.io import write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DIR = ROOT.parent / "shared" / "cxr14-real"
+
+flags.DEFINE_integer("images", 256, "training images in the tree")
+flags.DEFINE_float("min_seconds", 5.0, "least time per measurement")
+flags.DEFINE_integer("rounds", 3, "rounds over all pipelines; the table shows medians")
+flags.DEFINE_string("out", str(ROOT / "benchmarks" / "results" / "pipeline.md"), "the Markdown results")
+flags.DEFINE_list("stages", ["1", "2", "3"], "stages measured")
+flags.DEFINE_list("encodings", ["png", "raw"], "record encodings measured")
+flags.DEFINE_list("patches_per_image", ["4", "8", "16", "32"], "stage 2: K values measured beside K=1")
+FLAGS = flags.FLAGS
+
 WORKERS = 2
 # batch size per stage: stage 1 and 2 train small inputs in big batches, stage 3 896 px in small ones
 BATCH = {1: 32, 2: 64, 3: 8}  # stage 2: configs/stage2.cfg
@@ -151,6 +163,19 @@ def tf_decode_dataset(records_dir):
     return records.map(decode, num_parallel_calls=tf.data.AUTOTUNE).batch(BATCH[2]).prefetch(tf.data.AUTOTUNE)
 
 
+def stage_inputs(stage, kwargs):
+    """(InputSpec of stage number `stage` with kwargs' "rotation" applied, the other make_dataset kwargs)."""
+    import dataclasses
+
+    from tfcxr.train import stages
+
+    options = dict(kwargs)
+    inputs = stages.STAGES[stage].inputs
+    if "rotation" in options:
+        inputs = dataclasses.replace(inputs, rotation=options.pop("rotation"))
+    return inputs, options
+
+
 def rotation_costs(path, min_seconds=2.0):
     """ms per 896 x 896 image of the 5-degree nearest rotation: TF (augment.random_rotation on a
     uint8 batch of BATCH[3], the op the pipeline runs) and PIL's rotate (one thread)."""
@@ -191,13 +216,6 @@ def build_synthetic_tree(tree, count):
     synthetic.generate(tree, num_patients=count, image_size=1024, layout="nih", seed=0)
 
 
-def write_markdown(path, lines):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".md.tmp")
-    temporary.write_text("\n".join(lines) + "\n")
-    os.replace(temporary, path)
-
-
 def originals_per_batch(dataset, batches=30):
     """Mean number of distinct records (file names) in a batch."""
     return float(np.mean([len(set(batch["filename"].numpy())) for batch in dataset.take(batches)]))
@@ -208,27 +226,19 @@ def median_run(runs):
     return sorted(runs)[len(runs) // 2]
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=256, help="training images in the tree")
-    parser.add_argument("--min_seconds", type=float, default=5.0, help="least time per measurement")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds over all pipelines; the table shows medians")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "pipeline.md")
-    parser.add_argument("--stages", default="1,2,3", help="stages measured")
-    parser.add_argument("--encodings", default="png,raw", help="record encodings measured")
-    parser.add_argument("--patches_per_image", default="4,8,16,32", help="stage 2: K values measured beside K=1")
-    args = parser.parse_args()
-    stages = [int(stage) for stage in args.stages.split(",")]
-    encodings = args.encodings.split(",")
+def main(argv):
+    del argv
+    stages = [int(stage) for stage in FLAGS.stages]
+    encodings = FLAGS.encodings
     pipelines = [row for row in PIPELINES if row[1] in stages]
     if 2 in stages:
         pipelines += [(f"stage 2, patches_per_image={k}", 2, {"patches_per_image": k})
-                      for k in map(int, args.patches_per_image.split(","))]
+                      for k in map(int, FLAGS.patches_per_image)]
 
     work = Path(tempfile.mkdtemp(prefix="bench_pipeline_"))
     try:
         real = (REAL_DIR / "images").is_dir()
-        (build_tree if real else build_synthetic_tree)(work / "raw", args.images)
+        (build_tree if real else build_synthetic_tree)(work / "raw", FLAGS.images)
         paths = sorted(str(p) for p in (work / "raw").rglob("*.png"))
         source = f"{len(paths)} copies of the 64 real PNGs in ../shared/cxr14-real/images" if real else f"{len(paths)} synthetic PNGs"
 
@@ -243,27 +253,31 @@ def main():
 
         # Spawned workers import this module only: PIL and numpy, no TensorFlow (as DataLoader workers).
         with multiprocessing.get_context("spawn").Pool(WORKERS, initializer=_seed_worker) as pool:
-            baselines = {"decode": functools.partial(pool_rate, pool, decode, paths, args.min_seconds)}
+            baselines = {"decode": functools.partial(pool_rate, pool, decode, paths, FLAGS.min_seconds)}
             for stage, function in ((1, reference_stage1), (2, reference_stage2), (3, reference_stage3)):
-                baselines[stage] = functools.partial(pool_rate, pool, function, paths, args.min_seconds)
+                baselines[stage] = functools.partial(pool_rate, pool, function, paths, FLAGS.min_seconds)
             rows = [("TF decode only (tf.data: read, parse, decode_png)", 0, "png", shards["png"],
-                     lambda: dataset_rate(tf_decode_dataset(work / "png"), BATCH[2], args.min_seconds))] if "png" in encodings else []
+                     lambda: dataset_rate(tf_decode_dataset(work / "png"), BATCH[2], FLAGS.min_seconds))] if "png" in encodings else []
             mixing = {}  # (name, encoding) -> originals per batch
             for encoding in encodings:
                 for name, stage, kwargs in pipelines:
                     def measure(stage=stage, encoding=encoding, kwargs=kwargs):
-                        dataset = make_dataset(work / encoding, "train", stage, BATCH[stage], True, seed=0, repeat=True, **kwargs)
-                        return dataset_rate(dataset, BATCH[stage], args.min_seconds)
+                        inputs, options = stage_inputs(stage, kwargs)
+                        dataset = make_dataset(work / encoding, "train", inputs, BATCH[stage], True, seed=0, repeat=True,
+                                               **options)
+                        return dataset_rate(dataset, BATCH[stage], FLAGS.min_seconds)
                     rows.append((name, stage, encoding, shards[encoding], measure))
                     if stage == 2:
+                        inputs, options = stage_inputs(2, kwargs)
                         mixing[name, encoding] = originals_per_batch(make_dataset(
-                            work / encoding, "train", 2, BATCH[2], True, seed=0, repeat=True, include_metadata=True, **kwargs))
+                            work / encoding, "train", inputs, BATCH[2], True, seed=0, repeat=True, include_metadata=True,
+                            **options))
 
             # The load of other work on this machine moves every rate, so each pipeline run sits between
             # its stage's reference and the decode bound, and its ratios compare runs minutes apart at most.
             baseline_runs = {key: [] for key in baselines}
             runs = {row[:3]: [] for row in rows}  # [(run, x reference, x decode)]
-            for round_index in range(args.rounds):
+            for round_index in range(FLAGS.rounds):
                 for name, stage, encoding, _, measure in rows:
                     reference = baselines[stage]() if stage else None
                     run = measure()
@@ -288,7 +302,7 @@ def main():
         f"Data: {source}, 1024x1024; sharded by `tfcxr.data.sharding.shard` (shard_mb=16) as PNG and as raw records.",
         f"Machine: {os.cpu_count()} CPU cores shared with other work (load average {os.getloadavg()[0]:.1f} at the end), no GPU.",
         f"Batch sizes: stage 1: {BATCH[1]}, stage 2: {BATCH[2]}, stage 3: {BATCH[3]}. Pipelines: `make_dataset(training=True, seed=0, repeat=True)`.",
-        f"Each run times a fixed number of images (>= {args.min_seconds:g} s) after a warm-up. {args.rounds} rounds; in each, every "
+        f"Each run times a fixed number of images (>= {FLAGS.min_seconds:g} s) after a warm-up. {FLAGS.rounds} rounds; in each, every "
         "pipeline run is preceded by a run of its stage's reference and followed by a run of the PNG decode bound, and its "
         "ratios are to those neighbours. Shown: median run, range of rates, median ratios.",
         "",
@@ -350,9 +364,9 @@ def main():
         "~42 GB as PNG.",
         "- The machine is shared: the range column shows how much the load of other work moved each rate.",
     ]
-    write_markdown(args.out, lines)
+    write_text(Path(FLAGS.out), "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    app.run(main)

@@ -19,7 +19,6 @@ autoencoder with its float latent and its 8-bit latent, beside bicubic and bilin
 """
 
 import fcntl
-import json
 from pathlib import Path
 
 import keras
@@ -27,7 +26,9 @@ import numpy as np
 
 from tfcxr.data import metadata, pipeline, schema, sharding
 from tfcxr.evaluate import reconstruction
-from tfcxr.models import load_model
+from tfcxr.io import MANIFEST, read_manifest, write_text
+from tfcxr.models import DECODER, ENCODER, load_model
+from tfcxr.models.names import has_layer
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DIR = ROOT.parent / "shared" / "cxr14-real"
@@ -64,7 +65,7 @@ def ensure_records(records_dir=RECORDS_DIR, real_dir=REAL_DIR, val_images=VAL_IM
     records_dir.parent.mkdir(parents=True, exist_ok=True)
     with open(records_dir.parent / f".{records_dir.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        manifest = _manifest(records_dir)
+        manifest = read_manifest(records_dir) if (records_dir / MANIFEST).is_file() else None
         wanted = {"val_images": val_images, "encoding": encoding, "seed": seed}
         if manifest and all(manifest.get(key) == value for key, value in wanted.items()):
             return manifest
@@ -73,18 +74,22 @@ def ensure_records(records_dir=RECORDS_DIR, real_dir=REAL_DIR, val_images=VAL_IM
                               workers=workers, encoding=encoding)
 
 
+def full_resolution(records_dir, split):
+    """The originals of `split` whole, at the records' full resolution (what --mode=evaluate scores for a codec)."""
+    return pipeline.InputSpec(schema.ENCODED, reconstruction.original_size(records_dir, split)[0])
+
+
 def split_names(records_dir, split=HELD_OUT):
     """The image names of a split's records, in record order."""
-    dataset = pipeline.make_dataset(records_dir, split, 2, 1, training=False, include_metadata=True,
-                                    image_size=reconstruction.original_size(records_dir, split)[0])
+    inputs = full_resolution(records_dir, split)
+    dataset = pipeline.make_dataset(records_dir, split, inputs, 1, training=False, include_metadata=True)
     return [example["filename"][0].numpy().decode() for example in dataset]
 
 
 def held_out_dataset(records_dir=RECORDS_DIR, batch_size=1, split=HELD_OUT):
     """Whole held-out radiographs at their full resolution: batches {"image": float32 [B,1024,1024,1]}
     in [0, 1], exactly what --mode=evaluate scores for stage 2."""
-    size = reconstruction.original_size(records_dir, split)[0]
-    return pipeline.make_dataset(records_dir, split, 2, batch_size, training=False, image_size=size)
+    return pipeline.make_dataset(records_dir, split, full_resolution(records_dir, split), batch_size, training=False)
 
 
 def held_out_images(records_dir=RECORDS_DIR, split=HELD_OUT):
@@ -102,7 +107,7 @@ def score_autoencoder(model, records_dir=RECORDS_DIR, split=HELD_OUT):
     """
     if not isinstance(model, keras.Model):
         model = load_model(model)  # registers our custom layers first
-    methods, count, _ = reconstruction.measure(model.get_layer("encoder"), model.get_layer("decoder"),
+    methods, count, _ = reconstruction.measure(model.get_layer(ENCODER), model.get_layer(DECODER),
                                                held_out_dataset(records_dir, 1, split))
     return {"images": count, "methods": methods}
 
@@ -116,8 +121,8 @@ def dead_decoder_channels(model):
     channel stays 0 (black) for good. model: an autoencoder / AECNN with a "decoder", or a decoder;
     None for another decoder (no "decoder_conv": e.g. the residual codec).
     """
-    decoder = model.get_layer("decoder") if "decoder" in [layer.name for layer in model.layers] else model
-    if "decoder_conv" not in [layer.name for layer in decoder.layers]:
+    decoder = model.get_layer(DECODER) if has_layer(model, DECODER) else model
+    if not has_layer(decoder, "decoder_conv"):
         return None
     kernel, bias = decoder.get_layer("decoder_conv").get_weights()  # [3,3,1,16], [16]
     highest = bias + np.clip(kernel, 0, None).sum(axis=(0, 1, 2))  # [16]
@@ -127,17 +132,12 @@ def dead_decoder_channels(model):
 def channels_off_on(model, images):
     """Decoder sub-pixel channels whose output is 0 on every pixel of `images` [N,H,W,1]: no gradient
     reaches them from these images, a looser test than dead_decoder_channels. None without "decoder_conv"."""
-    decoder = model.get_layer("decoder")
-    if "decoder_conv" not in [layer.name for layer in decoder.layers]:
+    decoder = model.get_layer(DECODER)
+    if not has_layer(decoder, "decoder_conv"):
         return None
-    latent = model.get_layer("encoder")(images, training=False)  # [N,H/4,W/4,1]
+    latent = model.get_layer(ENCODER)(images, training=False)  # [N,H/4,W/4,1]
     before_shuffle = decoder.get_layer("decoder_conv")(latent).numpy()  # [N,H/4,W/4,16]
     return [int(channel) for channel in np.flatnonzero((before_shuffle > 0).sum(axis=(0, 1, 2)) == 0)]
-
-
-def _manifest(records_dir):
-    path = Path(records_dir) / schema.MANIFEST
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _symlink(link, target):
@@ -150,6 +150,4 @@ def _symlink(link, target):
 def _write_if_changed(path, text):
     """Leaves an identical file alone, so its mtime (part of sharding's resume key) stays."""
     if not (path.is_file() and path.read_text() == text):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        write_text(path, text)

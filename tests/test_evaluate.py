@@ -51,7 +51,7 @@ def test_auc_table_excludes_single_class_labels_from_the_mean():
     labels, probabilities = _scores()
     hernia = LABELS.index("Hernia")
     labels[:, hernia] = 0
-    table = metrics.auc_table(labels, probabilities, np.arange(len(labels)), resamples=100)
+    table = metrics.auc_table(labels, probabilities, np.arange(len(labels)), LABELS, resamples=100)
     exact = [roc_auc_score(labels[:, k], probabilities[:, k]) for k in range(len(LABELS)) if k != hernia]
     assert np.isnan(table.loc["Hernia", "auc"]) and np.isnan(table.loc["Hernia", "ci_low"])
     assert metrics.excluded_labels(table) == ["Hernia"]
@@ -72,8 +72,8 @@ def test_bootstrap_is_seeded():
 def test_patient_level_intervals_are_wider_than_image_level_for_repeated_patients():
     labels, probabilities = _scores(60)
     labels, probabilities = np.repeat(labels, 10, axis=0), np.repeat(probabilities, 10, axis=0)  # 10 copies/patient
-    by_patient = metrics.auc_table(labels, probabilities, np.arange(600) // 10, resamples=300)
-    by_image = metrics.auc_table(labels, probabilities, np.arange(600), resamples=300)
+    by_patient = metrics.auc_table(labels, probabilities, np.arange(600) // 10, LABELS, resamples=300)
+    by_image = metrics.auc_table(labels, probabilities, np.arange(600), LABELS, resamples=300)
     width = lambda table: (table["ci_high"] - table["ci_low"]).loc[metrics.MEAN]  # noqa: E731
     assert width(by_patient) > 2 * width(by_image)
 

@@ -16,6 +16,7 @@ from absl import app, flags, logging
 
 from tfcxr import modes
 from tfcxr.constants import SMALL_SIZE
+from tfcxr.models.classifier import BACKBONES
 from tfcxr.models.residual_codec import AUTOENCODERS
 from tfcxr.train import loop, stages, strategy
 
@@ -33,6 +34,7 @@ flags.DEFINE_integer("steps_per_epoch", DEFAULTS["steps_per_epoch"], "train step
 flags.DEFINE_integer("val_steps", DEFAULTS["val_steps"], "validation steps per epoch (default: one pass over val)")
 flags.DEFINE_integer("image_size", DEFAULTS["image_size"], "crop / patch / resize size (default: the stage's)")
 flags.DEFINE_integer("resize_size", DEFAULTS["resize_size"], f"stage 1: resize before the crop (default: {SMALL_SIZE})")
+flags.DEFINE_enum("backbone", DEFAULTS["backbone"], list(BACKBONES), "the classifier's trunk (models.BACKBONES)")
 flags.DEFINE_string("weights", DEFAULTS["weights"], "stage 1 DenseNet121 initialisation: imagenet, none or a local .h5")
 flags.DEFINE_enum("augment", DEFAULTS["augment"], ["bl5", "fmix"], "stage 1 augmentation")
 flags.DEFINE_enum("strategy", "mirrored", list(strategy.STRATEGIES), "tf.distribute strategy")

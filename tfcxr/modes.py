@@ -22,6 +22,7 @@ from pathlib import Path
 from absl import app, flags
 
 from tfcxr.constants import BOOTSTRAP_RESAMPLES, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE
+from tfcxr.train import stages
 from tfcxr.train.stages import CLASSIFICATION, RECONSTRUCTION, STAGES, Stage, TrainConfig
 
 FLAGS = flags.FLAGS
@@ -189,7 +190,8 @@ def explain():
         raise app.UsageError("--mode=explain needs --images, or --records_dir (with --split, --num_images)")
     boxes = gradcam.read_boxes(FLAGS.bbox_list) if FLAGS.bbox_list else None
     model, _ = _load(model_dir)
-    rows = gradcam.explain(model, images, model_dir, top_k=FLAGS.top_k, boxes=boxes)
+    rows = gradcam.explain(model, images, model_dir, top_k=FLAGS.top_k, boxes=boxes,
+                           label_names=stages.label_names(config))
     for row in rows:
         inside = f", {row['mass_in_box']:.0%} of the heat in its box" if row["mass_in_box"] is not None else ""
         print(f"{row['image']}: {row['rank']}. {row['label']} {row['probability']:.3f}{inside}")
@@ -217,7 +219,7 @@ def export():
     path = saved_model.export(model, FLAGS.export_dir, image_size=inputs.eval_size, version=FLAGS.version,
                               model_name=FLAGS.model_name or stage.export_name,
                               max_image_side=FLAGS.max_image_side, max_image_pixels=FLAGS.max_image_pixels,
-                              small_size=small)
+                              small_size=small, label_names=stages.label_names(config))
     first = f"image/small {small}x{small}, then " if small else ""
     print(f"exported {checkpoint} ({first}{inputs.eval_size}x{inputs.eval_size} inputs) to {path}")
     print(f"image_bytes refuses headers above {FLAGS.max_image_side} pixels a side or {FLAGS.max_image_pixels} pixels")

@@ -135,6 +135,12 @@ def shard_files(records_dir, split, small=False):
     return [str(path) for path in files]
 
 
+def label_names(records_dir) -> tuple[str, ...]:
+    """The records' label names, in label-vector order (the manifest's; ChestX-ray14's without one)."""
+    manifest = Path(records_dir) / schema.MANIFEST
+    return schema.label_names(read_manifest(records_dir) if manifest.exists() else {})
+
+
 def to_float(images):
     """uint8 -> float32 in [0, 1]."""
     return tf.cast(images, tf.float32) / 255.0
@@ -262,9 +268,10 @@ def make_dataset(
         records = records.shuffle(inputs.shuffle_records, seed=seed)
 
     keys = _feature_keys(inputs, include_metadata)
+    num_labels = len(label_names(records_dir))
 
     def load(serialized, seed):
-        features = schema.parse(serialized, keys)
+        features = schema.parse(serialized, keys, num_labels)
         record_seed, batch_seed = augmentations.split_seed(seed, 2)
         image = _record_image(_decode(features, inputs), record_seed, inputs, training, augment, tta)
         example = {"image": image, "labels": tf.cast(features[schema.LABELS], tf.float32)}
@@ -274,7 +281,7 @@ def make_dataset(
 
     def load_patches(serialized, seed):
         """K > 1 patches: one decode -> K examples [K, ...], one seed [2] each."""
-        features = schema.parse(serialized, keys)
+        features = schema.parse(serialized, keys, num_labels)
         record_seed, batch_seed = augmentations.split_seed(seed, 2)
         patches = _random_patches(_decode(features, inputs), inputs, patches_per_image, record_seed)
         example = {"image": patches, "labels": tf.cast(features[schema.LABELS], tf.float32),

@@ -7,14 +7,17 @@ image/small     a SMALL_SIZE x SMALL_SIZE antialiased resize, 8-bit grayscale PN
 image/filename  the ChestX-ray14 "Image Index", e.g. b"00000001_000.png"
 image/height    height of image/encoded
 image/width     width of image/encoded
-labels          NUM_LABELS int64 in constants.LABELS order (0/1)
+labels          one int64 (0/1) per label, in the order of the manifest's "labels" (ChestX-ray14's
+                records: constants.LABELS)
 patient_id      int64
 meta/*          the rest of the Data_Entry CSV row
 """
 
 import tensorflow as tf
 
+from tfcxr.constants import LABELS as CXR14_LABELS
 from tfcxr.constants import NUM_LABELS
+from tfcxr.io import MANIFEST  # noqa: F401 - the records folder's manifest.json, beside the shards
 
 ENCODED = "image/encoded"
 FORMAT = "image/format"
@@ -83,11 +86,13 @@ def make_example(
     original_height: int = 0,
     pixel_spacing_x: float = 0.0,
     pixel_spacing_y: float = 0.0,
+    num_labels: int = NUM_LABELS,
 ) -> tf.train.Example:
-    """Builds the Example of one radiograph. `labels` holds NUM_LABELS ints in LABELS order."""
+    """Builds the Example of one radiograph. `labels` holds num_labels 0/1 ints in the order of the
+    manifest's label names (ChestX-ray14: constants.LABELS)."""
     labels = [int(v) for v in labels]
-    if len(labels) != NUM_LABELS:
-        raise ValueError(f"{filename}: expected {NUM_LABELS} labels, got {len(labels)}")
+    if len(labels) != num_labels:
+        raise ValueError(f"{filename}: expected {num_labels} labels, got {len(labels)}")
     feature = {
         ENCODED: _bytes(encoded),
         FORMAT: _bytes(image_format.encode()),
@@ -109,12 +114,21 @@ def make_example(
     return tf.train.Example(features=tf.train.Features(feature=feature))
 
 
-def parse(serialized, keys=None):
+def label_names(manifest: dict) -> tuple[str, ...]:
+    """The records' label names in label-vector order: the manifest's "labels" (ChestX-ray14's 14
+    for records written before the manifest carried them)."""
+    return tuple(manifest.get("labels", CXR14_LABELS))
+
+
+def parse(serialized, keys=None, num_labels=NUM_LABELS):
     """Parses one serialized Example (or a batch) into a dict; `keys` limits the features read.
 
     Reading only the keys a stage needs skips the work of materialising the others.
+    num_labels: the length of the label vector (the manifest's label names).
     """
     spec = FEATURES if keys is None else {k: FEATURES[k] for k in keys}
+    if LABELS in spec:
+        spec = {**spec, LABELS: tf.io.FixedLenFeature([num_labels], tf.int64)}
     if serialized.shape.rank == 0:
         return tf.io.parse_single_example(serialized, spec)
     return tf.io.parse_example(serialized, spec)
@@ -138,4 +152,3 @@ def shard_name(split: str, index: int, count: int) -> str:
 
 
 SPLITS = ("train", "val", "test")
-MANIFEST = "manifest.json"

@@ -29,7 +29,7 @@ def logits_of(outputs):
     return outputs["logits"] if isinstance(outputs, dict) else outputs
 
 
-def predict(model, dataset):
+def predict(model, dataset, label_names=LABELS):
     """Streams `dataset` (include_metadata=True) through `model` -> predictions and protocol.
 
     Ten-crop elements ("image" [B, 10, H, W, 1]) are averaged in probability space.
@@ -45,7 +45,7 @@ def predict(model, dataset):
         if images.shape.rank == 5:  # ten crops: [B, 10, H, W, 1]
             crops = tf.shape(images)[1]
             probabilities = probabilities_of(tf.reshape(images, [-1, *images.shape[2:]]))
-            probabilities = tf.reduce_mean(tf.reshape(probabilities, [-1, crops, len(LABELS)]), axis=1)
+            probabilities = tf.reduce_mean(tf.reshape(probabilities, [-1, crops, len(label_names)]), axis=1)
             protocol = f"tencrop: mean probability of {images.shape[1]} crops of {images.shape[2]}x{images.shape[3]}"
         else:
             probabilities = probabilities_of(images)
@@ -53,8 +53,8 @@ def predict(model, dataset):
         rows.append(pd.DataFrame({
             "filename": [f.decode() for f in batch["filename"].numpy()],
             "patient_id": batch["patient_id"].numpy(),
-            **{f"prob_{label}": probabilities.numpy()[:, k] for k, label in enumerate(LABELS)},
-            **{f"label_{label}": batch["labels"].numpy()[:, k].astype(int) for k, label in enumerate(LABELS)},
+            **{f"prob_{label}": probabilities.numpy()[:, k] for k, label in enumerate(label_names)},
+            **{f"label_{label}": batch["labels"].numpy()[:, k].astype(int) for k, label in enumerate(label_names)},
         }))
     if not rows:
         raise ValueError("the split holds no images")
@@ -62,10 +62,10 @@ def predict(model, dataset):
 
 
 def plot_roc(predictions, table, title):
-    """The 14 ROC curves of one split in one figure."""
+    """The ROC curve of every label of one split in one figure."""
     figure, axes = plt.subplots(figsize=(7, 7))
     colors = plt.get_cmap("tab20").colors
-    for k, label in enumerate(LABELS):
+    for k, label in enumerate(table.index.drop(metrics.MEAN)):
         truth = predictions[f"label_{label}"]
         if np.isnan(table.loc[label, "auc"]):
             continue
@@ -92,10 +92,12 @@ def evaluate_classifier(model, records_dir, model_dir, *, inputs: pipeline.Input
     source = runs.label_source(records_dir)
     dataset = pipeline.make_dataset(records_dir, split, inputs, batch_size, training=False, include_metadata=True,
                                     tta=tta)
-    predictions, protocol = predict(model, dataset)
-    labels = predictions[[f"label_{label}" for label in LABELS]].to_numpy()
-    probabilities = predictions[[f"prob_{label}" for label in LABELS]].to_numpy()
-    table = metrics.auc_table(labels, probabilities, predictions["patient_id"].to_numpy(), resamples, seed)
+    label_names = pipeline.label_names(records_dir)
+    predictions, protocol = predict(model, dataset, label_names)
+    labels = predictions[[f"label_{label}" for label in label_names]].to_numpy()
+    probabilities = predictions[[f"prob_{label}" for label in label_names]].to_numpy()
+    table = metrics.auc_table(labels, probabilities, predictions["patient_id"].to_numpy(), label_names, resamples,
+                              seed)
     excluded = metrics.excluded_labels(table)
 
     summary = {
@@ -120,7 +122,7 @@ def evaluate_classifier(model, records_dir, model_dir, *, inputs: pipeline.Input
     write_text(out / "auc.csv", table.reset_index().assign(**stated).to_csv(index=False))
     write_text(out / "predictions.csv", predictions.assign(**stated).to_csv(index=False))
     heading = f"# Table 1: per-label ROC-AUC, `{split}` split, {stage}\n\n"
-    table1 = tables.table1({"Ours": summary["auc"]})
+    table1 = tables.table1({"Ours": summary["auc"]}, label_names)
     write_text(out / "table1.md", heading + table1 + "\n" + "\n\n".join(notes) + "\n")
     title = (f"{split}: mean AUC {table.loc[metrics.MEAN, 'auc']:.4f}\n{protocol}\n"
              f"labels {source['label_file']} ({source['label_version']})")

@@ -1,7 +1,7 @@
 """--mode=explain: Grad-CAM heatmaps of the top findings, over the image the model sees.
 
 Grad-CAM (Selvaraju et al. 2017) on the classifier's last convolutional activation
-(models.FEATURES, DenseNet121's final "relu" before pooling): each feature map is weighted by
+(its backbone's `features` layer, models.BACKBONES: DenseNet121's final "relu" before pooling): each feature map is weighted by
 the spatial mean of the gradient of a finding's logit, summed, passed through ReLU and
 upsampled to the input image. For an AECNN the features are those of the latent image, which
 is aligned with the input, so the heatmap is drawn over the input image all the same.
@@ -26,15 +26,16 @@ from tfcxr.constants import LABELS, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE  # noqa: E4
 from tfcxr.data import pipeline, schema  # noqa: E402
 from tfcxr.data.image_limits import read_gray  # noqa: E402
 from tfcxr.io import save_figure, write_text  # noqa: E402
-from tfcxr.models import CLASSIFIER, ENCODER, FEATURES, NORMALIZATION, has_codec  # noqa: E402
+from tfcxr.models import CLASSIFIER, ENCODER, NORMALIZATION, backbone_of, has_codec  # noqa: E402
 
 BBOX_SPELLING = {"Infiltrate": "Infiltration"}  # BBox_List_2017.csv's name -> ours
 
 
 def cam_model(model):
-    """Baseline or AECNN -> keras.Model: gray image [B,H,W,1] -> (features [B,h,w,C], logits [B,14])."""
+    """Baseline or AECNN -> keras.Model: gray image [B,H,W,1] -> (features [B,h,w,C], logits [B,L])."""
     classifier = model.get_layer(CLASSIFIER)
-    head = keras.Model(classifier.inputs, [classifier.get_layer(FEATURES).output, classifier.outputs[0]])
+    features = classifier.get_layer(backbone_of(classifier).features).output  # [B,h,w,C]
+    head = keras.Model(classifier.inputs, [features, classifier.outputs[0]])
     image = keras.Input(shape=(None, None, 1), name="image")
     seen = model.get_layer(ENCODER)(image) if has_codec(model) else image
     features, logits = head(model.get_layer(NORMALIZATION)(seen))
@@ -140,8 +141,10 @@ def overlay(image, heatmaps, findings, boxes):
     return figure
 
 
-def explain(model, images, model_dir, *, top_k=3, boxes=None):
+def explain(model, images, model_dir, *, top_k=3, boxes=None, label_names=LABELS):
     """Grad-CAM of the top_k findings of each (name, image, (height, width)); returns explain.csv's rows.
+
+    label_names: the model's labels in logit order (the records' manifest's).
 
     boxes: read_boxes() output; a box is drawn (scaled from the original's pixels to the
     image's) where the image has one, and the heatmap's share inside it is recorded.
@@ -156,7 +159,7 @@ def explain(model, images, model_dir, *, top_k=3, boxes=None):
         scale_x, scale_y = image.shape[1] / width, image.shape[0] / height
         scaled = [(label, x * scale_x, y * scale_y, w * scale_x, h * scale_y)
                   for label, x, y, w, h in (boxes or {}).get(name, [])]
-        findings = [(LABELS[k], float(probabilities[0, k])) for k in classes.numpy()[0]]
+        findings = [(label_names[k], float(probabilities[0, k])) for k in classes.numpy()[0]]
         for rank, ((label, probability), heatmap) in enumerate(zip(findings, heatmaps[0]), 1):
             own = [box[1:] for box in scaled if box[0] == label]  # this finding's boxes, if any
             rows.append({"image": name, "rank": rank, "label": label, "probability": probability,

@@ -9,21 +9,10 @@ computed for a whole block of resamples at once in numpy.
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_auc_score
 
-from tfcxr.constants import LABELS
+from tfcxr.models.metrics import label_aucs  # the loop's per-label AUC, the same function
 
 MEAN = "Mean"
-
-
-def label_aucs(labels, probabilities):
-    """[N, L] 0/1 labels and scores -> [L] ROC-AUC; NaN where a label lacks a class."""
-    labels = np.asarray(labels)
-    return np.array([
-        roc_auc_score(labels[:, k], probabilities[:, k]) if 0 < labels[:, k].sum() < len(labels)
-        else np.nan
-        for k in range(labels.shape[1])
-    ])
 
 
 def weighted_auc(scores, labels, weights):
@@ -69,8 +58,9 @@ def bootstrap_aucs(labels, probabilities, patient_ids, resamples=1000, seed=0, b
     return np.concatenate(aucs)
 
 
-def auc_table(labels, probabilities, patient_ids, resamples=1000, seed=0, confidence=0.95):
-    """One row per label plus "Mean": auc, ci_low, ci_high, positives, negatives.
+def auc_table(labels, probabilities, patient_ids, label_names, resamples=1000, seed=0, confidence=0.95):
+    """One row per label (`label_names`, in column order) plus "Mean": auc, ci_low, ci_high, positives,
+    negatives.
 
     A label without both classes gets NaN and is left out of the mean, and out of every
     resample's mean; `excluded_labels(table)` names them.
@@ -90,9 +80,9 @@ def auc_table(labels, probabilities, patient_ids, resamples=1000, seed=0, confid
         "ci_high": ci[1],
         "positives": pd.array([*positives, None], dtype="Int64"),
         "negatives": pd.array([*(len(labels) - positives), None], dtype="Int64"),
-    }, index=pd.Index([*LABELS, MEAN], name="label"))
+    }, index=pd.Index([*label_names, MEAN], name="label"))
 
 
 def excluded_labels(table):
     """Labels whose AUC is undefined on the split (one class only), left out of the mean."""
-    return [label for label in LABELS if np.isnan(table.loc[label, "auc"])]
+    return [label for label in table.index if label != MEAN and np.isnan(table.loc[label, "auc"])]

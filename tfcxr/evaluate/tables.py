@@ -21,16 +21,20 @@ def _cell(entry):
     return f"{auc:.4f} [{low:.3f}, {high:.3f}]"
 
 
-def table1(columns):
+def table1(columns, label_names=LABELS):
     """Markdown: the paper's five Table 1 columns, then one column per entry of `columns`.
 
-    columns: {name: {label or "Mean": {"auc", "ci_low", "ci_high"}}}. The Mean row is bold as
-    in the paper; an undefined AUC prints "n/a".
+    columns: {name: {label or "Mean": {"auc", "ci_low", "ci_high"}}}; label_names: the rows (the
+    records' labels). The paper's columns print "n/a" for a label it did not have. The Mean row is
+    bold as in the paper; an undefined AUC prints "n/a".
     """
     header = ["Labels", *TABLE1_COLUMNS, *columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for label in (*LABELS, MEAN):
-        cells = [label, *(f"{v:.4f}" for v in TABLE1[label]), *(_cell(run.get(label)) for run in columns.values())]
+    paper_mean = tuple(label_names) == LABELS  # the paper's mean is over its 14 labels only
+    for label in (*label_names, MEAN):
+        paper = TABLE1.get(label) if label != MEAN or paper_mean else None
+        cells = [label, *(f"{v:.4f}" for v in paper or ()), *(["n/a"] * len(TABLE1_COLUMNS) if paper is None else []),
+                 *(_cell(run.get(label)) for run in columns.values())]
         if label == MEAN:
             cells = [f"**{cell}**" for cell in cells]
         lines.append("| " + " | ".join(cells) + " |")

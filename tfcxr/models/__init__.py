@@ -6,18 +6,27 @@ Importing this package registers the custom layers, so keras.saving.load_model r
 
 from tfcxr.models.aecnn import build_aecnn, load_model, load_stage_weights
 from tfcxr.models.autoencoder import build_autoencoder, build_decoder, build_encoder
-from tfcxr.models.classifier import FEATURES, NOTOP_WEIGHTS, build_baseline, build_classifier, torch_batchnorm
+from tfcxr.models.classifier import (BACKBONES, FEATURES, NOTOP_WEIGHTS, Backbone, backbone_of, build_baseline,
+                                     build_classifier, torch_batchnorm)
 from tfcxr.models.layers import ImageNetNormalization, PixelShuffle, TorchBatchNormalization, clipped_relu
+from tfcxr.models.names import CLASSIFIER, DECODER, ENCODER, NORMALIZATION, has_codec
 from tfcxr.models.residual_codec import AUTOENCODERS, build_codec
 from tfcxr.models.torch_port import load_torch_autoencoder_state, load_torch_checkpoint
 
 __all__ = [
     "AUTOENCODERS",
+    "BACKBONES",
+    "Backbone",
+    "CLASSIFIER",
+    "DECODER",
+    "ENCODER",
     "FEATURES",
+    "NORMALIZATION",
     "NOTOP_WEIGHTS",
     "ImageNetNormalization",
     "PixelShuffle",
     "TorchBatchNormalization",
+    "backbone_of",
     "build_aecnn",
     "build_autoencoder",
     "build_baseline",
@@ -26,6 +35,7 @@ __all__ = [
     "build_decoder",
     "build_encoder",
     "clipped_relu",
+    "has_codec",
     "load_model",
     "load_stage_weights",
     "load_torch_autoencoder_state",

@@ -4,16 +4,17 @@ from pathlib import Path
 
 import keras
 
-from tfcxr.models.layers import ImageNetNormalization
+from tfcxr.models.classifier import BACKBONES
+from tfcxr.models.names import CLASSIFIER, DECODER, ENCODER, NORMALIZATION
 
 
-def build_aecnn(encoder, decoder, classifier):
+def build_aecnn(encoder, decoder, classifier, backbone="densenet121"):
     """gray image [B,H,W,1] in [0, 1] -> {"latent", "reconstruction", "logits"}, all float32."""
     image = keras.Input(shape=(None, None, 1), name="image")
     latent = encoder(image)  # [B,H/4,W/4,1]
     reconstruction = decoder(latent)  # [B,H,W,1]
-    normalized = ImageNetNormalization(name="imagenet_normalization")(latent)  # [B,H/4,W/4,3]
-    logits = classifier(normalized)  # [B,14]
+    normalized = BACKBONES[backbone].preprocessing(name=NORMALIZATION)(latent)  # [B,H/4,W/4,3]
+    logits = classifier(normalized)  # [B,L]
     outputs = {"latent": latent, "reconstruction": reconstruction, "logits": logits}
     return keras.Model(image, outputs, name="aecnn")
 
@@ -30,7 +31,7 @@ def load_stage_weights(aecnn, autoencoder_path=None, baseline_path=None):
 
     Either path may be None to leave that part as it is. Returns `aecnn`.
     """
-    sources = {"encoder": autoencoder_path, "decoder": autoencoder_path, "classifier": baseline_path}
+    sources = {ENCODER: autoencoder_path, DECODER: autoencoder_path, CLASSIFIER: baseline_path}
     loaded = {path: load_model(path) for path in set(sources.values()) if path is not None}
     for name, path in sources.items():
         if path is None:
@@ -38,7 +39,7 @@ def load_stage_weights(aecnn, autoencoder_path=None, baseline_path=None):
         try:
             source = loaded[path].get_layer(name)
         except ValueError:
-            kind = "stage 1 baseline" if name == "classifier" else "stage 2 autoencoder"
+            kind = "stage 1 baseline" if name == CLASSIFIER else "stage 2 autoencoder"
             raise ValueError(f"{path}: has no '{name}' model (expected a {kind})") from None
         aecnn.get_layer(name).set_weights(source.get_weights())
     return aecnn

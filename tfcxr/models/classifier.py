@@ -1,6 +1,13 @@
-"""The classifier (DenseNet121 + global average pooling + 14 logits) and the D121 BL5 baseline."""
+"""The classifier (a backbone + global average pooling + one logit per label) and the D121 BL5 baseline.
 
+Backbones are data: BACKBONES names each trunk with its constructor, the input normalization its
+weights expect and the layer Grad-CAM reads. DenseNet121 (the paper's) is the only entry; a new
+backbone is one entry (and --backbone=<name>).
+"""
+
+import dataclasses
 import os
+from collections.abc import Callable
 
 import keras
 import tensorflow as tf
@@ -9,6 +16,7 @@ from keras import layers
 from tfcxr.constants import NUM_LABELS
 from tfcxr.models.layers import (TORCH_BATCHNORM_MOMENTUM, ImageNetNormalization, TorchBatchNormalization,
                                  torch_initializers)
+from tfcxr.models.names import CLASSIFIER, NORMALIZATION
 
 # The file Keras caches in ~/.keras/models/ for DenseNet121(weights="imagenet", include_top=False).
 NOTOP_WEIGHTS = "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"
@@ -16,22 +24,40 @@ NOTOP_WEIGHTS = "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"
 FEATURES = "relu"
 
 
-def build_classifier(weights=None, image_size=None):
-    """ImageNet-normalized image [B,H,W,3] -> logits [B,14], float32 under any precision policy.
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+    """A classifier trunk. build: (image input [B,H,W,3], weights) -> the trunk on it, its output
+    [B,h,w,C]; preprocessing: (name=) -> the layer from a [0, 1] image to what the trunk's weights
+    expect; features: the name of its last activation [B,h,w,C], what Grad-CAM weighs."""
+
+    build: Callable[[keras.KerasTensor, str | None], keras.Model]
+    preprocessing: Callable[..., layers.Layer]
+    features: str
+
+
+def build_classifier(weights=None, image_size=None, num_labels=NUM_LABELS, backbone="densenet121"):
+    """Normalized image [B,H,W,3] -> logits [B,num_labels], float32 under any precision policy.
 
     weights: None (random), "imagenet" (downloaded once into ~/.keras/models/), or the path of
-    a local copy of NOTOP_WEIGHTS. image_size: None accepts any size (at least 32).
+    a local copy of the backbone's notop weights (DenseNet121: NOTOP_WEIGHTS). image_size: None
+    accepts any size (at least 32). backbone: a key of BACKBONES.
     """
+    image = keras.Input(shape=(image_size, image_size, 3), name="image")
+    trunk = BACKBONES[backbone].build(image, weights)
+    x = layers.GlobalAveragePooling2D(name="pool")(trunk.output)  # [B,C]
+    # The head starts as the reference's nn.Linear(C, L), not with Keras's glorot / zeros.
+    logits = layers.Dense(num_labels, dtype="float32", name="logits", **torch_initializers(x.shape[-1]))(x)  # [B,L]
+    return keras.Model(image, logits, name=CLASSIFIER)
+
+
+def densenet121(image, weights):
+    """DenseNet121 without its top on `image` ([B,H,W,3] -> [B,H/32,W/32,1024]), its BatchNorm as
+    PyTorch's (torch_batchnorm)."""
     if weights is not None and weights != "imagenet":
         weights = os.fspath(weights)
         if not tf.io.gfile.exists(weights):
             raise FileNotFoundError(f"{weights}: DenseNet121 weights not found (a copy of {NOTOP_WEIGHTS})")
-    image = keras.Input(shape=(image_size, image_size, 3), name="image")
-    backbone = torch_batchnorm(_densenet121(image, weights))
-    x = layers.GlobalAveragePooling2D(name="pool")(backbone.output)  # [B,1024]
-    # The head starts as the reference's nn.Linear(1024, 14), not with Keras's glorot / zeros.
-    logits = layers.Dense(NUM_LABELS, dtype="float32", name="logits", **torch_initializers(x.shape[-1]))(x)  # [B,14]
-    return keras.Model(image, logits, name="classifier")
+    return torch_batchnorm(_densenet121(image, weights))
 
 
 def _densenet121(image, weights):
@@ -71,9 +97,22 @@ def torch_batchnorm(backbone):
     return model
 
 
-def build_baseline(classifier):
-    """D121 BL5: gray image [B,H,W,1] in [0, 1] -> {"logits": [B,14]}; normalizes inside."""
+def build_baseline(classifier, backbone="densenet121"):
+    """D121 BL5: gray image [B,H,W,1] in [0, 1] -> {"logits": [B,L]}; normalizes inside as the
+    classifier's backbone (a key of BACKBONES) expects."""
     image = keras.Input(shape=(*classifier.input_shape[1:3], 1), name="image")
-    normalized = ImageNetNormalization(name="imagenet_normalization")(image)  # [B,H,W,3]
+    normalized = BACKBONES[backbone].preprocessing(name=NORMALIZATION)(image)  # [B,H,W,3]
     logits = classifier(normalized)
     return keras.Model(image, {"logits": logits}, name="baseline")
+
+
+BACKBONES = {"densenet121": Backbone(densenet121, ImageNetNormalization, FEATURES)}
+
+
+def backbone_of(classifier: keras.Model) -> Backbone:
+    """The BACKBONES entry `classifier` was built on (the one whose feature layer it holds)."""
+    names = {layer.name for layer in classifier.layers}
+    for backbone in BACKBONES.values():
+        if backbone.features in names:
+            return backbone
+    raise ValueError(f"{classifier.name}: built on none of the backbones {sorted(BACKBONES)}")

@@ -57,6 +57,7 @@ class TrainConfig:
     residual_decoder_depth: int = residual_codec.DECODER_DEPTH  # residual codec: 3x3 convolutions of the detail
     residual_encoder_depth: int = residual_codec.ENCODER_DEPTH  # residual codec: convolutions of the correction
     patches_per_image: int = pipeline.PATCHES_PER_IMAGE  # inputs with patches: random patches per decoded original
+    backbone: str = "densenet121"  # the classifier's trunk: a key of models.BACKBONES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,8 +126,13 @@ def joint_loss(batch: Batch, outputs: Outputs) -> dict[str, tf.Tensor]:
     return {"loss": CLASSIFICATION_WEIGHT * bce + (1.0 - CLASSIFICATION_WEIGHT) * mse, "bce": bce, "mse": mse}
 
 
+def label_names(config: TrainConfig) -> tuple[str, ...]:
+    """The run's labels: its records' manifest's (ChestX-ray14's 14 without records)."""
+    return pipeline.label_names(config.records_dir) if config.records_dir else LABELS
+
+
 def classification_metrics(config: TrainConfig) -> list[metrics_lib.ValidationMetric]:
-    return [metrics_lib.ClassificationAUC(LABELS)]
+    return [metrics_lib.ClassificationAUC(label_names(config))]
 
 
 def reconstruction_metrics(config: TrainConfig) -> list[metrics_lib.ValidationMetric]:
@@ -140,7 +146,12 @@ def joint_metrics(config: TrainConfig) -> list[metrics_lib.ValidationMetric]:
 # Models take any image size: the baseline trains on 224 crops and validates on 256 resizes.
 def build_baseline(config: TrainConfig) -> keras.Model:
     weights = config.weights if config.weights not in (None, "none") else None
-    return models.build_baseline(models.build_classifier(weights=weights))
+    return models.build_baseline(build_classifier(config, weights), config.backbone)
+
+
+def build_classifier(config: TrainConfig, weights: str | None = None) -> keras.Model:
+    """config.backbone with one logit per label of the run's records."""
+    return models.build_classifier(weights=weights, num_labels=len(label_names(config)), backbone=config.backbone)
 
 
 def build_codec(config: TrainConfig) -> tuple[keras.Model, keras.Model]:
@@ -171,7 +182,7 @@ def build_aecnn(config: TrainConfig) -> keras.Model:
     """AECNN with the encoder and decoder of the autoencoder's best.keras and the baseline's classifier."""
     encoder, decoder = build_codec(config)
     check_same_codec(config, encoder, decoder)
-    aecnn = models.build_aecnn(encoder, decoder, models.build_classifier())
+    aecnn = models.build_aecnn(encoder, decoder, build_classifier(config), config.backbone)
     return models.load_stage_weights(aecnn, config.init_autoencoder, config.init_classifier)
 
 
