@@ -7,7 +7,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
+
 REAL_DIR = Path(os.environ.get("TFCXR_REAL_DIR", ROOT.parent / "shared" / "cxr14-real"))
 
 

@@ -2,11 +2,7 @@
 saving, training, and the stages / codec tool through --autoencoder=residual."""
 
 import json
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -18,8 +14,7 @@ from tfcxr.constants import COMPRESSION
 from tfcxr.evaluate.reconstruction import quantize, resize_round_trip
 from tfcxr.models import residual_codec
 from tfcxr.train import callbacks, stages
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import encode, run_tool, tfcxr_main
 
 
 def smooth_images(size, batch=2, seed=0):
@@ -151,21 +146,13 @@ def test_stage_config_builds_the_chosen_codec():
     assert paper.count_params() == 865 + 160  # the paper's stays the default
 
 
-def run(*args, expect=0):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    result = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=600)
-    assert result.returncode == expect, result.stdout[-2000:] + result.stderr[-3000:]
-    return result
-
-
 @pytest.fixture(scope="module")
 def stage2_residual(records_dir, tmp_path_factory):
     """A stage-2 run of the residual codec through python -m tfcxr.main (two steps, toy sizes)."""
     model_dir = tmp_path_factory.mktemp("runs") / "residual"
-    run("-m", "tfcxr.main", "--stage=2", "--flagfile=configs/stage2_residual.cfg", f"--records_dir={records_dir}",
-        f"--model_dir={model_dir}", "--image_size=32", "--batch_size=8", "--epochs=1", "--steps_per_epoch=2",
-        "--val_steps=1", "--residual_width=8")
+    tfcxr_main("--stage=2", "--flagfile=configs/stage2_residual.cfg", f"--records_dir={records_dir}",
+               f"--model_dir={model_dir}", "--image_size=32", "--batch_size=8", "--epochs=1", "--steps_per_epoch=2",
+               "--val_steps=1", "--residual_width=8")
     return model_dir
 
 
@@ -180,13 +167,13 @@ def test_stage2_then_stage3_on_the_residual_codec(stage2_residual, records_dir, 
               "--steps_per_epoch=2", "--val_steps=1", f"--init_classifier={stage1}",
               f"--init_autoencoder={stage2_residual / 'best.keras'}"]
 
-    wrong = run("-m", "tfcxr.main", "--stage=3", *common, f"--model_dir={tmp_path / 'wrong'}", expect=1)  # paper
+    wrong = tfcxr_main("--stage=3", *common, f"--model_dir={tmp_path / 'wrong'}", expect=1)  # paper
     assert re.fullmatch(rf"error: {re.escape(str(stage2_residual / 'best.keras'))}: its encoder is not the codec .*",
                         wrong.stderr.splitlines()[-1])
 
     # learning rate 0: the AECNN holds the stage-2 residual codec exactly, and classifies its latent.
-    result = run("-m", "tfcxr.main", "--stage=3", "--flagfile=configs/stage3_residual.cfg", *common,
-                 f"--model_dir={tmp_path / 'aecnn'}", "--residual_width=8", "--learning_rate=0")
+    result = tfcxr_main("--stage=3", "--flagfile=configs/stage3_residual.cfg", *common,
+                        f"--model_dir={tmp_path / 'aecnn'}", "--residual_width=8", "--learning_rate=0")
     assert "val mean AUC" in result.stdout
     aecnn = models.load_model(tmp_path / "aecnn" / "best.keras")
     stage2 = models.load_model(stage2_residual / "best.keras")
@@ -202,8 +189,8 @@ def test_codec_tool_reports_bytes_and_round_trip_psnr(stage2_residual, tmp_path)
 
     image = np.round(smooth_images(64, batch=1)[0, ..., 0] * 255).astype(np.uint8)
     Image.fromarray(image).save(tmp_path / "a.png")
-    result = run("tools/cxr_codec.py", "compress", tmp_path / "a.png", f"--model={stage2_residual / 'best.keras'}",
-                 f"--out_dir={tmp_path / 'out'}", "--report")
+    result = run_tool("cxr_codec.py", "compress", tmp_path / "a.png", f"--model={stage2_residual / 'best.keras'}",
+                      f"--out_dir={tmp_path / 'out'}", "--report", expect=0)
     match = re.search(r"a\.png -> a\.latent\.png: 64x64 -> 16x16 pixels, ([\d,]+) -> ([\d,]+) bytes .*\n"
                       r"\s+round trip: PSNR (\d+\.\d\d) dB .*bicubic (\d+\.\d\d) dB", result.stdout)
     assert match, result.stdout
@@ -214,8 +201,8 @@ def test_codec_tool_reports_bytes_and_round_trip_psnr(stage2_residual, tmp_path)
     decoded = np.round(np.clip(model.get_layer("decoder")(latent).numpy()[0, ..., 0], 0, 1) * 255)
     expected = 10 * np.log10(255**2 / np.mean((decoded - image.astype(np.float64)) ** 2))
     assert abs(float(match[3]) - expected) < 0.01
-    plain = run("tools/cxr_codec.py", "compress", tmp_path / "a.png", f"--model={stage2_residual / 'best.keras'}",
-                f"--out_dir={tmp_path / 'plain'}")
+    plain = run_tool("cxr_codec.py", "compress", tmp_path / "a.png", f"--model={stage2_residual / 'best.keras'}",
+                     f"--out_dir={tmp_path / 'plain'}", expect=0)
     assert "round trip" not in plain.stdout
 
 
@@ -226,18 +213,16 @@ def test_export_compress_and_reconstruct_serve_the_residual_codec(tmp_path):
     from PIL import Image
 
     from tfcxr.export import saved_model
-    from tiny_models import tiny_classifier
+    from tiny_models import tiny_densenet
 
     keras.utils.set_random_seed(3)
     encoder, decoder = models.build_codec("residual", width=8)
     for layer in (encoder.get_layer("encoder_correction"), decoder.get_layer("decoder_detail")):  # not bicubic
         layer.set_weights([np.random.default_rng(0).normal(0, 0.02, w.shape).astype(np.float32) for w in layer.get_weights()])
-    aecnn = models.build_aecnn(encoder, decoder, tiny_classifier())
+    aecnn = models.build_aecnn(encoder, decoder, tiny_densenet())
     loaded = tf.saved_model.load(str(saved_model.export(aecnn, tmp_path, image_size=64, model_name="tfcxr_aecnn")))
     pixels = np.round(smooth_images(64, batch=1)[0, ..., 0] * 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    compressed = loaded.signatures["compress"](image_bytes=tf.constant([buffer.getvalue()]))
+    compressed = loaded.signatures["compress"](image_bytes=tf.constant([encode(pixels)]))
     latent = encoder(pixels[None, ..., None].astype(np.float32) / 255)
     np.testing.assert_allclose(compressed["latent"].numpy(), latent.numpy(), atol=1e-6)
     stored = np.asarray(Image.open(io.BytesIO(compressed["latent_png_bytes"].numpy()[0])))
