@@ -1,13 +1,11 @@
 """benchmarks/bench_serving.py's soak and checks with stand-in clients (no model): they catch cross-talk,
 a served bad request and a refused good one, and every kind of bad input is sent."""
 
-import sys
-from pathlib import Path
-
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import bench_serving as bench  # noqa: E402
+from helpers import benchmark
+
+bench = benchmark("bench_serving")
 
 GOOD = [(f"good{k}.png", bytes([k]), None) for k in range(10)]
 BAD = [(f"bad{k}.png", b"", None) for k in range(3)]

@@ -1,13 +1,13 @@
 """benchmarks/bench_stage2_real.py's pure parts: the command it runs, the learning-rate steps, the report."""
 
 import json
-import sys
 from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import bench_stage2_real as bench  # noqa: E402
+from helpers import benchmark
+
+bench = benchmark("bench_stage2_real")
 
 
 def test_train_command_paper_steps_and_pass_through():

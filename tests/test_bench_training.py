@@ -1,15 +1,12 @@
 """benchmarks/bench_training.py's PyTorch reference: the same models as tfcxr's, and a clean skip without torch."""
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import bench_training as bench  # noqa: E402
+from tfcxr import models
+from helpers import benchmark
 
-from tfcxr import models  # noqa: E402
+bench = benchmark("bench_training")
 
 
 def test_without_torch_the_comparison_says_it_skipped(monkeypatch, capsys, tmp_path):

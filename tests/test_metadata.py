@@ -8,9 +8,8 @@ import pytest
 from tfcxr.constants import LABELS, TEST_IMAGES, TRAIN_VAL_IMAGES, VAL_IMAGES
 from tfcxr.data import metadata
 from tfcxr.data.metadata import ShardingError
+from helpers import HEADER_2017
 
-HEADER_2017 = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
-               "View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],")
 HEADER_KAGGLE = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
                  "View Position,OriginalImageWidth,OriginalImageHeight,"
                  "OriginalImagePixelSpacing_x,OriginalImagePixelSpacing_y")

@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from tfcxr import models
 from tfcxr.constants import COMPRESSION, IMAGENET_MEAN, IMAGENET_STD, NUM_LABELS
+from helpers import torch_pixel_shuffle
 
 
 def images(size, batch=2, channels=1, seed=0):
@@ -117,24 +118,11 @@ def test_clipped_relu_values_and_gradients():
     np.testing.assert_array_equal(tape.gradient(y, x).numpy(), [0, 0, 1, 1, 1, 1, 0, 0])
 
 
-def torch_pixel_shuffle(x, r):
-    """PyTorch's definition, by hand: out[c, h*r+i, w*r+j] = in[c*r*r + i*r + j, h, w] (CHW)."""
-    channels, height, width = x.shape
-    out = np.zeros((channels // (r * r), height * r, width * r), x.dtype)
-    for c in range(channels // (r * r)):
-        for h in range(height):
-            for w in range(width):
-                for i in range(r):
-                    for j in range(r):
-                        out[c, h * r + i, w * r + j] = x[c * r * r + i * r + j, h, w]
-    return out
-
-
 def test_pixel_shuffle_matches_pytorch_order_for_one_channel():
     x = images(5, batch=1, channels=COMPRESSION**2)  # [1,5,5,16]
     shuffled = models.PixelShuffle(COMPRESSION)(x).numpy()  # [1,20,20,1]
-    expected = torch_pixel_shuffle(x[0].transpose(2, 0, 1), COMPRESSION)  # [1,20,20] CHW
-    np.testing.assert_array_equal(shuffled[0, ..., 0], expected[0])
+    expected = torch_pixel_shuffle(x.transpose(0, 3, 1, 2), COMPRESSION)  # [1,1,20,20] NCHW
+    np.testing.assert_array_equal(shuffled[0, ..., 0], expected[0, 0])
 
 
 def test_imagenet_normalization_values():

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from tfcxr import models
+from helpers import torch_pixel_shuffle
 
 RNG = np.random.default_rng(0)
 # Random reference weights, in PyTorch layout (conv weights OIHW); scaled so that the clamps
@@ -33,13 +34,6 @@ def conv2d(x, weight, bias, stride=1, padding=0):
     return out + bias[None, :, None, None]
 
 
-def pixel_shuffle(x, r):
-    """torch.nn.PixelShuffle(r): [N,C*r*r,H,W] -> [N,C,H*r,W*r], channel index c*r*r + i*r + j."""
-    n, channels, height, width = x.shape
-    x = x.reshape(n, channels // (r * r), r, r, height, width)
-    return x.transpose(0, 1, 4, 2, 5, 3).reshape(n, channels // (r * r), height * r, width * r)
-
-
 def reference_autoencoder(image, state):
     """The reference forward pass in float64: image [N,1,H,W] -> (latent, reconstruction)."""
     x = conv2d(image, state["encoder.0.weight"], state["encoder.0.bias"], stride=4, padding=2)
@@ -47,7 +41,7 @@ def reference_autoencoder(image, state):
     x = conv2d(x, state["encoder.2.weight"], state["encoder.2.bias"])
     latent = np.clip(x, 0.0, 1.0)
     x = conv2d(latent, state["decoder.0.weight"], state["decoder.0.bias"], padding=1)
-    reconstruction = np.clip(pixel_shuffle(x, 4), 0.0, 1.0)
+    reconstruction = np.clip(torch_pixel_shuffle(x, 4), 0.0, 1.0)
     return latent, reconstruction
 
 

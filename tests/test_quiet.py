@@ -4,11 +4,11 @@ import importlib
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
+
 STARTUP_LINES = ("I0000 00:00:1796024936.775055   18736 port.cc:153] oneDNN custom operations are on. You may see ...",
                  "E0000 00:00:1796024952.721528   18736 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error",
                  "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR")

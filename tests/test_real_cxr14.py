@@ -1,17 +1,14 @@
 """benchmarks/real_cxr14.py: the real radiographs as records, and the held-out scores."""
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from tfcxr.evaluate import reconstruction
 from tfcxr.models import autoencoder
+from helpers import benchmark
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import real_cxr14  # noqa: E402
+real_cxr14 = benchmark("real_cxr14")
 
 pytestmark = pytest.mark.real
 
