@@ -1,9 +1,5 @@
 """tools/cxr_codec.py and tfcxr.export.codec: image <-> 8-bit latent PNG, classify from the latent."""
 
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,14 +10,12 @@ from tfcxr import models
 from tfcxr.constants import LABELS
 from tfcxr.evaluate.reconstruction import quantize
 from tfcxr.export import codec
+from helpers import run_tool
 from tiny_models import box_codec, tiny_aecnn
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def cxr_codec(*args):
-    return subprocess.run([sys.executable, str(ROOT / "tools" / "cxr_codec.py"), *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
+    return run_tool("cxr_codec.py", *args, timeout=300)
 
 
 def smooth_image(height, width, seed=0):

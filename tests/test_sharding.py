@@ -20,37 +20,9 @@ from PIL import Image, PngImagePlugin
 from tfcxr.constants import LABELS
 from tfcxr.data import metadata, schema, sharding
 from tfcxr.data.sharding import ShardingError
+from helpers import ROOT, run_shard, run_tool, write_tree
 
-ROOT = Path(__file__).resolve().parents[1]
 TOOL = ROOT / "tools" / "shard_cxr14.py"
-HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
-          "View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],")
-
-
-def write_tree(root, num_patients=8, images_per_patient=2, size=32, layout="nih", seed=0):
-    """A ChestX-ray14-shaped tree by hand: 2017 CSV (trailing empty column), the two lists
-    (the last two patients are test), PNGs of noise (8-bit L). -> root."""
-    rng = np.random.default_rng(seed)
-    rows, train_val, test = [], [], []
-    for patient in range(1, num_patients + 1):
-        for follow_up in range(images_per_patient):
-            name = f"{patient:08d}_{follow_up:03d}.png"
-            labels = "|".join(rng.choice(LABELS, rng.integers(0, 3), replace=False)) or "No Finding"
-            rows.append(f"{name},{labels},{follow_up},{patient},{20 + patient},{'MF'[patient % 2]},"
-                        f"{('PA', 'AP')[follow_up % 2]},2500,2048,0.143,0.168,")
-            (test if patient > num_patients - 2 else train_val).append(name)
-            folder = root / ("images" if layout == "nih" else f"images_{1 + patient % 2:03d}/images")
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(folder / name)
-    (root / "Data_Entry_2017.csv").write_text("\n".join([HEADER, *rows]) + "\n")
-    (root / "train_val_list.txt").write_text("\n".join(train_val))
-    (root / "test_list.txt").write_text("\n".join(test))
-    return root
-
-
-def run_shard(data_dir, out_dir, **overrides):
-    options = dict(seed=0, val_images=4, shard_mb=0.01, workers=1, small_size=8)
-    return sharding.shard(data_dir, out_dir, **{**options, **overrides})
 
 
 def examples(path):
@@ -320,16 +292,11 @@ def test_bad_crc_in_a_passed_through_png_is_caught(tmp_path):
         run_shard(data_dir, tmp_path / "records")
 
 
-def run_tool(*args):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([sys.executable, str(TOOL), *args], capture_output=True, text=True, env=env,
-                          timeout=300)
-
-
 def test_cli_prints_one_error_line_and_exits_1(tmp_path):
     data_dir = write_tree(tmp_path / "cxr14")
     edit(data_dir / "Data_Entry_2017.csv", "00000002_001.png,", "00000002_001.png,Flu|")
-    result = run_tool(f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'records'}", "--workers=1")
+    result = run_tool("shard_cxr14.py", f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'records'}", "--workers=1",
+                      timeout=300)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: {data_dir / 'Data_Entry_2017.csv'}: line 5: unknown label 'Flu'")

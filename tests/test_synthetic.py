@@ -3,9 +3,6 @@
 import filecmp
 import json
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,8 +15,8 @@ from sklearn.preprocessing import StandardScaler
 
 from tfcxr.constants import LABELS, NO_FINDING
 from tfcxr.data import synthetic
+from helpers import run_tool
 
-ROOT = Path(__file__).resolve().parents[1]
 PANDAS_COLUMNS = [  # what pandas makes of the real 2017 header
     "Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age",
     "Patient Gender", "View Position", "OriginalImage[Width", "Height]",
@@ -284,10 +281,9 @@ def test_a_failure_midway_leaves_nothing_behind(tmp_path, monkeypatch):
 
 
 def test_cli_writes_the_same_tree_in_parallel_and_refuses_a_busy_dir(tmp_path):
-    command = [sys.executable, str(ROOT / "tools" / "make_synthetic_cxr14.py"),
-               f"--out_dir={tmp_path / 'cli'}", "--num_patients=8", "--image_size=64",
-               "--layout=nih", "--seed=5", "--workers=2"]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    flags = [f"--out_dir={tmp_path / 'cli'}", "--num_patients=8", "--image_size=64", "--layout=nih", "--seed=5",
+             "--workers=2"]
+    done = run_tool("make_synthetic_cxr14.py", *flags, timeout=120)
     assert done.returncode == 0, done.stderr
     serial = synthetic.generate(tmp_path / "serial", num_patients=8, image_size=64, layout="nih",
                                 seed=5)
@@ -295,7 +291,7 @@ def test_cli_writes_the_same_tree_in_parallel_and_refuses_a_busy_dir(tmp_path):
     match, mismatch, errors = filecmp.cmpfiles(serial, tmp_path / "cli", files, shallow=False)
     assert len(match) == len(files) and not mismatch and not errors
 
-    again = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    again = run_tool("make_synthetic_cxr14.py", *flags, timeout=120)
     assert again.returncode == 1
     assert again.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'cli'}: exists and is not empty (use --overwrite)"]
