@@ -12,20 +12,10 @@ from PIL import Image
 
 from tfcxr.constants import LABELS
 from tfcxr.export import rest, saved_model
+from helpers import encode, gray_noise, noise_png, run_tool, serving_client
 from tiny_models import tiny_aecnn, tiny_baseline
 
-ROOT = Path(__file__).resolve().parents[1]
 SIZE = 64  # the toy evaluation size the models are exported with
-
-
-def encode(pixels, format="PNG", mode=None):
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, mode).save(buffer, format=format)
-    return buffer.getvalue()
-
-
-def gray(height, width, seed=0):
-    return np.random.default_rng(seed).integers(0, 256, (height, width), dtype=np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +51,7 @@ def test_saved_model_cli_lists_the_signatures(exported):
 
 def test_serving_default_matches_the_keras_model(aecnn, exported):
     _, loaded = exported
-    pixels = [gray(SIZE, SIZE, seed) for seed in range(3)]  # already the eval size: decoding is exact
+    pixels = [gray_noise(SIZE, SIZE, seed) for seed in range(3)]  # already the eval size: decoding is exact
     outputs = loaded.signatures["serving_default"](image_bytes=tf.constant([encode(p) for p in pixels]))
     images = np.stack(pixels)[..., None].astype(np.float32) / 255
     expected = tf.sigmoid(aecnn(images)["logits"]).numpy()
@@ -74,9 +64,9 @@ def test_serving_default_matches_the_keras_model(aecnn, exported):
 
 def test_a_batch_mixing_sizes_and_modes(exported):
     _, loaded = exported
-    pixels = gray(1024, 1000)
-    rgba = np.dstack([gray(300, 300, 1)] * 3 + [np.full((300, 300), 255, np.uint8)])
-    batch = [encode(pixels), encode(np.dstack([gray(200, 240, 2)] * 3), "JPEG"), encode(rgba, mode="RGBA")]
+    pixels = gray_noise(1024, 1000)
+    rgba = np.dstack([gray_noise(300, 300, 1)] * 3 + [np.full((300, 300), 255, np.uint8)])
+    batch = [encode(pixels), encode(np.dstack([gray_noise(200, 240, 2)] * 3), "JPEG"), encode(rgba, mode="RGBA")]
     probabilities = loaded.signatures["serving_default"](image_bytes=tf.constant(batch))["probabilities"].numpy()
     assert probabilities.shape == (3, len(LABELS)) and np.isfinite(probabilities).all()
     alone = [loaded.signatures["serving_default"](image_bytes=tf.constant([b]))["probabilities"].numpy()[0] for b in batch]
@@ -89,13 +79,13 @@ def test_invalid_bytes_fail_naming_the_input_and_the_next_call_works(exported):
     _, loaded = exported
     serve = loaded.signatures["serving_default"]
     with pytest.raises(tf.errors.InvalidArgumentError, match="image_bytes"):
-        serve(image_bytes=tf.constant([encode(gray(SIZE, SIZE)), b"this is not an image"]))
-    assert serve(image_bytes=tf.constant([encode(gray(SIZE, SIZE))]))["probabilities"].shape == (1, len(LABELS))
+        serve(image_bytes=tf.constant([encode(gray_noise(SIZE, SIZE)), b"this is not an image"]))
+    assert serve(image_bytes=tf.constant([encode(gray_noise(SIZE, SIZE))]))["probabilities"].shape == (1, len(LABELS))
 
 
 def test_compress_and_reconstruct_signatures(aecnn, exported):
     _, loaded = exported
-    pixels = gray(SIZE, SIZE, 3)
+    pixels = gray_noise(SIZE, SIZE, 3)
     compressed = loaded.signatures["compress"](image_bytes=tf.constant([encode(pixels)]))
     latent = aecnn.get_layer("encoder")(pixels[None, ..., None].astype(np.float32) / 255)
     np.testing.assert_allclose(compressed["latent"].numpy(), latent.numpy(), atol=1e-6)
@@ -111,7 +101,7 @@ def test_baseline_export_has_no_codec_signatures(tmp_path):
     path = saved_model.export(baseline, tmp_path, image_size=SIZE, model_name="tfcxr_d121", version=7)
     loaded = tf.saved_model.load(str(path))
     assert sorted(loaded.signatures) == ["predict_images", "serving_default"] and path.name == "7"
-    pixels = gray(SIZE, SIZE)
+    pixels = gray_noise(SIZE, SIZE)
     probabilities = loaded.signatures["serving_default"](image_bytes=tf.constant([encode(pixels)]))["probabilities"]
     expected = tf.sigmoid(baseline(pixels[None, ..., None].astype(np.float32) / 255)["logits"])
     np.testing.assert_allclose(probabilities.numpy(), expected.numpy(), atol=1e-5)
@@ -124,17 +114,12 @@ def serving_url(exported):
         yield f"{url}:predict"
 
 
-def client(url, *files):
-    return subprocess.run([sys.executable, str(ROOT / "tools" / "serving_client.py"), f"--url={url}", *map(str, files)],
-                          capture_output=True, text=True, timeout=120)
-
-
 def test_serving_client_prints_the_probabilities_of_each_file(aecnn, serving_url, tmp_path):
     files = []
     for seed in range(2):
         files.append(tmp_path / f"image_{seed}.png")
-        files[-1].write_bytes(encode(gray(SIZE, SIZE, seed)))
-    result = client(serving_url, *files)
+        files[-1].write_bytes(noise_png(seed, SIZE))
+    result = serving_client(serving_url, *files)
     assert result.returncode == 0, result.stderr
     assert_probability_table(result.stdout.splitlines(), aecnn, seeds=range(2))
 
@@ -142,7 +127,7 @@ def test_serving_client_prints_the_probabilities_of_each_file(aecnn, serving_url
 def assert_probability_table(lines, aecnn, seeds):
     """The table of serving_client.table: a header naming image_<seed>.png, then one row per label."""
     assert all(f"image_{seed}.png" in lines[0] for seed in seeds)
-    images = np.stack([gray(SIZE, SIZE, seed) for seed in seeds])[..., None].astype(np.float32) / 255
+    images = np.stack([gray_noise(SIZE, SIZE, seed) for seed in seeds])[..., None].astype(np.float32) / 255
     expected = tf.sigmoid(aecnn(images)["logits"]).numpy()
     assert len(lines) == 1 + len(LABELS)
     for k, label in enumerate(LABELS):
@@ -156,24 +141,23 @@ def test_query_saved_model_calls_serving_default_in_process(aecnn, exported, tmp
     files = []
     for seed in (3, 4):
         files.append(tmp_path / f"image_{seed}.png")
-        files[-1].write_bytes(encode(gray(SIZE, SIZE, seed)))
-    tool = [sys.executable, str(ROOT / "tools" / "query_saved_model.py")]
-    result = subprocess.run([*tool, f"--saved_model={path}", *map(str, files)], capture_output=True, text=True, timeout=300)
+        files[-1].write_bytes(noise_png(seed, SIZE))
+    result = run_tool("query_saved_model.py", f"--saved_model={path}", *files, timeout=300)
     assert result.returncode == 0, result.stderr
     title, *lines = result.stdout.splitlines()
     assert title == f"serving_default of {path}:"
     assert_probability_table(lines, aecnn, seeds=(3, 4))
-    wrong = subprocess.run([*tool, f"--saved_model={tmp_path}", str(files[0])], capture_output=True, text=True, timeout=300)
+    wrong = run_tool("query_saved_model.py", f"--saved_model={tmp_path}", files[0], timeout=300)
     assert wrong.returncode == 1 and wrong.stderr.strip() == f"error: {tmp_path}: no saved_model.pb (export with --mode=export)"
 
 
 def test_serving_client_reports_server_errors_in_one_line(serving_url, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png at all")
-    result = client(serving_url, bad)
+    result = serving_client(serving_url, bad)
     assert result.returncode == 1 and "HTTP 400" in result.stderr and "image_bytes" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
-    missing = client(serving_url, tmp_path / "missing.png")
+    missing = serving_client(serving_url, tmp_path / "missing.png")
     assert missing.returncode == 1 and "missing.png: no such file" in missing.stderr
 
 

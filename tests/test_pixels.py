@@ -3,8 +3,6 @@ stage-1 serving gives the model exactly the pixels stage-1 evaluation reads."""
 
 import io
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,13 +12,8 @@ from PIL import Image
 from tfcxr.data import pipeline, pixels, sharding
 from tfcxr.evaluate import runs
 from tfcxr.export import saved_model
+from helpers import encode, tfcxr_main
 from tiny_models import tiny_baseline
-
-
-def encode(array, mode=None, format="PNG"):
-    buffer = io.BytesIO()
-    Image.fromarray(array, mode).save(buffer, format=format)
-    return buffer.getvalue()
 
 
 @pytest.mark.parametrize("height, width, size", [(96, 96, 24), (77, 33, 10), (25, 30, 32), (61, 60, 60), (5, 70, 22)])
@@ -47,7 +40,7 @@ def test_decode_gray_tf_equals_the_sharders_gray():
         "I;16": encode(rng.integers(0, 65536, (20, 24), dtype=np.uint16)),
         "RGB": encode(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)),
         "RGBA": encode(rng.integers(0, 256, (20, 24, 4), dtype=np.uint8)),
-        "LA": encode(rng.integers(0, 256, (20, 24, 2), dtype=np.uint8), "LA"),
+        "LA": encode(rng.integers(0, 256, (20, 24, 2), dtype=np.uint8), mode="LA"),
         "P": buffer.getvalue(),
         "JPEG L": encode(rng.integers(0, 256, (20, 24), dtype=np.uint8), format="JPEG"),
         "JPEG RGB": encode(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8), format="JPEG"),
@@ -101,14 +94,12 @@ def test_stage1_export_through_main_reads_small_size_from_the_manifest(tmp_path)
     records.mkdir()
     baseline.save(run / "best.keras")
     (run / "config.json").write_text(json.dumps({"stage": 1, "resize_size": 32, "records_dir": str(records)}))
-    main = [sys.executable, "-m", "tfcxr.main", "--stage=1", "--mode=export", f"--model_dir={run}"]
-    missing = subprocess.run([*main, f"--export_dir={tmp_path}"], capture_output=True, text=True, timeout=600)
-    assert missing.returncode == 1
+    export = ["--stage=1", "--mode=export", f"--model_dir={run}", f"--export_dir={tmp_path}"]
+    missing = tfcxr_main(*export, expect=1)
     assert missing.stderr.strip().splitlines()[-1] == (f"error: {records / 'manifest.json'}: no manifest.json; stage 1 "
                                                        f"reads image/small's size from the records' manifest (pass --records_dir)")
     (records / "manifest.json").write_text(json.dumps({"small_size": 48}))
-    result = subprocess.run([*main, f"--export_dir={tmp_path}"], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = tfcxr_main(*export)
     assert "(image/small 48x48, then 32x32 inputs)" in result.stdout
     source = np.random.default_rng(3).integers(0, 256, (70, 64), dtype=np.uint8)
     served = tf.saved_model.load(str(tmp_path / "tfcxr_d121" / "1")).signatures["serving_default"](

@@ -16,15 +16,10 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # 
 
 from tfcxr.constants import LABELS  # noqa: E402
 from tfcxr.export import grpc_standin, saved_model  # noqa: E402
+from helpers import noise_png  # noqa: E402
 from tiny_models import tiny_aecnn  # noqa: E402
 
 SIZE = 64
-
-
-def png(seed):
-    buffer = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (SIZE, SIZE), dtype=np.uint8)).save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 def predict(stub, signature_name, **inputs):
@@ -49,7 +44,7 @@ def stub_and_model(tmp_path_factory):
 
 def test_every_aecnn_signature_over_grpc(stub_and_model):
     stub, loaded = stub_and_model
-    images = [png(0), png(1)]
+    images = [noise_png(0, SIZE), noise_png(1, SIZE)]
     served = predict(stub, "serving_default", image_bytes=images)
     expected = loaded.signatures["serving_default"](image_bytes=tf.constant(images))
     np.testing.assert_allclose(served["probabilities"], expected["probabilities"].numpy(), atol=1e-6)

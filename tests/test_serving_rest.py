@@ -9,7 +9,6 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,16 +17,10 @@ from PIL import Image
 
 from tfcxr.constants import LABELS
 from tfcxr.export import rest, saved_model
+from helpers import ROOT, noise_png, serving_client
 from tiny_models import tiny_aecnn, tiny_baseline
 
-ROOT = Path(__file__).resolve().parents[1]
 SIZE = 64  # the toy evaluation size
-
-
-def png(seed, size=SIZE):
-    buffer = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size), dtype=np.uint8)).save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +34,7 @@ def exports(tmp_path_factory):
 def example_inputs(spec):
     """Valid inputs for a signature input: two encoded images, or two float images in [0, 1]."""
     if spec.dtype == tf.string:
-        return tf.constant([png(1), png(2)])
+        return tf.constant([noise_png(1, SIZE), noise_png(2, SIZE)])
     side = SIZE // 4 if spec.name == "latent" else SIZE
     return tf.constant(np.random.default_rng(3).random((2, side, side, 1), np.float32))
 
@@ -73,8 +66,9 @@ def test_every_binary_string_output_of_both_exports_ends_in_bytes(exports):
 def test_a_binary_output_without_the_suffix_is_refused():
     """The stand-in refuses to write such an output as a JSON string (TF Serving would break the JSON)."""
     with pytest.raises(rest.NotJSONWritable, match="'latent_png' holds bytes that are not UTF-8"):
-        rest.response_body({"latent_png": tf.constant([png(0)])}, rows=1)
-    assert rest.response_body({"latent_png_bytes": tf.constant([png(0)])}, rows=1) == {"predictions": [b64(png(0))]}
+        rest.response_body({"latent_png": tf.constant([noise_png(0, SIZE)])}, rows=1)
+    assert (rest.response_body({"latent_png_bytes": tf.constant([noise_png(0, SIZE)])}, rows=1)
+            == {"predictions": [b64(noise_png(0, SIZE))]})
 
 
 def post(url, body):
@@ -98,7 +92,7 @@ def b64(data):
 
 def test_row_format_request_and_response_shapes(exports, aecnn_url):
     loaded = tf.saved_model.load(str(exports["tfcxr_aecnn"]))
-    images = [png(4), png(5)]
+    images = [noise_png(4, SIZE), noise_png(5, SIZE)]
     status, body = post(f"{aecnn_url}:predict", {"instances": [b64(data) for data in images]})
     assert status == 200 and len(body["predictions"]) == 2
     expected = loaded.signatures["serving_default"](image_bytes=tf.constant(images))["probabilities"].numpy()
@@ -121,7 +115,8 @@ def test_row_format_request_and_response_shapes(exports, aecnn_url):
 
 
 def test_columnar_format_and_errors(aecnn_url):
-    status, body = post(f"{aecnn_url}:predict", {"signature_name": "compress", "inputs": {"image_bytes": [b64(png(6))]}})
+    status, body = post(f"{aecnn_url}:predict",
+                        {"signature_name": "compress", "inputs": {"image_bytes": [b64(noise_png(6, SIZE))]}})
     assert status == 200 and sorted(body["outputs"]) == ["latent", "latent_png_bytes"]
     assert np.array(body["outputs"]["latent"]).shape == (1, SIZE // 4, SIZE // 4, 1)
     assert Image.open(io.BytesIO(base64.b64decode(body["outputs"]["latent_png_bytes"][0]["b64"]))).size == (16, 16)
@@ -129,24 +124,21 @@ def test_columnar_format_and_errors(aecnn_url):
     status, body = post(f"{aecnn_url}:predict", {"instances": [b64(b"not an image")]})
     assert status == 400 and "image_bytes" in body["error"]
     assert post(f"{aecnn_url}:predict", {"signature_name": "nope", "instances": [1]})[0] == 400
-    assert post(f"{aecnn_url}:predict", {"instances": [b64(png(0))], "inputs": [b64(png(0))]})[0] == 400
-    assert post(aecnn_url.replace("tfcxr_aecnn", "other") + ":predict", {"instances": [b64(png(0))]})[0] == 404
+    request = b64(noise_png(0, SIZE))
+    assert post(f"{aecnn_url}:predict", {"instances": [request], "inputs": [request]})[0] == 400
+    assert post(aecnn_url.replace("tfcxr_aecnn", "other") + ":predict", {"instances": [request]})[0] == 404
     with urllib.request.urlopen(aecnn_url, timeout=60) as response:
         assert json.loads(response.read())["model_version_status"][0]["state"] == "AVAILABLE"
-
-
-def client(url, *args):
-    return subprocess.run([sys.executable, str(ROOT / "tools" / "serving_client.py"), f"--url={url}:predict", *map(str, args)],
-                          capture_output=True, text=True, timeout=120)
 
 
 def test_serving_client_writes_the_latent_pngs_of_compress(exports, aecnn_url, tmp_path):
     files = []
     for seed in (7, 8):
         files.append(tmp_path / f"image_{seed}.png")
-        files[-1].write_bytes(png(seed))
+        files[-1].write_bytes(noise_png(seed, SIZE))
     out_dir = tmp_path / "latents"
-    result = client(aecnn_url, "--signature_name=compress", f"--out_dir={out_dir}", *files)
+    predict = f"{aecnn_url}:predict"
+    result = serving_client(predict, "--signature_name=compress", f"--out_dir={out_dir}", *files)
     assert result.returncode == 0, result.stderr
     compress = tf.saved_model.load(str(exports["tfcxr_aecnn"])).signatures["compress"]
     expected = compress(image_bytes=tf.constant([f.read_bytes() for f in files]))["latent_png_bytes"].numpy()
@@ -156,23 +148,23 @@ def test_serving_client_writes_the_latent_pngs_of_compress(exports, aecnn_url, t
         assert written.read_bytes() == data
         assert line == f"{file.name}: latent 16x16, PNG {len(data)} bytes -> {written}"
     assert sorted(p.name for p in out_dir.iterdir()) == ["image_7_latent.png", "image_8_latent.png"]  # no temporaries
-    wrong = client(aecnn_url, f"--out_dir={out_dir}", files[0])
+    wrong = serving_client(predict, f"--out_dir={out_dir}", files[0])
     assert wrong.returncode == 1 and "--signature_name=compress" in wrong.stderr
-    unwritable = client(aecnn_url, "--signature_name=compress", f"--out_dir={files[0]}", files[0])  # a file, not a folder
+    unwritable = serving_client(predict, "--signature_name=compress", f"--out_dir={files[0]}", files[0])  # a file, not a folder
     assert unwritable.returncode == 1 and unwritable.stderr.startswith(f"{files[0]}: cannot write the latent PNGs")
 
 
 def test_serving_client_against_the_d121_export(exports, tmp_path):
     image = tmp_path / "one.png"
-    image.write_bytes(png(9))
+    image.write_bytes(noise_png(9, SIZE))
     with rest.serving(exports["tfcxr_d121"]) as url:
-        result = client(url, image)
+        result = serving_client(f"{url}:predict", image)
         assert result.returncode == 0, result.stderr
-        refused = client(url, "--signature_name=compress", image)
+        refused = serving_client(f"{url}:predict", "--signature_name=compress", image)
     lines = result.stdout.splitlines()
     assert len(lines) == 1 + len(LABELS) and "one.png" in lines[0]
     expected = tf.saved_model.load(str(exports["tfcxr_d121"])).signatures["serving_default"](
-        image_bytes=tf.constant([png(9)]))["probabilities"].numpy()[0]
+        image_bytes=tf.constant([noise_png(9, SIZE)]))["probabilities"].numpy()[0]
     np.testing.assert_allclose([float(line.split()[1]) for line in lines[1:]], expected, atol=1e-4)
     assert refused.returncode == 1 and "HTTP 400" in refused.stderr and "compress" in refused.stderr
 
@@ -186,7 +178,7 @@ def test_serve_saved_model_tool_answers_curl_style_requests(exports, tmp_path):
     try:
         first = server.stdout.readline().split()
         assert first[:2] == ["serving", str(exports["tfcxr_d121"])] and first[3].endswith("/v1/models/tfcxr_d121:predict")
-        status, body = post(first[3], {"instances": [b64(png(10))]})
+        status, body = post(first[3], {"instances": [b64(noise_png(10, SIZE))]})
         assert status == 200 and body["predictions"][0]["labels"] == list(LABELS)
     finally:
         server.terminate()
