@@ -41,9 +41,11 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_cxr14  # noqa: E402  (benchmarks/real_cxr14.py: the shared real-data module)
 
-from tfcxr.evaluate import reconstruction, runs  # noqa: E402
+from tfcxr.evaluate import reconstruction  # noqa: E402
 from tfcxr.export import codec  # noqa: E402
-from tfcxr.models import load_model  # noqa: E402
+from tfcxr.io import write_bytes, write_json, write_text  # noqa: E402
+from tfcxr.models import DECODER, ENCODER, load_model  # noqa: E402
+from tfcxr.models.compression import to_uint8  # noqa: E402
 from tfcxr.train import callbacks, stages  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,8 +105,8 @@ def train(variant, records_dir, steps_per_epoch):
         timings[str(epochs)] = {"wall_s": time.time() - start, "loadavg_start": load, "loadavg_end": machine()["loadavg"],
                                 "cpu_s": used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime}
         target.parent.mkdir(parents=True, exist_ok=True)
-        runs.write_bytes(target, (model_dir / "best.keras").read_bytes())
-        runs.write_json(path, timings)
+        write_bytes(target, (model_dir / "best.keras").read_bytes())
+        write_json(path, timings)
         print(f"{variant}: {epochs} epochs in {timings[str(epochs)]['wall_s']:.0f} s", flush=True)
 
 
@@ -122,21 +124,21 @@ def save_last(variant):
     epochs = json.loads(progress.numpy())["epoch"]
     target = RUNS_DIR / f"{variant}_snapshots" / "last.keras"
     callbacks.save_model_atomic(model, target)
-    runs.write_json(target.with_suffix(".json"), {"epochs": epochs})
+    write_json(target.with_suffix(".json"), {"epochs": epochs})
     return epochs
 
 
 def parameters(variant):
     """Encoder + decoder parameters of the variant's last snapshot."""
     model = load_model(next(path for epochs in VARIANTS[variant][1] if (path := snapshot_path(variant, epochs)).is_file()))
-    return int(model.get_layer("encoder").count_params() + model.get_layer("decoder").count_params())
+    return int(model.get_layer(ENCODER).count_params() + model.get_layer(DECODER).count_params())
 
 
 def score_file(path, records_dir):
     """Held-out scores of one .keras file, cached next to it."""
     cache = path.with_suffix(".scores.json")
     if not cache.is_file():
-        runs.write_json(cache, real_cxr14.score_autoencoder(path, records_dir))
+        write_json(cache, real_cxr14.score_autoencoder(path, records_dir))
     return json.loads(cache.read_text())
 
 
@@ -166,17 +168,17 @@ def pillow_round_trip(pixels, fmt, quality):
 
 def codec_round_trip(model, pixels):
     """A stage-2 best.keras, uint8 [H,W] -> (latent PNG bytes, 8-bit reconstruction [H,W]): tools/cxr_codec.py's path."""
-    latent = codec.compress(model.get_layer("encoder"), pixels[..., None])
-    return len(codec.encode_png(latent)), codec.reconstruct(model.get_layer("decoder"), latent).numpy()[..., 0]
+    latent = codec.compress(model.get_layer(ENCODER), pixels[..., None])
+    return len(codec.encode_png(latent)), codec.reconstruct(model.get_layer(DECODER), latent).numpy()[..., 0]
 
 
 def bicubic_round_trip(pixels):
     """uint8 [H,W] -> (256 thumbnail PNG bytes, 8-bit bicubic upsizing [H,W]), as the evaluation's bicubic_8bit."""
     image = tf.constant(pixels[None, ..., None], tf.float32) / 255.0
     size = tf.shape(image)[1:3]
-    small = codec.to_uint8(tf.image.resize(image, size // 4, "bicubic", antialias=True))  # [1,h,w,1]
+    small = to_uint8(tf.image.resize(image, size // 4, "bicubic", antialias=True))  # [1,h,w,1]
     back = tf.image.resize(tf.cast(small, tf.float32) / 255.0, size, "bicubic")
-    return len(codec.encode_png(small[0])), codec.to_uint8(back).numpy()[0, ..., 0]
+    return len(codec.encode_png(small[0])), to_uint8(back).numpy()[0, ..., 0]
 
 
 def black_subpixels(images):
@@ -189,7 +191,7 @@ def black_subpixels(images):
 def rate(records_dir, codecs):
     """{method: {"bytes", "psnr"}} means over the held-out images; codecs: {name: best.keras path}."""
     images, _ = real_cxr14.held_out_images(records_dir)  # float [N,1024,1024,1]
-    originals = [np.round(image[..., 0] * 255).astype(np.uint8) for image in images]
+    originals = [to_uint8(image[..., 0]).numpy() for image in images]
     methods = {f"{name} latent PNG": (lambda p, m=load_model(path): codec_round_trip(m, p))
                for name, path in codecs.items()}
     methods["bicubic 256 PNG"] = bicubic_round_trip
@@ -212,7 +214,7 @@ def cost(codecs, repeats=5):
     results = {}
     for name, path in codecs.items():
         model = load_model(path)
-        encoder, decoder = model.get_layer("encoder"), model.get_layer("decoder")
+        encoder, decoder = model.get_layer(ENCODER), model.get_layer(DECODER)
         timings = {"compress_s": [], "reconstruct_s": []}
         for index in range(repeats + 1):
             start = time.perf_counter()
@@ -358,8 +360,8 @@ def report(state):
     lines += [f"| {name} | {v['params']:,} | {v['compress_s']:.3f} | {v['reconstruct_s']:.3f} |"
               for name, v in state["cost"].items()]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    runs.write_text(RESULTS / "codec.md", "\n".join(lines) + "\n")
-    runs.write_json(RESULTS / "codec.json", {**state, "rows": rows})
+    write_text(RESULTS / "codec.md", "\n".join(lines) + "\n")
+    write_json(RESULTS / "codec.json", {**state, "rows": rows})
     plot(state, rows)
     print("\n".join(lines))
 
@@ -406,7 +408,7 @@ def main():
         state["cost"] = cost(finals)
     state["machines"][-1]["end"] = machine()
     if phases != ["train"]:  # training alone writes only its own <variant>.timings.json (parallel runs)
-        runs.write_json(state_path, state)
+        write_json(state_path, state)
     if "report" in phases:
         report(state)
 

@@ -46,8 +46,8 @@ from PIL import Image
 from tfcxr import models
 from tfcxr.constants import MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE
 from tfcxr.data import image_limits
-from tfcxr.evaluate import runs
 from tfcxr.export import rest, saved_model
+from tfcxr.io import write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -353,7 +353,7 @@ def main():
                     for what, label, seconds, gib, so_far, outcome in costs),
                   "", f"A real radiograph alone: {np.median(single):.3f} s (median of the one-at-a-time pass)."]
     text = "\n".join(lines) + "\n"
-    runs.write_text(args.out, text)
+    write_text(args.out, text)
     print(text)
     peak.running = False
     return 1 if problems else 0

@@ -39,7 +39,7 @@ import pandas as pd  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_cxr14  # noqa: E402
 
-from tfcxr.evaluate.runs import save_figure, write_json, write_text  # noqa: E402
+from tfcxr.io import save_figure, write_json, write_text  # noqa: E402
 
 ROOT = real_cxr14.ROOT
 RESULTS = ROOT / "benchmarks" / "results"

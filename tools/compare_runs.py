@@ -13,6 +13,7 @@ from pathlib import Path
 
 import tfcxr.quiet  # noqa: F401  (first: TensorFlow starts without its start-up noise; -v shows it)
 from tfcxr.evaluate import runs, tables
+from tfcxr.io import write_text
 
 
 def main():
@@ -35,7 +36,7 @@ def main():
     markdown = tables.compare(summaries)
     print(markdown, end="")
     if args.out:
-        runs.write_text(args.out, markdown)
+        write_text(args.out, markdown)
 
 
 if __name__ == "__main__":

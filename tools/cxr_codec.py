@@ -25,23 +25,24 @@ import pandas as pd
 import tensorflow as tf
 
 from tfcxr.constants import LABELS, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE
-from tfcxr.evaluate import runs
-from tfcxr.evaluate.reconstruction import resize_round_trip
+from tfcxr.data.image_limits import ImageFileError, read_gray
 from tfcxr.export import codec
-from tfcxr.models import load_model
+from tfcxr.io import write_bytes, write_text
+from tfcxr.models import CLASSIFIER, DECODER, ENCODER, NORMALIZATION, load_model
+from tfcxr.models.compression import resize_round_trip, to_uint8
 
 def read(source, args):
     """uint8 [H, W, 1] of an input file, within the size limits of the flags."""
-    return codec.read_gray(source, args.max_image_side, args.max_image_pixels)
+    return read_gray(source, args.max_image_side, args.max_image_pixels)
 
 
-NEEDS = {"compress": ["encoder"], "reconstruct": ["decoder"], "classify": ["imagenet_normalization", "classifier"]}
+NEEDS = {"compress": [ENCODER], "reconstruct": [DECODER], "classify": [NORMALIZATION, CLASSIFIER]}
 
 
 def write_png(source, target, pixels, shape_in):
     """Writes `pixels` as PNG (atomically) and prints bytes and pixels in and out; returns the sizes."""
     data = codec.encode_png(pixels)
-    runs.write_bytes(target, data)
+    write_bytes(target, data)
     bytes_in, bytes_out = source.stat().st_size, len(data)
     print(f"{source.name} -> {target.name}: {shape_in[1]}x{shape_in[0]} -> {pixels.shape[1]}x{pixels.shape[0]} pixels, "
           f"{bytes_in:,} -> {bytes_out:,} bytes ({bytes_in / bytes_out:.1f}x)")
@@ -51,13 +52,13 @@ def write_png(source, target, pixels, shape_in):
 def report_round_trip(image, latent, decoder):
     """Prints the PSNR of image -> 8-bit latent -> decoder -> 8 bits, beside a bicubic thumbnail of the latent's size."""
     reconstruction = codec.reconstruct(decoder, latent)
-    bicubic = codec.to_uint8(resize_round_trip(tf.cast(image, tf.float32)[None] / 255.0, "bicubic", quantized=True))[0]
+    bicubic = to_uint8(resize_round_trip(tf.cast(image, tf.float32)[None] / 255.0, "bicubic", quantized=True))[0]
     print(f"  round trip: PSNR {codec.psnr(image, reconstruction):.2f} dB (latent PNG decoded, 8-bit), "
           f"bicubic {codec.psnr(image, bicubic):.2f} dB (an 8-bit bicubic thumbnail of the latent's size, resized back)")
 
 
 def compress_files(model, args):
-    encoder, *decoder = codec.parts(model, NEEDS["compress"] + (["decoder"] if args.report else []), args.model)
+    encoder, *decoder = codec.parts(model, NEEDS["compress"] + (NEEDS["reconstruct"] if args.report else []), args.model)
     for source in args.inputs:
         image = read(source, args)
         fitted = codec.fit(image, args.size)
@@ -79,7 +80,7 @@ def classify_files(model, args):
     codec.parts(model, NEEDS["classify"], args.model)
     rows = {source.name: codec.classify(model, read(source, args)) for source in args.inputs}
     table = pd.DataFrame.from_dict(rows, orient="index", columns=list(LABELS)).rename_axis("file")
-    runs.write_text(args.out_dir / "classify.csv", table.to_csv(float_format="%.6f"))
+    write_text(args.out_dir / "classify.csv", table.to_csv(float_format="%.6f"))
     print(table.T.to_string(float_format=lambda p: f"{p:.4f}"))
     return []
 
@@ -101,7 +102,7 @@ def main():
     args = parser.parse_args()
     try:
         sizes = list(COMMANDS[args.command](load_model(args.model), args))
-    except (codec.CodecError, FileNotFoundError) as error:
+    except (codec.CodecError, ImageFileError, FileNotFoundError) as error:
         sys.exit(f"error: {error}")
     if len(sizes) > 1:
         bytes_in, bytes_out = map(sum, zip(*sizes))

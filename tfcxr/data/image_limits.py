@@ -7,6 +7,7 @@ MAX_IMAGE_PIXELS by default):
 
 - in Python (`check_bytes`; the sharder, tools/cxr_codec.py, --mode=explain --images), with the
   standard library only: the sharder's worker processes and tools need no TensorFlow for it;
+  `read_gray` reads an image file to gray pixels after that check (the codec, --images);
 - in the graph (`assert_within_limits`; the SavedModel's image_bytes signatures): the PNG
   header bytes through tf.strings.substr + tf.io.decode_raw, JPEG through
   tf.image.extract_jpeg_shape (libjpeg's header reader: no pixel is decoded).
@@ -15,6 +16,7 @@ Bytes that are neither PNG nor JPEG, or whose header is cut short, pass the chec
 decoder refuses them with its own error.
 """
 
+import re
 import struct
 import zlib
 
@@ -114,8 +116,31 @@ def jpeg_declaring(data: bytes, width: int, height: int) -> bytes:
     return data[:offset + 5] + struct.pack(">HH", height, width) + data[offset + 9:]
 
 
-# In the graph. TensorFlow is imported here, not at the top: the Python check above stays
+# With TensorFlow. It is imported here, not at the top: the Python check above stays
 # TensorFlow-free for the sharder's workers and tools.
+
+class ImageFileError(ValueError):
+    """An image file refused: not a readable PNG / JPEG, or above the limits. The message starts with its path."""
+
+
+def read_gray(path, max_side: int = MAX_IMAGE_SIDE, max_pixels: int = MAX_IMAGE_PIXELS):
+    """Any PNG / JPEG file (gray, RGB, RGBA, 8 or 16 bit) -> uint8 [H, W, 1], as tf.io.decode_image makes it gray.
+
+    A header declaring more than max_side pixels a side or max_pixels in all is refused
+    (ImageFileError) before decoding; so is a file that is not a readable PNG or JPEG.
+    """
+    import tensorflow as tf
+
+    try:
+        data = tf.io.read_file(str(path))
+        check_bytes(data.numpy(), max_side, max_pixels)
+        return tf.io.decode_image(data, channels=1, expand_animations=False)  # 16 bit -> 8 bit too
+    except ImageTooLarge as error:
+        raise ImageFileError(f"{path}: {error}") from None
+    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as error:
+        reason = re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:.*", "", error.message.splitlines()[0])  # TF's op decoration
+        raise ImageFileError(f"{path}: not a readable PNG or JPEG image ({reason})") from None
+
 
 def graph_declared_size(image_bytes):
     """string scalar -> int64 [2] (height, width) from the PNG IHDR or JPEG SOF; [0, 0] otherwise."""

@@ -39,9 +39,7 @@ give a byte-identical tree.
 """
 
 import json
-import os
 import shutil
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
@@ -52,6 +50,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from tfcxr.constants import LABELS, NO_FINDING, ORIGINAL_SIZE
+from tfcxr.io import atomic_directory, to_uint8
 
 DATA_ENTRY = "Data_Entry_2017.csv"
 DATA_ENTRY_HEADER = (
@@ -193,7 +192,7 @@ def render(labels, image_size, seed, patient_id, follow_up):
     rng = np.random.default_rng([seed, patient_id, follow_up])
     image = _background(rng, image_size)
     boxes = {label: _plant(image, label, rng) for label in labels}
-    return np.clip(np.round(image * 255), 0, 255).astype(np.uint8), boxes
+    return to_uint8(image), boxes
 
 
 def _with_quirk(pixels, quirk):
@@ -312,10 +311,7 @@ def generate(out_dir, num_patients=300, image_size=ORIGINAL_SIZE, layout="kaggle
     quirks = dict(zip(rng.choice(table.name, len(QUIRKS), replace=False), QUIRKS))
     folders = _image_dirs(list(table.name), layout)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private
+    with atomic_directory(out_dir) as tmp:
         for folder in sorted(set(folders.values())):
             (tmp / folder).mkdir(parents=True)
         tasks = [(tmp / folders[r.name] / r.name, r.labels, image_size, seed, r.patient,
@@ -339,10 +335,6 @@ def generate(out_dir, num_patients=300, image_size=ORIGINAL_SIZE, layout="kaggle
         _write_text(tmp / QUIRKS_FILE, json.dumps(dict(sorted(quirks.items())), indent=2) + "\n")
 
         if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            shutil.rmtree(out_dir)  # --overwrite, checked above: the old tree goes just before the new one lands
     return out_dir
 

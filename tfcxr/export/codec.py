@@ -8,43 +8,23 @@ asked. Own resolution is the scale stage 3 trains at (random 896 crops of the un
 decoder are fully convolutional, and the classifier pools globally, so both work.
 """
 
-import re
-
 import tensorflow as tf
 
-from tfcxr.constants import COMPRESSION, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE
-from tfcxr.data import image_limits
+from tfcxr.constants import COMPRESSION
+from tfcxr.models import CLASSIFIER, NORMALIZATION
+from tfcxr.models.compression import to_uint8
 
 
 class CodecError(ValueError):
-    """Bad input for the codec: the message names the file and the problem."""
+    """Bad input for the codec: the message names the file and the problem.
 
-
-def read_gray(path, max_side=MAX_IMAGE_SIDE, max_pixels=MAX_IMAGE_PIXELS):
-    """Any PNG / JPEG (gray, RGB, RGBA, 8 or 16 bit) -> uint8 [H, W, 1].
-
-    A header declaring more than max_side pixels a side or max_pixels in all is refused
-    (CodecError) before decoding.
+    (Image files are read by tfcxr.data.image_limits.read_gray, which raises its ImageFileError.)
     """
-    try:
-        data = tf.io.read_file(str(path))
-        image_limits.check_bytes(data.numpy(), max_side, max_pixels)
-        return tf.io.decode_image(data, channels=1, expand_animations=False)  # 16 bit -> 8 bit too
-    except image_limits.ImageTooLarge as error:
-        raise CodecError(f"{path}: {error}") from None
-    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as error:
-        reason = re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:.*", "", error.message.splitlines()[0])  # TF's op decoration
-        raise CodecError(f"{path}: not a readable PNG or JPEG image ({reason})") from None
 
 
 def encode_png(pixels):
     """uint8 [H, W, 1] -> PNG bytes."""
     return tf.io.encode_png(pixels).numpy()
-
-
-def to_uint8(images):
-    """float [..., 1] in [0, 1] -> uint8: round(x * 255), what a PNG stores."""
-    return tf.cast(tf.round(tf.clip_by_value(images, 0.0, 1.0) * 255.0), tf.uint8)
 
 
 def fit(image, size=None):
@@ -76,8 +56,8 @@ def reconstruct(decoder, latent):
 
 def classify(aecnn, latent):
     """uint8 latent [h, w, 1] -> the 14 probabilities, through the AECNN's normalization and classifier."""
-    normalized = aecnn.get_layer("imagenet_normalization")(tf.cast(latent, tf.float32)[None] / 255.0)  # [1,h,w,3]
-    logits = aecnn.get_layer("classifier")(normalized, training=False)  # [1, 14]
+    normalized = aecnn.get_layer(NORMALIZATION)(tf.cast(latent, tf.float32)[None] / 255.0)  # [1,h,w,3]
+    logits = aecnn.get_layer(CLASSIFIER)(normalized, training=False)  # [1, 14]
     return tf.sigmoid(tf.cast(logits, tf.float32))[0].numpy()
 
 
@@ -87,6 +67,6 @@ def parts(model, names, path):
     missing = [name for name in names if name not in present]
     if missing:
         raise CodecError(f"{path}: has no {', '.join(missing)} (needs a stage-3 AECNN"
-                         f"{'' if 'classifier' in names else ' or a stage-2 autoencoder'})")
+                         f"{'' if CLASSIFIER in names else ' or a stage-2 autoencoder'})")
     return [model.get_layer(name) for name in names]
 

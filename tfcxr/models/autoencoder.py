@@ -11,6 +11,7 @@ from keras import layers, ops
 
 from tfcxr.constants import COMPRESSION
 from tfcxr.models.layers import PixelShuffle, clipped_relu, torch_initializers
+from tfcxr.models.names import DECODER, ENCODER
 
 # Two deliberate exceptions to PyTorch's initialisation, both about the clips' dead zones (the
 # ClippedReLU passes no gradient outside (0, 1)):
@@ -37,7 +38,7 @@ def build_encoder():
                       **torch_initializers(1 * 5 * 5))(x)  # [B,H/4,W/4,32]
     x = layers.Conv2D(1, 1, name="encoder_project", **torch_initializers(32 * 1 * 1, MID_GRAY))(x)  # [B,H/4,W/4,1]
     latent = clipped_relu(name="latent_clip")(x)
-    return keras.Model(image, latent, name="encoder")
+    return keras.Model(image, latent, name=ENCODER)
 
 
 def build_decoder():
@@ -48,7 +49,7 @@ def build_decoder():
     conv.bias.assign(MID_GRAY - MID_GRAY * ops.sum(conv.kernel, axis=(0, 1, 2)))  # mid-gray in -> mid-gray out
     x = PixelShuffle(COMPRESSION, name="pixel_shuffle")(x)  # [B,4h,4w,1]
     reconstruction = clipped_relu(name="reconstruction_clip")(x)
-    return keras.Model(latent, reconstruction, name="decoder")
+    return keras.Model(latent, reconstruction, name=DECODER)
 
 
 def build_autoencoder(encoder=None, decoder=None):

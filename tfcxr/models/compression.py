@@ -1,17 +1,30 @@
-"""The compressed domain's two reference operations, shared by training, evaluation and tools.
+"""The compressed domain's reference operations, shared by training, evaluation, export and tools.
 
-quantize           [0, 1] image -> the 256 levels an 8-bit PNG stores
+to_uint8           [0, 1] image -> uint8: round(clip(x, 0, 1) * 255), what an 8-bit PNG stores
+quantize           the same 256 levels kept as floats in [0, 1]
 resize_round_trip  plain resizing to the latent's size and back: the baseline every codec must beat
+
+(tfcxr.io.to_uint8 is the NumPy twin of to_uint8.)
 """
 
 import tensorflow as tf
 
-from tfcxr.constants import COMPRESSION
+from tfcxr.constants import COMPRESSION, LATENT_LEVELS
+
+
+def levels(images):
+    """[0, 1] image -> round(clip(x, 0, 1) * 255): the 8-bit level of each pixel, in the input's float dtype."""
+    return tf.round(tf.clip_by_value(images, 0.0, 1.0) * LATENT_LEVELS)
+
+
+def to_uint8(images):
+    """[0, 1] image -> uint8 of the same shape: the pixels an 8-bit PNG stores."""
+    return tf.cast(levels(images), tf.uint8)
 
 
 def quantize(latent):
     """[0, 1] image -> the nearest of 256 levels: exactly what an 8-bit PNG stores."""
-    return tf.round(tf.clip_by_value(latent, 0.0, 1.0) * 255.0) / 255.0
+    return levels(latent) / LATENT_LEVELS
 
 
 def resize_round_trip(images, method, quantized=False):

@@ -25,6 +25,7 @@ from keras import layers
 from tfcxr.constants import COMPRESSION, LATENT_LEVELS
 from tfcxr.models import autoencoder
 from tfcxr.models.layers import PixelShuffle, clipped_relu
+from tfcxr.models.names import DECODER, ENCODER
 
 # Capacity of the residual codec (configurable: TrainConfig.residual_*, tfcxr.main --residual_*).
 WIDTH = 32  # channels of every hidden convolution
@@ -81,7 +82,7 @@ def check_capacity(width, depth, part):
 
 def build_encoder(width=WIDTH, depth=ENCODER_DEPTH):
     """image [B,H,W,1] in [0, 1] -> latent [B,H/4,W/4,1] in [0, 1]."""
-    check_capacity(width, depth, "encoder")
+    check_capacity(width, depth, ENCODER)
     image = keras.Input(shape=(None, None, 1), name="image")
     bicubic = BicubicResize("down", name="bicubic_down")(image)  # [B,H/4,W/4,1]
     # Each latent pixel sees its own 4x4 block (a space_to_depth + 1x1 convolution), then 3x3 neighbours.
@@ -93,12 +94,12 @@ def build_encoder(width=WIDTH, depth=ENCODER_DEPTH):
     latent = layers.Add(dtype="float32", name="encoder_add")([bicubic, correction])  # float32 under mixed precision
     latent = clipped_relu(name="latent_clip")(latent)
     latent = StraightThroughRound(name="latent_round8")(latent)
-    return keras.Model(image, latent, name="encoder")
+    return keras.Model(image, latent, name=ENCODER)
 
 
 def build_decoder(width=WIDTH, depth=DECODER_DEPTH):
     """latent [B,h,w,1] -> reconstruction [B,4h,4w,1] in [0, 1]."""
-    check_capacity(width, depth, "decoder")
+    check_capacity(width, depth, DECODER)
     latent = keras.Input(shape=(None, None, 1), name="latent")
     bicubic = BicubicResize("up", name="bicubic_up")(latent)  # [B,4h,4w,1]
     x = latent
@@ -108,7 +109,7 @@ def build_decoder(width=WIDTH, depth=DECODER_DEPTH):
                       name="decoder_detail")(x)  # [B,h,w,16]
     detail = PixelShuffle(COMPRESSION, dtype="float32", name="pixel_shuffle")(x)  # [B,4h,4w,1]
     reconstruction = layers.Add(dtype="float32", name="decoder_add")([bicubic, detail])
-    return keras.Model(latent, clipped_relu(name="reconstruction_clip")(reconstruction), name="decoder")
+    return keras.Model(latent, clipped_relu(name="reconstruction_clip")(reconstruction), name=DECODER)
 
 
 def build_codec(kind="paper", width=WIDTH, decoder_depth=DECODER_DEPTH, encoder_depth=ENCODER_DEPTH):

@@ -19,14 +19,16 @@ and depth_to_space(4) order the 16 channels alike, so they need no permutation.
 
 import numpy as np
 
+from tfcxr.models.names import DECODER, ENCODER
+
 # state_dict name -> (sub-model, layer, index in layer.get_weights())
 TORCH_NAMES = {
-    "encoder.0.weight": ("encoder", "encoder_conv", 0),
-    "encoder.0.bias": ("encoder", "encoder_conv", 1),
-    "encoder.2.weight": ("encoder", "encoder_project", 0),
-    "encoder.2.bias": ("encoder", "encoder_project", 1),
-    "decoder.0.weight": ("decoder", "decoder_conv", 0),
-    "decoder.0.bias": ("decoder", "decoder_conv", 1),
+    "encoder.0.weight": (ENCODER, "encoder_conv", 0),
+    "encoder.0.bias": (ENCODER, "encoder_conv", 1),
+    "encoder.2.weight": (ENCODER, "encoder_project", 0),
+    "encoder.2.bias": (ENCODER, "encoder_project", 1),
+    "decoder.0.weight": (DECODER, "decoder_conv", 0),
+    "decoder.0.bias": (DECODER, "decoder_conv", 1),
 }
 
 

@@ -8,8 +8,7 @@ import keras
 import tensorflow as tf
 
 from tfcxr.constants import PLATEAU_FACTOR, PLATEAU_PATIENCE, PLATEAU_THRESHOLD
-
-from tfcxr.evaluate.runs import write_text
+from tfcxr.io import atomic_path, write_text
 
 # Attributes that carry a callback's progress across epochs: checkpointed, restored on resume.
 RESUMABLE = {
@@ -84,14 +83,12 @@ class ReduceLROnPlateau(keras.callbacks.Callback):
 
 def save_model_atomic(model, path):
     """model.save(path) without the optimizer (checkpoints hold it), never half-written under `path`."""
-    path = Path(path)
-    partial = path.with_name(f".{path.stem}.partial.keras")  # Keras insists on the .keras suffix
-    optimizer, model.optimizer = getattr(model, "optimizer", None), None  # else saved too: 3x the file
-    try:
-        model.save(partial)
-    finally:
-        model.optimizer = optimizer
-    os.replace(partial, path)
+    with atomic_path(path, suffix=".partial.keras") as partial:  # Keras insists on the .keras suffix
+        optimizer, model.optimizer = getattr(model, "optimizer", None), None  # else saved too: 3x the file
+        try:
+            model.save(partial)
+        finally:
+            model.optimizer = optimizer
 
 
 def truncate_log(path, epochs):
