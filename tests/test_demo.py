@@ -1,26 +1,18 @@
 """`make demo`'s job (tools/demo.py), as a smoke run: every step, two training steps a stage."""
 
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from tfcxr.constants import LABELS
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import run_tool
 
 
 @pytest.mark.slow
 def test_demo_runs_every_step_and_ends_with_table1_psnr_export_and_tensorboard(tmp_path):
     workspace = tmp_path / "demo"
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "demo.py"), f"--workspace={workspace}", "--num_patients=40",
-         "--val_images=20", "--quick"],
-        capture_output=True, text=True, timeout=900, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    result = run_tool("demo.py", f"--workspace={workspace}", "--num_patients=40", "--val_images=20", "--quick",
+                      expect=0, timeout=900)
     out = result.stdout
     titles = re.findall(r"^=== (.+): done in \d+ s$", out, flags=re.MULTILINE)
     assert titles == ["generate a ChestX-ray14-shaped dataset", "shard it into TFRecords",

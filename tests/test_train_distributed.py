@@ -5,7 +5,6 @@ process to kill, so every run is this file executed as a script (`run`); it trai
 pipeline with a tiny classifier and exits with os._exit (MirroredStrategy can hang at exit).
 """
 
-import dataclasses
 import json
 import os
 import signal
@@ -18,41 +17,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfcxr import models
-from tfcxr.constants import NUM_LABELS, PLATEAU_FACTOR, PLATEAU_PATIENCE
+from tfcxr.constants import PLATEAU_FACTOR, PLATEAU_PATIENCE
 from tfcxr.train import loop, stages, strategy
+from tiny_models import SIZES, tiny_stage
 
 TIMEOUT = 300
-SIZES = dict(image_size=32, resize_size=40)  # stage 1: the 64 px image/small resized, then cropped
-
-
-def tiny_classifier(config, batchnorm=False):
-    """Stage 1's baseline around a 2-layer classifier instead of DenseNet121 (trains in seconds).
-
-    batchnorm: the classifier's TorchBatchNormalization after the convolution, with momentum 0 so that
-    its moving statistics after a step are that step's batch statistics (the fused kernel on one
-    replica, the all-reduced moments when synchronized).
-    """
-    image = keras.Input(shape=(None, None, 3), name="image")
-    x = keras.layers.Conv2D(4, 3, strides=2, activation="relu", name="conv")(image)  # [B,H/2,W/2,4]
-    if batchnorm:
-        x = models.TorchBatchNormalization(momentum=0.0, name="bn")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)  # [B,4]
-    logits = keras.layers.Dense(NUM_LABELS, dtype="float32", name="logits")(x)  # [B,14]
-    return models.build_baseline(keras.Model(image, logits, name="classifier"))
-
-
-def tiny_stage(fixed_input=False, batchnorm=False):
-    """Stage 1 with the tiny classifier; `fixed_input`: the eval pipeline on train and no device
-    augmentation, so a global batch is the same images however it is split over replicas."""
-    build = (lambda config: tiny_classifier(config, batchnorm=True)) if batchnorm else tiny_classifier
-    stage = dataclasses.replace(stages.STAGES[1], build_model=build)
-    if fixed_input:
-        def unaugmented(config, split, training, *args):
-            return stages.records_dataset(1, config, split, False, *args)
-
-        stage = dataclasses.replace(stage, make_dataset=unaugmented, augmentation=lambda config: None)
-    return stage
 
 
 def overflow_step(spec):
