@@ -41,6 +41,14 @@ def noise_png(seed, size):
     return encode(gray_noise(size, size, seed))
 
 
+def write_noise_pngs(folder, seeds, size):
+    """folder/image_<seed>.png, the noise_png of each seed: files for a client tool. -> their paths."""
+    paths = [folder / f"image_{seed}.png" for seed in seeds]
+    for seed, path in zip(seeds, paths):
+        path.write_bytes(noise_png(seed, size))
+    return paths
+
+
 def torch_pixel_shuffle(x, r):
     """torch.nn.PixelShuffle(r) in numpy: [N,C*r*r,H,W] -> [N,C,H*r,W*r],
     out[n, c, h*r+i, w*r+j] = x[n, c*r*r + i*r + j, h, w] (the reference the models' PixelShuffle matches)."""

@@ -12,7 +12,7 @@ from PIL import Image
 
 from tfcxr.constants import LABELS
 from tfcxr.export import rest, saved_model
-from helpers import encode, gray_noise, noise_png, run_tool, serving_client
+from helpers import encode, gray_noise, run_tool, serving_client, write_noise_pngs
 from tiny_models import tiny_aecnn, tiny_baseline
 
 SIZE = 64  # the toy evaluation size the models are exported with
@@ -115,10 +115,7 @@ def serving_url(exported):
 
 
 def test_serving_client_prints_the_probabilities_of_each_file(aecnn, serving_url, tmp_path):
-    files = []
-    for seed in range(2):
-        files.append(tmp_path / f"image_{seed}.png")
-        files[-1].write_bytes(noise_png(seed, SIZE))
+    files = write_noise_pngs(tmp_path, range(2), SIZE)
     result = serving_client(serving_url, *files)
     assert result.returncode == 0, result.stderr
     assert_probability_table(result.stdout.splitlines(), aecnn, seeds=range(2))
@@ -138,10 +135,7 @@ def assert_probability_table(lines, aecnn, seeds):
 
 def test_query_saved_model_calls_serving_default_in_process(aecnn, exported, tmp_path):
     path, _ = exported
-    files = []
-    for seed in (3, 4):
-        files.append(tmp_path / f"image_{seed}.png")
-        files[-1].write_bytes(noise_png(seed, SIZE))
+    files = write_noise_pngs(tmp_path, (3, 4), SIZE)
     result = run_tool("query_saved_model.py", f"--saved_model={path}", *files, timeout=300)
     assert result.returncode == 0, result.stderr
     title, *lines = result.stdout.splitlines()

@@ -17,7 +17,7 @@ from PIL import Image
 
 from tfcxr.constants import LABELS
 from tfcxr.export import rest, saved_model
-from helpers import ROOT, noise_png, serving_client
+from helpers import ROOT, noise_png, serving_client, write_noise_pngs
 from tiny_models import tiny_aecnn, tiny_baseline
 
 SIZE = 64  # the toy evaluation size
@@ -132,10 +132,7 @@ def test_columnar_format_and_errors(aecnn_url):
 
 
 def test_serving_client_writes_the_latent_pngs_of_compress(exports, aecnn_url, tmp_path):
-    files = []
-    for seed in (7, 8):
-        files.append(tmp_path / f"image_{seed}.png")
-        files[-1].write_bytes(noise_png(seed, SIZE))
+    files = write_noise_pngs(tmp_path, (7, 8), SIZE)
     out_dir = tmp_path / "latents"
     predict = f"{aecnn_url}:predict"
     result = serving_client(predict, "--signature_name=compress", f"--out_dir={out_dir}", *files)
