@@ -41,3 +41,25 @@ def records_dir(synthetic_dir, tmp_path_factory):
         workers=1, small_size=64, encoding="png",
     )
     return out
+
+
+@pytest.fixture(scope="module")
+def aecnn():
+    """tiny_models.tiny_aecnn(): the AECNN the export tests serve, one per module (test_models.py has
+    an `aecnn` of its own, around DenseNet121)."""
+    from tiny_models import tiny_aecnn
+
+    return tiny_aecnn()
+
+
+@pytest.fixture(scope="module")
+def exported(aecnn, tmp_path_factory):
+    """`aecnn` exported for TF Serving at the toy evaluation size 64 with the default image limits:
+    (its version folder .../tfcxr_aecnn/1, the loaded SavedModel)."""
+    import tensorflow as tf
+
+    from tfcxr.export import saved_model
+
+    export_dir = tmp_path_factory.mktemp("exports")
+    path = saved_model.export(aecnn, export_dir, image_size=64, model_name="tfcxr_aecnn")
+    return path, tf.saved_model.load(str(path))

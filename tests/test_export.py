@@ -13,21 +13,9 @@ from PIL import Image
 from tfcxr.constants import LABELS
 from tfcxr.export import rest, saved_model
 from helpers import encode, gray_noise, run_tool, serving_client, write_noise_pngs
-from tiny_models import tiny_aecnn, tiny_baseline
+from tiny_models import tiny_baseline
 
-SIZE = 64  # the toy evaluation size the models are exported with
-
-
-@pytest.fixture(scope="module")
-def aecnn():
-    return tiny_aecnn()
-
-
-@pytest.fixture(scope="module")
-def exported(aecnn, tmp_path_factory):
-    export_dir = tmp_path_factory.mktemp("exports")
-    path = saved_model.export(aecnn, export_dir, image_size=SIZE, model_name="tfcxr_aecnn")
-    return path, tf.saved_model.load(str(path))
+SIZE = 64  # the toy evaluation size the models are exported with (`aecnn` and `exported`: tests/conftest.py)
 
 
 def test_tf_serving_layout_and_versions(aecnn, exported):

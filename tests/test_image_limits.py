@@ -17,9 +17,9 @@ from tfcxr.data import image_limits, sharding
 from tfcxr.evaluate import gradcam
 from tfcxr.export import saved_model
 from helpers import encode, run_shard, run_tool, write_tree
-from tiny_models import tiny_aecnn, tiny_baseline
+from tiny_models import tiny_baseline
 
-SIZE = 64  # the toy evaluation size of the exports
+SIZE = 64  # the toy evaluation size of the exports (`exported`: tests/conftest.py)
 
 
 def gradient(height, width):
@@ -71,14 +71,6 @@ def test_check_bytes_limits(bomb):
         data = header[:16] + struct.pack(">II", width, height)
         assert image_limits.too_large(*image_limits.declared_size(data)) is refused
     assert image_limits.too_large(100, 100, max_side=99) and image_limits.too_large(100, 100, max_pixels=9999)
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """A tiny AECNN exported with the default limits."""
-    export_dir = tmp_path_factory.mktemp("exports")
-    path = saved_model.export(tiny_aecnn(), export_dir, image_size=SIZE, model_name="tfcxr_aecnn")
-    return path, tf.saved_model.load(str(path))
 
 
 def test_signatures_refuse_oversized_headers_and_the_next_request_works(exported, bomb):
