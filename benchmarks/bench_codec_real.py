@@ -21,7 +21,6 @@ codec_rate.png and codec_steps.png. Training and scoring resume: a finished chun
 again and a scored snapshot not scored again (workspace/runs/codec_real/).
 """
 
-import argparse
 import csv
 import dataclasses
 import io
@@ -36,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+from absl import app, flags
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -64,13 +64,18 @@ VARIANTS = {
 JPEG_QUALITIES = (10, 30, 50, 70, 90, 95)
 WEBP_QUALITIES = (10, 30, 50, 70, 90)
 
+flags.DEFINE_list("variants", list(VARIANTS), f"of {', '.join(VARIANTS)}")
+flags.DEFINE_integer("steps_per_epoch", 250, "train steps (batch 32) per epoch")
+flags.DEFINE_list("phases", ["train", "score", "rate", "cost", "report"], "of train, last, score, rate, cost, report")
+FLAGS = flags.FLAGS
+
 
 def machine():
     """CPU model, AVX-512 or not, cores, load average: recorded with every result."""
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor())
-    flags = Path("/proc/cpuinfo").read_text()
-    return {"cpu": model, "avx512f": " avx512f " in flags, "cores": os.cpu_count(),
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    return {"cpu": model, "avx512f": " avx512f " in cpuinfo, "cores": os.cpu_count(),
             "loadavg": Path("/proc/loadavg").read_text().split()[:3]}
 
 
@@ -86,7 +91,7 @@ def train(variant, records_dir, steps_per_epoch):
     """Runs each chunk of `variant` (a resumed run continues to --epochs) and snapshots best.keras.
     Each chunk's wall and CPU seconds and load average go to <variant>.timings.json (one file per
     variant: variants may train in parallel processes)."""
-    flags, chunks = VARIANTS[variant]
+    variant_flags, chunks = VARIANTS[variant]
     model_dir = RUNS_DIR / variant
     path = timings_path(variant)
     timings = json.loads(path.read_text()) if path.is_file() else {}
@@ -94,7 +99,7 @@ def train(variant, records_dir, steps_per_epoch):
         target = snapshot_path(variant, epochs)
         if target.is_file():
             continue
-        command = [sys.executable, "-m", "tfcxr.main", "--stage=2", *flags, f"--records_dir={records_dir}",
+        command = [sys.executable, "-m", "tfcxr.main", "--stage=2", *variant_flags, f"--records_dir={records_dir}",
                    f"--model_dir={model_dir}", f"--epochs={epochs}", f"--steps_per_epoch={steps_per_epoch}",
                    f"--batch_size={BATCH}", "--val_steps=1", "--log_every=50"]
         print("$", " ".join(command), flush=True)
@@ -366,24 +371,20 @@ def report(state):
     print("\n".join(lines))
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"of {', '.join(VARIANTS)}")
-    parser.add_argument("--steps_per_epoch", type=int, default=250, help="train steps (batch 32) per epoch")
-    parser.add_argument("--phases", default="train,score,rate,cost,report", help="of train, last, score, rate, cost, report")
-    args = parser.parse_args()
-    variants, phases = args.variants.split(","), args.phases.split(",")
+def main(argv):
+    del argv
+    variants, phases = FLAGS.variants, FLAGS.phases
     RUNS_DIR.mkdir(parents=True, exist_ok=True)
     records_dir = real_cxr14.RECORDS_DIR
     real_cxr14.ensure_records(records_dir)
     state_path = RUNS_DIR / "bench.json"  # timings and machine of every phase run so far
     state = json.loads(state_path.read_text()) if state_path.is_file() else {"machines": []}
     state.setdefault("timings", {})
-    state["steps_per_epoch"] = args.steps_per_epoch
+    state["steps_per_epoch"] = FLAGS.steps_per_epoch
     state["machines"].append({"phases": phases, "start": machine()})
     if "train" in phases:
         for variant in variants:
-            train(variant, records_dir, args.steps_per_epoch)
+            train(variant, records_dir, FLAGS.steps_per_epoch)
             save_last(variant)
     if "last" in phases:  # the latest weights of runs trained earlier (or stopped)
         for variant in variants:
@@ -414,4 +415,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

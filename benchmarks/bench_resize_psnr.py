@@ -8,39 +8,41 @@ Uses the same round trip as --mode=evaluate's reconstruction report
 (tfcxr.evaluate.reconstruction.resize_round_trip: antialiased downsizing, clipped to [0, 1]).
 """
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+from absl import app, flags
 
 from tfcxr.evaluate.reconstruction import resize_round_trip, ssim_per_method
 
 ROOT = Path(__file__).resolve().parents[1]
 
+flags.DEFINE_string("images", str(ROOT.parent / "shared" / "cxr14-real" / "images"), "folder of the PNGs")
+flags.DEFINE_bool("ssim", False, "also SSIM (slow on CPU)")
+FLAGS = flags.FLAGS
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "cxr14-real" / "images")
-    parser.add_argument("--ssim", action="store_true", help="also SSIM (slow on CPU)")
-    args = parser.parse_args()
-    files = sorted(args.images.glob("*.png"))
+
+def main(argv):
+    del argv
+    images = Path(FLAGS.images)
+    files = sorted(images.glob("*.png"))
     if not files:
-        raise SystemExit(f"{args.images}: no PNGs")
+        raise SystemExit(f"{images}: no PNGs")
     scores = {f"{m}{s}": [] for m in ("bicubic", "bilinear") for s in ("", "_8bit")}
     for path in files:
         image = tf.io.decode_png(tf.io.read_file(str(path)), channels=1)  # RGBA -> gray too
         image = tf.image.convert_image_dtype(image, tf.float32)[None]  # [1,H,W,1] in [0, 1]
         outputs = {name: resize_round_trip(image, name.removesuffix("_8bit"), quantized=name.endswith("_8bit"))
                    for name in scores}
-        ssim = ssim_per_method(outputs, image) if args.ssim else {}
+        ssim = ssim_per_method(outputs, image) if FLAGS.ssim else {}
         for name, output in outputs.items():
             scores[name].append((float(tf.image.psnr(output, image, 1.0)[0]), float(ssim.get(name, [np.nan])[0])))
-    print(f"{len(files)} images from {args.images}, {image.shape[1]}x{image.shape[2]} -> /4 -> back")
+    print(f"{len(files)} images from {images}, {image.shape[1]}x{image.shape[2]} -> /4 -> back")
     for name, values in scores.items():
         psnr, ssim = np.mean(values, axis=0)
         print(f"{name:14s} PSNR {psnr:6.2f} dB  SSIM {ssim:.4f}")
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

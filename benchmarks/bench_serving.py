@@ -24,7 +24,6 @@ limit): time and memory. 4 without the limit took the process to ~8 GB (OOM-kill
 shared 23 GB machine). Writes benchmarks/results/serving.md.
 """
 
-import argparse
 import io
 import json
 import os
@@ -41,6 +40,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import tensorflow as tf
+from absl import app, flags
 from PIL import Image
 
 from tfcxr import models
@@ -57,6 +57,7 @@ REAL_IMAGES = Path(os.environ.get("TFCXR_REAL_DIR", ROOT.parent / "shared" / "cx
 BOMB_SIDE = 20_000
 MAX_BATCH = 8
 ATOL = 1e-6  # batched vs one at a time, float32 probabilities
+FLAGS = flags.FLAGS
 
 
 class Refused(Exception):
@@ -248,21 +249,25 @@ def percentiles(values):
     return np.percentile(np.array(values) * 1000, [50, 95, 99])
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=12, help="requests per thread")
-    parser.add_argument("--image_size", type=int, default=224, help="the export's evaluation size (demo stage 3)")
-    parser.add_argument("--bad_share", type=float, default=0.25, help="share of requests carrying one bad item")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--unlimited_counts", type=lambda text: [int(n) for n in text.split(",")], default=[1],
-                        help="requests of that many 20k PNGs sent WITHOUT the limit (4: ~8 GB peak process RSS)")
-    parser.add_argument("--rest", action="store_true", help="over HTTP, through tfcxr/export/rest.py's stand-in")
-    parser.add_argument("--url", help="a running TF Serving: http://HOST:8501/v1/models/NAME:predict")
-    parser.add_argument("--out", type=Path, help="default: benchmarks/results/serving.md (serving_http.md over HTTP)")
-    args = parser.parse_args()
-    over_http = bool(args.rest or args.url)
-    args.out = args.out or ROOT / "benchmarks" / "results" / ("serving_http.md" if over_http else "serving.md")
+def define_flags():
+    """The command line's flags, defined only when this file runs: tests import it beside
+    benchmarks/bench_training.py (its own --out), and a process holds one set of absl flags."""
+    flags.DEFINE_integer("threads", 4, "client threads")
+    flags.DEFINE_integer("rounds", 12, "requests per thread")
+    flags.DEFINE_integer("image_size", 224, "the export's evaluation size (demo stage 3)")
+    flags.DEFINE_float("bad_share", 0.25, "share of requests carrying one bad item")
+    flags.DEFINE_integer("seed", 0, "seed of the requests' sizes, images and bad items")
+    flags.DEFINE_list("unlimited_counts", ["1"],
+                      "requests of that many 20k PNGs sent WITHOUT the limit (4: ~8 GB peak process RSS)")
+    flags.DEFINE_bool("rest", False, "over HTTP, through tfcxr/export/rest.py's stand-in")
+    flags.DEFINE_string("url", None, "a running TF Serving: http://HOST:8501/v1/models/NAME:predict")
+    flags.DEFINE_string("out", None, "default: benchmarks/results/serving.md (serving_http.md over HTTP)")
+
+
+def main(argv):
+    del argv
+    over_http = bool(FLAGS.rest or FLAGS.url)
+    out = Path(FLAGS.out or ROOT / "benchmarks" / "results" / ("serving_http.md" if over_http else "serving.md"))
 
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     avx512 = "avx512f" in open("/proc/cpuinfo").read()
@@ -272,10 +277,10 @@ def main():
         work = Path(work)
         (work / "inputs").mkdir()
         good, bad = make_inputs(work / "inputs")
-        path = None if args.url else build_export(work / "exports", args.image_size)
-        if args.url:
-            client, mode = OverHttp(args.url), f"HTTP, `--url={args.url}`"
-        elif args.rest:
+        path = None if FLAGS.url else build_export(work / "exports", FLAGS.image_size)
+        if FLAGS.url:
+            client, mode = OverHttp(FLAGS.url), f"HTTP, `--url={FLAGS.url}`"
+        elif FLAGS.rest:
             server = rest.serving(path)
             client, mode = OverHttp(server.__enter__() + ":predict"), "HTTP, tfcxr/export/rest.py's stand-in (`--rest`)"
         else:
@@ -290,7 +295,7 @@ def main():
         print(f"one at a time: {len(good)} images, p50 {np.median(single) * 1000:.0f} ms", flush=True)
 
         soak_before = peak.reset()
-        requests, wall = soak(client, good, bad, args.threads, args.rounds, args.bad_share, args.seed)
+        requests, wall = soak(client, good, bad, FLAGS.threads, FLAGS.rounds, FLAGS.bad_share, FLAGS.seed)
         soak_peak, process_peak = peak.peak, max_rss()
         worst, problems = check(requests, reference)
         served = [r for r in requests if r["error"] is None]
@@ -299,10 +304,10 @@ def main():
 
         costs = []
         if not over_http:
-            unlimited = build_export(work / "unlimited", args.image_size, max_image_side=2**31 - 1,
+            unlimited = build_export(work / "unlimited", FLAGS.image_size, max_image_side=2**31 - 1,
                                      max_image_pixels=2**62)
-            costs = bomb_costs(path, unlimited, bad[4], good[0], peak, args.unlimited_counts)
-        if args.rest:
+            costs = bomb_costs(path, unlimited, bad[4], good[0], peak, [int(count) for count in FLAGS.unlimited_counts])
+        if FLAGS.rest:
             server.__exit__(None, None, None)
     load_after = os.getloadavg()
 
@@ -323,14 +328,14 @@ def main():
         "",
         f"`.venv/bin/python {command}`",
         "",
-        f"{mode}. The demo-size AECNN (DenseNet121 classifier, evaluation size {args.image_size}), UNTRAINED "
+        f"{mode}. The demo-size AECNN (DenseNet121 classifier, evaluation size {FLAGS.image_size}), UNTRAINED "
         f"weights (throughput, not accuracy); limits {MAX_IMAGE_SIDE} a side, {MAX_IMAGE_PIXELS} pixels. "
         f"CPU: {cpu} ({os.cpu_count()} cores{', AVX-512' if avx512 else ''}), shared with other work: "
         f"load average {load_before[0]:.1f} / {load_before[1]:.1f} before, {load_after[0]:.1f} / {load_after[1]:.1f} "
         "after (1 / 5 min). TensorFlow " + tf.__version__ + ".",
         "",
-        f"- {args.threads} threads x {args.rounds} requests of 1-{MAX_BATCH} images from {len(good)} good inputs "
-        f"(64 real PNGs, 2 RGBA, 16 JPEGs) and {len(bad)} bad ones, one bad item in {args.bad_share:.0%} of requests",
+        f"- {FLAGS.threads} threads x {FLAGS.rounds} requests of 1-{MAX_BATCH} images from {len(good)} good inputs "
+        f"(64 real PNGs, 2 RGBA, 16 JPEGs) and {len(bad)} bad ones, one bad item in {FLAGS.bad_share:.0%} of requests",
         f"- served: {len(served)} requests, {images} images in {wall:.1f} s: **{images / wall:.1f} images/s** "
         f"(one at a time: {len(good) / sum(single):.1f} images/s)",
         f"- latency per request, ms (p50 / p95 / p99): all {p_all[0]:.0f} / {p_all[1]:.0f} / {p_all[2]:.0f}; "
@@ -353,11 +358,12 @@ def main():
                     for what, label, seconds, gib, so_far, outcome in costs),
                   "", f"A real radiograph alone: {np.median(single):.3f} s (median of the one-at-a-time pass)."]
     text = "\n".join(lines) + "\n"
-    write_text(args.out, text)
+    write_text(out, text)
     print(text)
     peak.running = False
     return 1 if problems else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    define_flags()
+    app.run(main)

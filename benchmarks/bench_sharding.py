@@ -12,7 +12,6 @@ The forkserver that 2 workers fork from is started before timing (a one-time ~Te
 import per process). Writes benchmarks/results/sharding.md.
 """
 
-import argparse
 import multiprocessing
 import os
 import shutil
@@ -22,6 +21,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from absl import app, flags
 from PIL import Image
 
 from tfcxr.constants import SMALL_SIZE
@@ -30,6 +30,12 @@ from tfcxr.data import sharding, synthetic
 ROOT = Path(__file__).resolve().parents[1]
 REAL_IMAGES = ROOT.parent / "shared" / "cxr14-real" / "images"
 HEADER = synthetic.DATA_ENTRY_HEADER
+
+flags.DEFINE_integer("images", 256, "PNGs in the tree")
+flags.DEFINE_float("shard_mb", 8, "small enough for several shards per split")
+flags.DEFINE_integer("repeats", 2, "best of: the CPU is shared")
+flags.DEFINE_string("out", str(ROOT / "benchmarks" / "results" / "sharding.md"), "the Markdown results")
+FLAGS = flags.FLAGS
 
 
 def build_tree(root, count):
@@ -69,20 +75,14 @@ def decode_rate(paths, workers, context):
         return len(paths) / (time.perf_counter() - start)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=256)
-    parser.add_argument("--shard_mb", type=float, default=8, help="small enough for several shards per split")
-    parser.add_argument("--repeats", type=int, default=2, help="best of: the CPU is shared")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "sharding.md")
-    args = parser.parse_args()
-
+def main(argv):
+    del argv
     load = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="bench_sharding."))
     try:
-        data_dir = build_tree(work / "cxr14", args.images)
+        data_dir = build_tree(work / "cxr14", FLAGS.images)
         paths = sorted((data_dir / "images").glob("*.png"))
-        val_images = args.images // 10
+        val_images = FLAGS.images // 10
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload([sharding.__name__])
         decode_rate(paths[:4], 2, context)  # forkserver up; the files in the page cache
@@ -91,13 +91,13 @@ def main():
         for encoding in sharding.ENCODINGS:
             for workers in (1, 2):
                 rate, baseline = 0, decode_rate(paths, workers, context)
-                for _ in range(args.repeats):  # alternating, best of each
+                for _ in range(FLAGS.repeats):  # alternating, best of each
                     out = work / f"records_{encoding}_{workers}"
                     shutil.rmtree(out, ignore_errors=True)
                     start = time.perf_counter()
-                    manifest = sharding.shard(data_dir, out, val_images=val_images, shard_mb=args.shard_mb,
+                    manifest = sharding.shard(data_dir, out, val_images=val_images, shard_mb=FLAGS.shard_mb,
                                               workers=workers, encoding=encoding)
-                    rate = max(rate, args.images / (time.perf_counter() - start))
+                    rate = max(rate, FLAGS.images / (time.perf_counter() - start))
                     baseline = max(baseline, decode_rate(paths, workers, context))
                 shards = sum(len(split["shards"]) for split in manifest["splits"].values())
                 megabytes = sum(s["bytes"] for split in manifest["splits"].values() for s in split["shards"]) / 2**20
@@ -111,13 +111,13 @@ def main():
     lines = [
         "# Sharding throughput",
         "",
-        f"`.venv/bin/python benchmarks/bench_sharding.py --images={args.images} --shard_mb={args.shard_mb:g} "
-        f"--repeats={args.repeats}`",
+        f"`.venv/bin/python benchmarks/bench_sharding.py --images={FLAGS.images} --shard_mb={FLAGS.shard_mb:g} "
+        f"--repeats={FLAGS.repeats}`",
         "",
-        f"{args.images} images of 1024x1024 ({source}), small_size {SMALL_SIZE}, {os.cpu_count()} CPU cores, "
+        f"{FLAGS.images} images of 1024x1024 ({source}), small_size {SMALL_SIZE}, {os.cpu_count()} CPU cores, "
         f"1-minute load average {load:.1f} before and {os.getloadavg()[0]:.1f} after "
         f"(shared with other work: compare the ratio, measured in the same run, more than the rates); "
-        f"best of {args.repeats} alternating runs each. "
+        f"best of {FLAGS.repeats} alternating runs each. "
         "PIL decode: `Image.open(path).load()` of the same files in as many processes.",
         "",
         "| encoding | workers | shards | MiB written | sharding img/s | PIL decode img/s | sharding / decode |",
@@ -125,10 +125,10 @@ def main():
         *(f"| {e} | {w} | {n} | {mb:.0f} | {r:.1f} | {b:.1f} | {r / b:.2f} |" for e, w, n, mb, r, b in rows),
         "",
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines))
+    Path(FLAGS.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(FLAGS.out).write_text("\n".join(lines))
     print("\n".join(lines))
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

@@ -14,10 +14,10 @@
    benchmarks/results/stage2_real_<name>.png, then rebuilds benchmarks/results/stage2_real.md
    from every JSON there (a "## Notes" part of it is kept).
 
-Other --flags (e.g. --autoencoder=residual) go to tfcxr.main unchanged. --score_only scores an existing run again (the model_dir of --name) without training.
+Other --flags (e.g. --autoencoder=residual) go to tfcxr.main unchanged, and so does --flagfile
+(default configs/stage2.cfg). --score_only scores an existing run again (the model_dir of --name) without training.
 """
 
-import argparse
 import hashlib
 import json
 import os
@@ -28,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from pathlib import Path
 
 import matplotlib
@@ -35,6 +36,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from absl import app, flags  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_cxr14  # noqa: E402
@@ -48,31 +50,56 @@ PAPER_STEPS_PER_EPOCH = -(-PAPER_TRAIN_IMAGES // 64)  # 1,196 batches at 64 (the
 AUTHORS_PSNR = 35.8  # dB, the authors' stage-2 autoencoder (issue 9)
 NOTES = "\n## Notes\n"
 PASSED_THROUGH = ("epochs", "learning_rate", "val_steps", "batch_size", "seed", "patches_per_image")
+FLAGFILE = "configs/stage2.cfg"  # tfcxr.main's --flagfile unless one is given
+
+flags.DEFINE_string("name", None, "the run: workspace/runs/stage2-real/<name>, results/<name>", required=True)
+flags.DEFINE_integer("steps_per_epoch", PAPER_STEPS_PER_EPOCH, "train steps per epoch (default: 20 epochs take "
+                     "the paper's number of steps)")
+flags.DEFINE_integer("epochs", None, "default: the flagfile's (20)")
+flags.DEFINE_float("learning_rate", None, "default: the flagfile's (1e-4)")
+flags.DEFINE_integer("val_steps", None, "validation steps per epoch (default: the 4 val images)")
+flags.DEFINE_integer("batch_size", None, "default: the flagfile's (64)")
+flags.DEFINE_integer("seed", None, "default: the flagfile's")
+flags.DEFINE_integer("patches_per_image", None, "stage 2 patches per decoded original (if tfcxr.main has it)")
+flags.DEFINE_string("records_dir", str(real_cxr14.RECORDS_DIR), "the real radiographs' records (sharded if absent)")
+flags.DEFINE_string("runs_dir", str(ROOT / "workspace" / "runs" / "stage2-real"), "the runs' folder")
+flags.DEFINE_string("results_dir", str(RESULTS), "where the JSON, plots and stage2_real.md go")
+flags.DEFINE_bool("score_only", False, "score the existing run, do not train")
+flags.DEFINE_string("code_dir", None, "train with the tfcxr/ and configs/ in this folder (a modified copy, to measure "
+                    "a change) instead of a snapshot of the working tree")
+flags.DEFINE_integer("dead_at_init", None, "N: only count, for seeds 0..N-1, the stage-2 models whose initial "
+                     "decoder has a channel no latent in [0, 1] lifts above 0; no training")
+flags.DEFINE_string("note", "", "one line on why this run exists, kept in the results")
+FLAGS = flags.FLAGS
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--name", required=True, help="the run: workspace/runs/stage2-real/<name>, results/<name>")
-    parser.add_argument("--flagfile", default="configs/stage2.cfg")
-    parser.add_argument("--steps_per_epoch", type=int, default=PAPER_STEPS_PER_EPOCH)
-    parser.add_argument("--epochs", type=int, help="default: the flagfile's (20)")
-    parser.add_argument("--learning_rate", type=float, help="default: the flagfile's (1e-4)")
-    parser.add_argument("--val_steps", type=int, help="validation steps per epoch (default: the 4 val images)")
-    parser.add_argument("--batch_size", type=int, help="default: the flagfile's (64)")
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--patches_per_image", type=int, help="stage 2 patches per decoded original (if tfcxr.main has it)")
-    parser.add_argument("--records_dir", type=Path, default=real_cxr14.RECORDS_DIR)
-    parser.add_argument("--runs_dir", type=Path, default=ROOT / "workspace" / "runs" / "stage2-real")
-    parser.add_argument("--results_dir", type=Path, default=RESULTS)
-    parser.add_argument("--score_only", action="store_true", help="score the existing run, do not train")
-    parser.add_argument("--code_dir", type=Path, help="train with the tfcxr/ and configs/ in this folder (a modified "
-                        "copy, to measure a change) instead of a snapshot of the working tree")
-    parser.add_argument("--dead_at_init", type=int, metavar="N", help="only count, for seeds 0..N-1, the stage-2 "
-                        "models whose initial decoder has a channel no latent in [0, 1] lifts above 0; no training")
-    parser.add_argument("--note", default="", help="one line on why this run exists, kept in the results")
-    args, args.extra = parser.parse_known_args(argv)  # other --flags go to tfcxr.main as they are
+def take_flagfile(argv):
+    """(argv without --flagfile, the flagfile): it is tfcxr.main's, and absl would read it here."""
+    flagfile, rest, args = FLAGFILE, [], iter(argv)
+    for arg in args:
+        if arg == "--flagfile":
+            flagfile = next(args, "")
+        elif arg.startswith("--flagfile="):
+            flagfile = arg.partition("=")[2]
+        else:
+            rest.append(arg)
+    return rest, flagfile
+
+
+def parse_args(argv):
+    """argv without the program name -> this script's flags as a namespace, with .flagfile, .argv and .extra:
+    the flags it does not define, passed to tfcxr.main as they are."""
+    rest, flagfile = take_flagfile(argv)
+    FLAGS.unparse_flags()  # the defaults again: a test process parses more than once
+    try:
+        extra = FLAGS([sys.argv[0], *rest], known_only=True)[1:]
+    except flags.Error as error:
+        sys.exit(f"FATAL Flags parsing error: {error}")
+    args = types.SimpleNamespace(**{flag.name: flag.value for flag in FLAGS.get_flags_for_module(__name__)},
+                                 flagfile=flagfile, argv=argv, extra=extra)
     for name in ("records_dir", "runs_dir", "results_dir"):  # training runs in a snapshot folder
-        setattr(args, name, getattr(args, name).resolve())
+        setattr(args, name, Path(getattr(args, name)).resolve())
+    args.code_dir = Path(args.code_dir) if args.code_dir else None
     return args
 
 
@@ -182,14 +209,14 @@ def plot_losses(log, name, counts, path):
 
 def cpu_description():
     """'AMD EPYC ..., AVX-512: yes/no' from /proc/cpuinfo (lscpu's Model name and flags)."""
-    model, flags = platform.processor() or platform.machine(), set()
+    model, cpu_flags = platform.processor() or platform.machine(), set()
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         key, _, value = line.partition(":")
         if key.strip() == "model name":
             model = value.strip()
         elif key.strip() == "flags":
-            flags = set(value.split())
-    avx512 = sorted(flag for flag in flags if flag.startswith("avx512"))
+            cpu_flags = set(value.split())
+    avx512 = sorted(flag for flag in cpu_flags if flag.startswith("avx512"))
     return f"{model}, {os.cpu_count()} cores, AVX-512: {'yes (' + ' '.join(avx512[:4]) + ' ...)' if avx512 else 'no'}"
 
 
@@ -259,8 +286,7 @@ def dead_at_init(seeds, records_dir):
     return dead
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def main(args):
     if args.dead_at_init:
         dead = dead_at_init(args.dead_at_init, args.records_dir)
         print("seed: (decoder channels no latent in [0, 1] lifts above 0, channels 0 on every pixel of the "
@@ -299,7 +325,7 @@ def main(argv=None):
     result = {
         "name": args.name, "note": args.note, "commit": commit,
         "bench_command": shlex.join([".venv/bin/python", "benchmarks/bench_stage2_real.py",
-                                     *[a for a in (argv or sys.argv[1:]) if a != "--score_only" and not a.startswith("--note")]]),
+                                     *[a for a in args.argv if a != "--score_only" and not a.startswith("--note")]]),
         "command": shlex.join(["python", *command[1:]]).replace(str(ROOT) + "/", ""),
         "config": {key: config.get(key) for key in ("autoencoder", "learning_rate", "epochs", "steps_per_epoch",
                                                      "batch_size", "patches_per_image", "seed", "val_steps")},
@@ -325,4 +351,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main, flags_parser=lambda argv: parse_args(argv[1:]))

@@ -15,7 +15,6 @@ See tfcxr/export/codec.py for the geometry. An input whose header declares more 
 --max_image_side pixels a side or --max_image_pixels in all is refused before decoding.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import tfcxr.quiet  # noqa: F401  (first: TensorFlow starts without its start-up
 
 import pandas as pd
 import tensorflow as tf
+from absl import app, flags
 
 from tfcxr.constants import LABELS, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE
 from tfcxr.data.image_limits import ImageFileError, read_gray
@@ -31,9 +31,18 @@ from tfcxr.io import write_bytes, write_text
 from tfcxr.models import CLASSIFIER, DECODER, ENCODER, NORMALIZATION, load_model
 from tfcxr.models.compression import resize_round_trip, to_uint8
 
-def read(source, args):
+flags.DEFINE_string("model", None, "stage-3 (or, for the codec, stage-2) best.keras", required=True)
+flags.DEFINE_string("out_dir", None, "where the outputs go", required=True)
+flags.DEFINE_integer("size", None, "compress at size x size (a multiple of 4) instead of the own size")
+flags.DEFINE_bool("report", False, "compress: also the PSNR of each round trip (needs the decoder), beside bicubic")
+flags.DEFINE_integer("max_image_side", MAX_IMAGE_SIDE, "refuse wider or taller inputs")
+flags.DEFINE_integer("max_image_pixels", MAX_IMAGE_PIXELS, "refuse inputs of more pixels")
+FLAGS = flags.FLAGS
+
+
+def read(source):
     """uint8 [H, W, 1] of an input file, within the size limits of the flags."""
-    return read_gray(source, args.max_image_side, args.max_image_pixels)
+    return read_gray(source, FLAGS.max_image_side, FLAGS.max_image_pixels)
 
 
 NEEDS = {"compress": [ENCODER], "reconstruct": [DECODER], "classify": [NORMALIZATION, CLASSIFIER]}
@@ -57,30 +66,30 @@ def report_round_trip(image, latent, decoder):
           f"bicubic {codec.psnr(image, bicubic):.2f} dB (an 8-bit bicubic thumbnail of the latent's size, resized back)")
 
 
-def compress_files(model, args):
-    encoder, *decoder = codec.parts(model, NEEDS["compress"] + (NEEDS["reconstruct"] if args.report else []), args.model)
-    for source in args.inputs:
-        image = read(source, args)
-        fitted = codec.fit(image, args.size)
+def compress_files(model, inputs):
+    encoder, *decoder = codec.parts(model, NEEDS["compress"] + (NEEDS["reconstruct"] if FLAGS.report else []), FLAGS.model)
+    for source in inputs:
+        image = read(source)
+        fitted = codec.fit(image, FLAGS.size)
         latent = codec.compress(encoder, fitted)
-        yield write_png(source, args.out_dir / f"{source.stem}.latent.png", latent, image.shape)
-        if args.report:
+        yield write_png(source, Path(FLAGS.out_dir) / f"{source.stem}.latent.png", latent, image.shape)
+        if FLAGS.report:
             report_round_trip(fitted, latent, decoder[0])
 
 
-def reconstruct_files(model, args):
-    (decoder,) = codec.parts(model, NEEDS["reconstruct"], args.model)
-    for source in args.inputs:
-        latent = read(source, args)
-        target = args.out_dir / f"{source.stem.removesuffix('.latent')}.png"
+def reconstruct_files(model, inputs):
+    (decoder,) = codec.parts(model, NEEDS["reconstruct"], FLAGS.model)
+    for source in inputs:
+        latent = read(source)
+        target = Path(FLAGS.out_dir) / f"{source.stem.removesuffix('.latent')}.png"
         yield write_png(source, target, codec.reconstruct(decoder, latent), latent.shape)
 
 
-def classify_files(model, args):
-    codec.parts(model, NEEDS["classify"], args.model)
-    rows = {source.name: codec.classify(model, read(source, args)) for source in args.inputs}
+def classify_files(model, inputs):
+    codec.parts(model, NEEDS["classify"], FLAGS.model)
+    rows = {source.name: codec.classify(model, read(source)) for source in inputs}
     table = pd.DataFrame.from_dict(rows, orient="index", columns=list(LABELS)).rename_axis("file")
-    write_text(args.out_dir / "classify.csv", table.to_csv(float_format="%.6f"))
+    write_text(Path(FLAGS.out_dir) / "classify.csv", table.to_csv(float_format="%.6f"))
     print(table.T.to_string(float_format=lambda p: f"{p:.4f}"))
     return []
 
@@ -88,20 +97,15 @@ def classify_files(model, args):
 COMMANDS = {"compress": compress_files, "reconstruct": reconstruct_files, "classify": classify_files}
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=sorted(COMMANDS))
-    parser.add_argument("inputs", nargs="+", type=Path, help="images (compress) or latent PNGs")
-    parser.add_argument("--model", required=True, type=Path, help="stage-3 (or, for the codec, stage-2) best.keras")
-    parser.add_argument("--out_dir", required=True, type=Path)
-    parser.add_argument("--size", type=int, help="compress at size x size (a multiple of 4) instead of the own size")
-    parser.add_argument("--report", action="store_true",
-                        help="compress: also the PSNR of each round trip (needs the decoder), beside bicubic")
-    parser.add_argument("--max_image_side", type=int, default=MAX_IMAGE_SIDE, help="refuse wider or taller inputs")
-    parser.add_argument("--max_image_pixels", type=int, default=MAX_IMAGE_PIXELS, help="refuse inputs of more pixels")
-    args = parser.parse_args()
+def main(argv):
+    command, *inputs = argv[1:] or [None]
+    if command not in COMMANDS:
+        raise app.UsageError(f"the first argument is the command, one of {', '.join(sorted(COMMANDS))}; "
+                             f"got {command or 'none'}")
+    if not inputs:
+        raise app.UsageError(f"{command}: give one or more images (compress) or latent PNGs")
     try:
-        sizes = list(COMMANDS[args.command](load_model(args.model), args))
+        sizes = list(COMMANDS[command](load_model(Path(FLAGS.model)), [Path(path) for path in inputs]))
     except (codec.CodecError, ImageFileError, FileNotFoundError) as error:
         sys.exit(f"error: {error}")
     if len(sizes) > 1:
@@ -110,4 +114,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

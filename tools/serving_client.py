@@ -7,10 +7,10 @@ Sends {"signature_name": ..., "instances": [{"b64": "<base64 file bytes>"}, ...]
 row format for the `image_bytes` input) and decodes every {"b64": ...} in the answer (outputs
 named *_bytes). serving_default: one row per label, one column per file. compress: one line
 per file with its latent's size; with --out_dir, each latent_png_bytes written as
-<out_dir>/<file stem>_latent.png. Standard library only, so it runs wherever Python does.
+<out_dir>/<file stem>_latent.png. The standard library and absl-py only (no TensorFlow), so it
+runs wherever Python does after `pip install absl-py`.
 """
 
-import argparse
 import base64
 import json
 import os
@@ -18,6 +18,8 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from absl import app, flags
 
 DEFAULT_SIGNATURE = "serving_default"
 LATENT_PNG = "latent_png_bytes"  # compress's 8-bit latent, PNG-encoded
@@ -87,34 +89,43 @@ def latent_lines(paths, predictions, out_dir=None):
     return "\n".join(lines)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", required=True, help="http://HOST:8501/v1/models/MODEL_NAME:predict")
-    parser.add_argument("--signature_name", default=DEFAULT_SIGNATURE, choices=[DEFAULT_SIGNATURE, "compress"],
-                        help="serving_default (probabilities) or compress (AECNN latents)")
-    parser.add_argument("--out_dir", help="compress: write each latent PNG here as <file stem>_latent.png")
-    parser.add_argument("--timeout", type=float, default=60, help="seconds to wait for the server")
-    parser.add_argument("files", nargs="+", help="PNG or JPEG files")
-    args = parser.parse_args()
-    for path in args.files:
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """The command line's flags, defined only when this file runs: benchmarks/bench_serving.py (with a --url
+    of its own) and tools/query_saved_model.py import it, and a process holds one set of absl flags."""
+    flags.DEFINE_string("url", None, "http://HOST:8501/v1/models/MODEL_NAME:predict", required=True)
+    flags.DEFINE_enum("signature_name", DEFAULT_SIGNATURE, [DEFAULT_SIGNATURE, "compress"],
+                      "serving_default (probabilities) or compress (AECNN latents)")
+    flags.DEFINE_string("out_dir", None, "compress: write each latent PNG here as <file stem>_latent.png")
+    flags.DEFINE_float("timeout", 60, "seconds to wait for the server")
+
+
+def main(argv):
+    files = argv[1:]
+    if not files:
+        raise app.UsageError("give one or more PNG or JPEG files")
+    for path in files:
         if not Path(path).is_file():
             sys.exit(f"{path}: no such file")
-    if args.out_dir and args.signature_name != "compress":
+    if FLAGS.out_dir and FLAGS.signature_name != "compress":
         sys.exit("--out_dir: only compress returns images to write (pass --signature_name=compress)")
     try:
-        predictions = predict(args.url, args.files, args.timeout, args.signature_name)
+        predictions = predict(FLAGS.url, files, FLAGS.timeout, FLAGS.signature_name)
     except urllib.error.HTTPError as error:
-        sys.exit(f"{args.url}: HTTP {error.code}: {error.read().decode(errors='replace').strip()}")
+        sys.exit(f"{FLAGS.url}: HTTP {error.code}: {error.read().decode(errors='replace').strip()}")
     except (urllib.error.URLError, OSError) as error:
-        sys.exit(f"{args.url}: cannot reach the server ({getattr(error, 'reason', error)})")
-    if args.signature_name == "compress":
+        sys.exit(f"{FLAGS.url}: cannot reach the server ({getattr(error, 'reason', error)})")
+    if FLAGS.signature_name == "compress":
         try:
-            print(latent_lines(args.files, predictions, args.out_dir))
+            print(latent_lines(files, predictions, FLAGS.out_dir))
         except OSError as error:
-            sys.exit(f"{args.out_dir}: cannot write the latent PNGs ({error.strerror})")
+            sys.exit(f"{FLAGS.out_dir}: cannot write the latent PNGs ({error.strerror})")
     else:
-        print(table(args.files, predictions))
+        print(table(files, predictions))
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    app.run(main)
