@@ -5,7 +5,7 @@
 SSIM is optional: tf.image.ssim's depthwise convolutions take seconds per 1024 image on a CPU.
 
 Uses the same round trip as --mode=evaluate's reconstruction report
-(tfcxr.evaluate.reconstruction.resize_round_trip: antialiased downsizing, clipped to [0, 1]).
+(tfcxr.models.compression.resize_round_trip: antialiased downsizing, clipped to [0, 1]).
 """
 
 from pathlib import Path
@@ -14,7 +14,8 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from tfcxr.evaluate.reconstruction import resize_round_trip, ssim_per_method
+from tfcxr.evaluate.reconstruction import ssim_per_method
+from tfcxr.models.compression import resize_round_trip
 
 ROOT = Path(__file__).resolve().parents[1]
 

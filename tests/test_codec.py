@@ -8,7 +8,7 @@ from PIL import Image
 
 from tfcxr import models
 from tfcxr.constants import LABELS
-from tfcxr.evaluate.reconstruction import quantize
+from tfcxr.models.compression import quantize
 from tfcxr.export import codec
 from helpers import run_tool
 from tiny_models import box_codec, tiny_aecnn

@@ -10,21 +10,22 @@ from tfcxr import models
 from tfcxr.data.pipeline import make_dataset
 from tfcxr.train import stages
 from tfcxr.evaluate import reconstruction
+from tfcxr.models.compression import quantize, resize_round_trip
 from tiny_models import tiny_aecnn
 
 
 def test_quantize_gives_the_256_levels_of_an_8bit_png():
     latent = tf.random.uniform([2, 8, 8, 1], seed=1)
-    quantized = reconstruction.quantize(latent).numpy()
+    quantized = quantize(latent).numpy()
     np.testing.assert_allclose(quantized * 255, np.round(quantized * 255), atol=1e-4)
     assert np.abs(quantized - latent.numpy()).max() <= 0.5 / 255 + 1e-7
-    np.testing.assert_array_equal(reconstruction.quantize(quantized).numpy(), quantized)
+    np.testing.assert_array_equal(quantize(quantized).numpy(), quantized)
 
 
 @pytest.mark.parametrize("method", ["bicubic", "bilinear"])
 def test_resize_round_trip_antialiases_the_downsizing(method):
     checkerboard = (np.indices((64, 64)).sum(axis=0) % 2).astype(np.float32)[None, :, :, None]
-    output = reconstruction.resize_round_trip(tf.constant(checkerboard), method).numpy()
+    output = resize_round_trip(tf.constant(checkerboard), method).numpy()
     assert output.shape == checkerboard.shape
     np.testing.assert_allclose(output[:, 8:-8, 8:-8], 0.5, atol=0.02)  # aliasing would give 0 or 1
 
@@ -56,7 +57,7 @@ def test_ssim_per_method_is_tf_image_ssim_of_each_method():
 
 def _expected_psnr(model, dataset):
     encoder, decoder = model.get_layer("encoder"), model.get_layer("decoder")
-    psnr = [tf.image.psnr(decoder(reconstruction.quantize(encoder(b["image"]))), b["image"], 1.0) for b in dataset]
+    psnr = [tf.image.psnr(decoder(quantize(encoder(b["image"]))), b["image"], 1.0) for b in dataset]
     return float(tf.reduce_mean(tf.concat(psnr, 0)))
 
 

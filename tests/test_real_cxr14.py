@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from tfcxr.evaluate import reconstruction
-from tfcxr.models import autoencoder
+from tfcxr.models import autoencoder, compression
 from helpers import benchmark
 
 real_cxr14 = benchmark("real_cxr14")
@@ -51,7 +51,7 @@ def test_score_autoencoder_matches_direct_measure(real_dir, records):
     scores = real_cxr14.score_autoencoder(model, records, split="val")
     assert scores["images"] == 4 and set(scores["methods"]) == set(reconstruction.METHODS)
     images = np.concatenate([b["image"].numpy() for b in real_cxr14.held_out_dataset(records, 1, "val")])
-    bicubic = reconstruction.resize_round_trip(tf.constant(images), "bicubic")
+    bicubic = compression.resize_round_trip(tf.constant(images), "bicubic")
     expected = float(tf.reduce_mean(tf.image.psnr(bicubic, images, 1.0)))
     assert scores["methods"]["bicubic"]["psnr"] == pytest.approx(expected, abs=1e-3)
     untrained = scores["methods"]["autoencoder"]["psnr"]

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from tfcxr import models
 from tfcxr.constants import COMPRESSION
-from tfcxr.evaluate.reconstruction import quantize, resize_round_trip
+from tfcxr.models.compression import quantize, resize_round_trip
 from tfcxr.models import residual_codec
 from tfcxr.train import callbacks, stages
 from helpers import encode, run_tool, tfcxr_main

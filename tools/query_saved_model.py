@@ -12,19 +12,14 @@ from pathlib import Path
 from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serving_client import table  # noqa: E402  (the same table the REST client prints)
+from serving_client import image_files, table  # noqa: E402  (the REST client's checks and table)
 
 flags.DEFINE_string("saved_model", None, "DIR/<model_name>/<version> written by --mode=export.")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
-    paths = argv[1:]
-    if not paths:
-        raise app.UsageError("give one or more PNG / JPEG files")
-    for path in paths:
-        if not Path(path).is_file():
-            sys.exit(f"error: {path}: no such file")
+    paths = image_files(argv)
     if not (Path(FLAGS.saved_model) / "saved_model.pb").is_file():
         sys.exit(f"error: {FLAGS.saved_model}: no saved_model.pb (export with --mode=export)")
 

@@ -102,13 +102,20 @@ def define_flags():
     flags.DEFINE_float("timeout", 60, "seconds to wait for the server")
 
 
-def main(argv):
+def image_files(argv):
+    """The PNG / JPEG files of the command line (app.run's leftover argv): a usage error without any,
+    one line and exit 1 for a file that is not there."""
     files = argv[1:]
     if not files:
         raise app.UsageError("give one or more PNG or JPEG files")
     for path in files:
         if not Path(path).is_file():
-            sys.exit(f"{path}: no such file")
+            sys.exit(f"error: {path}: no such file")
+    return files
+
+
+def main(argv):
+    files = image_files(argv)
     if FLAGS.out_dir and FLAGS.signature_name != "compress":
         sys.exit("--out_dir: only compress returns images to write (pass --signature_name=compress)")
     try:

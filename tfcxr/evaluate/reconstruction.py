@@ -26,7 +26,7 @@ from tfcxr.evaluate import runs
 from tfcxr.io import write_json, write_text
 from tfcxr.models.names import CLASSIFIER, DECODER, ENCODER, has_layer
 from tfcxr.models.residual_codec import codec_kind
-from tfcxr.models.compression import quantize, resize_round_trip  # noqa: F401 - re-exported for tools
+from tfcxr.models.compression import quantize, resize_round_trip
 
 METHODS = {
     "autoencoder": "learned encoder -> decoder, float latent",

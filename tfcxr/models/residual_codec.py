@@ -38,7 +38,7 @@ AUTOENCODERS = ("paper", "residual")
 class BicubicResize(layers.Layer):
     """[B,H,W,C] -> [B,H/4,W/4,C] antialiased bicubic ("down"), or [B,4H,4W,C] bicubic ("up").
 
-    Exactly the resizes of tfcxr.evaluate.reconstruction.resize_round_trip, in float32.
+    Exactly the resizes of tfcxr.models.compression.resize_round_trip, in float32.
     """
 
     def __init__(self, direction, **kwargs):

@@ -28,7 +28,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from tfcxr.constants import ADAM_EPSILON
-from tfcxr.data import schema
+from tfcxr.io import read_manifest
 from tfcxr.train import callbacks as callbacks_lib
 from tfcxr.train.stages import Stage, TrainConfig
 from tfcxr.train.strategy import is_chief, write_dir
@@ -55,8 +55,7 @@ def check_init_files(stage, config):
 
 def split_size(records_dir, split):
     """Records written for `split`, from the records' manifest."""
-    manifest = json.loads((Path(records_dir) / schema.MANIFEST).read_text())
-    return manifest["splits"][split]["written"]
+    return read_manifest(records_dir)["splits"][split]["written"]
 
 
 def epoch_seed(seed, epoch):
