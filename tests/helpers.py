@@ -115,19 +115,13 @@ def tfcxr_main(*flags, expect=0):
     return run_python("-m", "tfcxr.main", *flags, expect=expect)
 
 
-def run_mode(*argv):
-    """`python -m tfcxr.main *argv` in this process, through tfcxr.modes (for stages or records that
-    exist only in a test); flags are reset before and after."""
-    from absl import flags
-
-    from tfcxr import main, modes  # noqa: F401  (main defines the training flags the modes read)
-
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(["tfcxr.main", *map(str, argv)])
-    try:
-        modes.MODES[flags.FLAGS.mode]()
-    finally:
-        flags.FLAGS.unparse_flags()
+def run_mode(*argv, setup="", expect=0):
+    """`python -m tfcxr.main *argv` in a child process that first runs `setup` (Python source: e.g.
+    registering a stage that exists only in a test), asserting its exit status is `expect`."""
+    argv = ["tfcxr.main", *map(str, argv)]
+    code = (f"{setup}\nimport sys\nfrom absl import app\nfrom tfcxr import main\nsys.argv = {argv!r}\n"
+            "main.check_stage_flags(sys.argv)\napp.run(main.main)\n")
+    return run_python("-c", code, expect=expect)
 
 
 def benchmark(name):

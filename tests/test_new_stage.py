@@ -9,7 +9,6 @@ import json
 
 import numpy as np
 import pandas as pd
-import pytest
 import tensorflow as tf
 from tfcxr.data import InputSpec, schema
 from tfcxr.train import stages
@@ -23,26 +22,31 @@ THUMBNAIL_CODEC = stages.Stage(
     export_name="tfcxr_thumbnail_codec")
 
 
-@pytest.fixture
-def toy_stage(monkeypatch):
-    monkeypatch.setitem(stages.STAGES.records, THUMBNAIL_CODEC.name, THUMBNAIL_CODEC)
-    return THUMBNAIL_CODEC
+def register():
+    """Adds the toy to the stage records (what tfcxr.main's child process runs first)."""
+    stages.STAGES.records[THUMBNAIL_CODEC.name] = THUMBNAIL_CODEC
 
 
-def test_a_toy_fourth_stage_trains_evaluates_and_exports(toy_stage, records_dir, tmp_path):
+def toy_mode(*argv, expect=0):
+    """tfcxr.main in a child process that knows the toy stage."""
+    setup = "import sys\nsys.path.insert(0, 'tests')\nimport test_new_stage\ntest_new_stage.register()"
+    return run_mode(*argv, setup=setup, expect=expect)
+
+
+def test_a_toy_fourth_stage_trains_evaluates_and_exports(records_dir, tmp_path):
     run, export_dir = tmp_path / "run", tmp_path / "export"
-    run_mode("--stage=thumbnail_codec", f"--records_dir={records_dir}", f"--model_dir={run}", "--batch_size=8",
+    toy_mode("--stage=thumbnail_codec", f"--records_dir={records_dir}", f"--model_dir={run}", "--batch_size=8",
              "--epochs=1", "--steps_per_epoch=3", "--val_steps=2", "--learning_rate=1e-3")
     assert json.loads((run / "config.json").read_text())["stage"] == "thumbnail_codec"
     log = pd.read_csv(run / "log.csv")
     assert {"val_loss", "val_psnr", "val_psnr_8bit", "val_ssim_bicubic"} <= set(log) and "val_auc" not in log
 
-    run_mode("--mode=evaluate", f"--model_dir={run}", "--split=test")  # stage, records, sizes: config.json's
+    toy_mode("--mode=evaluate", f"--model_dir={run}", "--split=test")  # stage, records, sizes: config.json's
     summary = json.loads((run / "eval" / "test" / "reconstruction.json").read_text())
     assert summary["stage"] == "thumbnail_codec" and "40x40" in summary["protocol"] and "latent 10x10" in summary["protocol"]
     assert not (run / "eval" / "test" / "auc.json").exists()  # not a classifier
 
-    run_mode("--mode=export", f"--model_dir={run}", f"--export_dir={export_dir}")
+    toy_mode("--mode=export", f"--model_dir={run}", f"--export_dir={export_dir}")
     served = tf.saved_model.load(str(export_dir / "tfcxr_thumbnail_codec" / "1"))
     assert sorted(served.signatures) == ["compress", "reconstruct", "serving_default"]
     image = encode(np.random.default_rng(0).integers(0, 256, (90, 70), dtype=np.uint8))
@@ -52,10 +56,13 @@ def test_a_toy_fourth_stage_trains_evaluates_and_exports(toy_stage, records_dir,
     assert reconstruction.shape == (1, 40, 40, 1)
 
 
-def test_modes_that_a_stage_lacks_stop_with_one_line(toy_stage, tmp_path):
+def test_modes_that_a_stage_lacks_stop_with_one_line(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"stage": "thumbnail_codec"}))
-    with pytest.raises(Exception, match="needs a classifier; thumbnail_codec is not one"):
-        run_mode("--mode=explain", f"--model_dir={tmp_path}", "--images=x.png")
+    result = toy_mode("--mode=explain", f"--model_dir={tmp_path}", "--images=x.png", expect=1)
+    assert "needs a classifier; thumbnail_codec is not one" in result.stderr
+    unknown = run_mode("--mode=explain", f"--model_dir={tmp_path}", "--images=x.png", expect=1)  # no toy here
+    assert unknown.stderr.strip().splitlines()[-1].startswith(
+        f"error: {tmp_path / 'config.json'}: --stage=thumbnail_codec: no such stage; one of baseline (1)")
 
 
 def test_plain_training_loads_no_evaluation_or_export_code():

@@ -236,7 +236,8 @@ def test_evaluation_names_the_codec_and_scores_an_untrained_residual_codec_as_bi
 
     assert residual_codec.codec_kind(models.build_codec("paper")[0]) == "paper"
     autoencoder = models.build_autoencoder(*models.build_codec("residual", width=8))
-    summary = reconstruction.evaluate_reconstruction(autoencoder, records_dir, tmp_path, stage=2, batch_size=16)
+    summary = reconstruction.evaluate_reconstruction(autoencoder, records_dir, tmp_path, stage="autoencoder",
+                                                     inputs=stages.STAGES["autoencoder"].inputs, batch_size=16)
     assert summary["codec"] == "residual"
     assert "Codec: residual (--autoencoder)." in (tmp_path / "eval" / "test" / "reconstruction.md").read_text()
     methods = summary["methods"]
