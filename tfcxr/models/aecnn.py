@@ -8,7 +8,8 @@ from tfcxr.models.classifier import BACKBONES
 from tfcxr.models.names import CLASSIFIER, DECODER, ENCODER, NORMALIZATION
 
 
-def build_aecnn(encoder, decoder, classifier, backbone="densenet121"):
+def build_aecnn(encoder: keras.Model, decoder: keras.Model, classifier: keras.Model,
+                backbone: str = "densenet121") -> keras.Model:
     """gray image [B,H,W,1] in [0, 1] -> {"latent", "reconstruction", "logits"}, all float32."""
     image = keras.Input(shape=(None, None, 1), name="image")
     latent = encoder(image)  # [B,H/4,W/4,1]
@@ -19,14 +20,14 @@ def build_aecnn(encoder, decoder, classifier, backbone="densenet121"):
     return keras.Model(image, outputs, name="aecnn")
 
 
-def load_model(path):
+def load_model(path) -> keras.Model:
     """A .keras file written by any stage (best.keras), uncompiled."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: model file not found")
     return keras.saving.load_model(path, compile=False)
 
 
-def load_stage_weights(aecnn, autoencoder_path=None, baseline_path=None):
+def load_stage_weights(aecnn: keras.Model, autoencoder_path=None, baseline_path=None) -> keras.Model:
     """Initialises stage 3: encoder + decoder from stage 2's best.keras, classifier from stage 1's.
 
     Either path may be None to leave that part as it is. Returns `aecnn`.

@@ -29,7 +29,7 @@ from tfcxr.models.names import DECODER, ENCODER
 MID_GRAY = 0.5
 
 
-def build_encoder():
+def build_encoder() -> keras.Model:
     """image [B,H,W,1] in [0, 1] -> latent [B,H/4,W/4,1] in [0, 1]; 865 parameters."""
     image = keras.Input(shape=(None, None, 1), name="image")
     # Explicit symmetric padding 2, as the reference's Conv2d(padding=2); "same" would pad 1/2.
@@ -41,7 +41,7 @@ def build_encoder():
     return keras.Model(image, latent, name=ENCODER)
 
 
-def build_decoder():
+def build_decoder() -> keras.Model:
     """latent [B,h,w,1] -> reconstruction [B,4h,4w,1] in [0, 1]; 160 parameters."""
     latent = keras.Input(shape=(None, None, 1), name="latent")
     conv = layers.Conv2D(COMPRESSION**2, 3, padding="same", name="decoder_conv", **torch_initializers(1 * 3 * 3))
@@ -52,7 +52,7 @@ def build_decoder():
     return keras.Model(latent, reconstruction, name=DECODER)
 
 
-def build_autoencoder(encoder=None, decoder=None):
+def build_autoencoder(encoder: keras.Model | None = None, decoder: keras.Model | None = None) -> keras.Model:
     """image -> {"latent", "reconstruction"}; builds a fresh encoder / decoder when not given."""
     encoder = encoder or build_encoder()
     decoder = decoder or build_decoder()

@@ -35,7 +35,8 @@ class Backbone:
     features: str
 
 
-def build_classifier(weights=None, image_size=None, num_labels=NUM_LABELS, backbone="densenet121"):
+def build_classifier(weights: str | None = None, image_size: int | None = None, num_labels: int = NUM_LABELS,
+                     backbone: str = "densenet121") -> keras.Model:
     """Normalized image [B,H,W,3] -> logits [B,num_labels], float32 under any precision policy.
 
     weights: None (random), "imagenet" (downloaded once into ~/.keras/models/), or the path of
@@ -50,7 +51,7 @@ def build_classifier(weights=None, image_size=None, num_labels=NUM_LABELS, backb
     return keras.Model(image, logits, name=CLASSIFIER)
 
 
-def densenet121(image, weights):
+def densenet121(image: keras.KerasTensor, weights: str | None) -> keras.Model:
     """DenseNet121 without its top on `image` ([B,H,W,3] -> [B,H/32,W/32,1024]), its BatchNorm as
     PyTorch's (torch_batchnorm)."""
     if weights is not None and weights != "imagenet":
@@ -81,7 +82,7 @@ def _densenet121(image, weights):
     return backbone
 
 
-def torch_batchnorm(backbone):
+def torch_batchnorm(backbone: keras.Model) -> keras.Model:
     """`backbone` with each BatchNormalization replaced by a TorchBatchNormalization of the same
     config, weights and name but PyTorch's momentum (0.1, torchvision's DenseNet121: Keras's 0.99
     follows the batch statistics 10x slower); every other layer is reused as it is."""
@@ -97,7 +98,7 @@ def torch_batchnorm(backbone):
     return model
 
 
-def build_baseline(classifier, backbone="densenet121"):
+def build_baseline(classifier: keras.Model, backbone: str = "densenet121") -> keras.Model:
     """D121 BL5: gray image [B,H,W,1] in [0, 1] -> {"logits": [B,L]}; normalizes inside as the
     classifier's backbone (a key of BACKBONES) expects."""
     image = keras.Input(shape=(*classifier.input_shape[1:3], 1), name="image")

@@ -112,7 +112,8 @@ def build_decoder(width=WIDTH, depth=DECODER_DEPTH):
     return keras.Model(latent, clipped_relu(name="reconstruction_clip")(reconstruction), name=DECODER)
 
 
-def build_codec(kind="paper", width=WIDTH, decoder_depth=DECODER_DEPTH, encoder_depth=ENCODER_DEPTH):
+def build_codec(kind: str = "paper", width: int = WIDTH, decoder_depth: int = DECODER_DEPTH,
+                encoder_depth: int = ENCODER_DEPTH) -> tuple[keras.Model, keras.Model]:
     """(encoder, decoder) of --autoencoder=paper (autoencoder.py; no knobs) or residual."""
     if kind == "paper":
         return autoencoder.build_encoder(), autoencoder.build_decoder()
