@@ -11,8 +11,8 @@ The run owns its config: training writes model_dir/config.json (the stage and ev
 field); evaluate, explain and export read it, and a flag overrides it only when given explicitly
 (on the command line or in a flagfile), so a run is evaluated and exported at the geometry it
 trained with. A --stage that contradicts the run's stops with one line.
-Each mode imports what it needs when it runs: a plain --mode=train loads neither matplotlib nor
-the exporter.
+Each mode imports what it needs when it runs: a plain --mode=train loads none of tfcxr.evaluate
+(figures, tables) or tfcxr.export (Keras itself still imports matplotlib when it is installed).
 """
 
 import dataclasses
@@ -101,17 +101,11 @@ def _load(model_dir):
 
 
 def evaluation_inputs(stage: Stage, config: TrainConfig, model):
-    """What evaluate and export feed `model`: the stage's inputs at the run's sizes; a codec alone
-    (no classifier) on originals at the records' full resolution (it is fully convolutional and
-    compresses whole radiographs)."""
-    from tfcxr.data import schema
-    from tfcxr.evaluate.reconstruction import original_size
-    from tfcxr.models.names import CLASSIFIER, has_layer
+    """What evaluate and export feed `model`: the stage's inputs at the run's sizes, or a codec
+    alone's at full resolution (reconstruction.measured_inputs): one rule, so the two agree."""
+    from tfcxr.evaluate.reconstruction import measured_inputs
 
-    inputs = stage.input_spec(config)
-    if inputs.feature == schema.ENCODED and not has_layer(model, CLASSIFIER):
-        inputs = inputs.with_sizes(image_size=original_size(config.records_dir, FLAGS.split)[0])
-    return inputs
+    return measured_inputs(model, stage.input_spec(config), config.records_dir, FLAGS.split)
 
 
 def train():

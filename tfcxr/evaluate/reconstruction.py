@@ -93,13 +93,26 @@ def measure(encoder, decoder, dataset):
     return {name: {"psnr": total[0] / count, "ssim": total[1] / count} for name, total in totals.items()}, count, shape
 
 
+def codec_alone_on_originals(model, inputs: pipeline.InputSpec) -> bool:
+    """Whether `model` is a codec without a classifier reading originals: it is then measured (and
+    served) at the records' full resolution, not at its inputs' evaluation size."""
+    return inputs.feature == schema.ENCODED and not has_layer(model, CLASSIFIER)
+
+
+def measured_inputs(model, inputs: pipeline.InputSpec, records_dir, split: str) -> pipeline.InputSpec:
+    """The inputs `model` is evaluated and exported at: `inputs`, or for a codec alone on originals
+    the same at the split's full resolution (fully convolutional, it compresses whole radiographs)."""
+    if codec_alone_on_originals(model, inputs):
+        return inputs.with_sizes(image_size=original_size(records_dir, split)[0])
+    return inputs
+
+
 def evaluate_reconstruction(model, records_dir, model_dir, *, inputs: pipeline.InputSpec, stage: str = "aecnn",
                             split: str = "test", batch_size: int = 8, checkpoint=None) -> dict:
     """Measures an autoencoder or AECNN (anything with encoder and decoder sub-models) on the images
-    `inputs` reads; `stage` names it in the report."""
-    full_resolution = inputs.feature == schema.ENCODED and not has_layer(model, CLASSIFIER)
-    if full_resolution:
-        inputs = inputs.with_sizes(image_size=original_size(records_dir, split)[0])
+    `inputs` reads (see measured_inputs); `stage` names it in the report."""
+    full_resolution = codec_alone_on_originals(model, inputs)
+    inputs = measured_inputs(model, inputs, records_dir, split)
     dataset = pipeline.make_dataset(records_dir, split, inputs, batch_size, training=False)
     methods, count, (height, width) = measure(model.get_layer(ENCODER), model.get_layer(DECODER), dataset)
     protocol = (f"{stage}: whole images resized to {height}x{width}"

@@ -124,14 +124,14 @@ def make_train_step(stage, model, optimizer, augmentation, strategy, jit_compile
 
 
 def make_eval_step(stage, model, metrics, strategy):
-    """A tf.function: sums of the per-example loss terms and "count", and every metric's per-example
-    values gathered from all replicas and workers ({metric index: {name: [B, ...]}})."""
+    """A tf.function: sums of the per-example loss terms and "count", and each metric's per-example
+    values gathered from all replicas and workers (one {name: [B, ...]} per metric, in order)."""
 
     def replica_step(batch):
         outputs = model(batch["image"], training=False)
         sums = {name: tf.reduce_sum(value) for name, value in stage.loss(batch, outputs).items()}
         sums["count"] = tf.cast(tf.shape(batch["image"])[0], tf.float32)
-        return sums, {str(i): metric.per_example(model, batch, outputs) for i, metric in enumerate(metrics)}
+        return sums, tuple(metric.per_example(model, batch, outputs) for metric in metrics)
 
     @tf.function
     def eval_step(batch):
@@ -145,18 +145,18 @@ def make_eval_step(stage, model, metrics, strategy):
 def validate(eval_step, metrics, dataset, steps, show):
     """val_<term> means over the examples and val_<name> of every metric's result."""
     sums = collections.defaultdict(float)
-    values = collections.defaultdict(list)
+    values = [collections.defaultdict(list) for _ in metrics]  # per metric: {name: [per-batch arrays]}
     for batch in tqdm(itertools.islice(dataset, steps), desc="val", total=steps, leave=False, disable=not show):
         batch_sums, batch_values = eval_step(batch)
         for name, value in batch_sums.items():
             sums[name] += float(value)
-        for index, named in batch_values.items():
+        for parts, named in zip(values, batch_values):
             for name, value in named.items():
-                values[index, name].append(value.numpy())
+                parts[name].append(value.numpy())
     count = sums.pop("count")
     logs = {f"val_{name}": total / count for name, total in sums.items()}
-    for index, metric in enumerate(metrics):
-        gathered = {name: np.concatenate(parts) for (i, name), parts in values.items() if i == str(index)}
+    for metric, parts in zip(metrics, values):
+        gathered = {name: np.concatenate(arrays) for name, arrays in parts.items()}
         logs.update({f"val_{name}": value for name, value in metric.result(gathered).items()})
     return logs
 
