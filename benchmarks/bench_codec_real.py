@@ -43,7 +43,7 @@ import real_cxr14  # noqa: E402  (benchmarks/real_cxr14.py: the shared real-data
 
 from tfcxr.evaluate import reconstruction  # noqa: E402
 from tfcxr.export import codec  # noqa: E402
-from tfcxr.io import write_bytes, write_json, write_text  # noqa: E402
+from tfcxr.storage import write_bytes, write_json, write_text  # noqa: E402
 from tfcxr.models import DECODER, ENCODER, load_model  # noqa: E402
 from tfcxr.models.compression import to_uint8  # noqa: E402
 from tfcxr.train import callbacks, stages  # noqa: E402

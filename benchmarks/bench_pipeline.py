@@ -33,7 +33,7 @@ import pandas as pd
 from absl import app, flags
 from PIL import Image, ImageEnhance
 
-from tfcxr.io import write_text
+from tfcxr.storage import write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DIR = ROOT.parent / "shared" / "cxr14-real"

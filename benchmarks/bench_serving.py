@@ -47,7 +47,7 @@ from tfcxr import models
 from tfcxr.constants import MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE
 from tfcxr.data import image_limits
 from tfcxr.export import rest, saved_model
-from tfcxr.io import write_text
+from tfcxr.storage import write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))

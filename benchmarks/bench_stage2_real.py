@@ -41,7 +41,7 @@ from absl import app, flags  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_cxr14  # noqa: E402
 
-from tfcxr.io import save_figure, write_json, write_text  # noqa: E402
+from tfcxr.storage import save_figure, write_json, write_text  # noqa: E402
 
 ROOT = real_cxr14.ROOT
 RESULTS = ROOT / "benchmarks" / "results"

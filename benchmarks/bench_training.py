@@ -46,7 +46,7 @@ from absl import app, flags
 
 from tfcxr import models
 from tfcxr.constants import CLASSIFICATION_WEIGHT, LEARNING_RATE, NUM_LABELS, STAGE1_CROP, STAGE2_PATCH, STAGE3_CROP
-from tfcxr.io import write_text
+from tfcxr.storage import write_text
 from tfcxr.train import loop, stages, strategy
 
 flags.DEFINE_integer("steps", None, "timed steps per case, after one untimed step (default: per stage, SIZES)")

@@ -26,7 +26,7 @@ import numpy as np
 
 from tfcxr.data import metadata, pipeline, schema, sharding
 from tfcxr.evaluate import reconstruction
-from tfcxr.io import MANIFEST, read_manifest, write_text
+from tfcxr.storage import MANIFEST, read_manifest, write_text
 from tfcxr.models import DECODER, ENCODER, load_model
 from tfcxr.models.names import has_layer
 

@@ -1,4 +1,4 @@
-"""Layers point one way: constants <- io, quiet <- data <- models <- train / evaluate / export
+"""Layers point one way: constants <- storage, quiet <- data <- models <- train / evaluate / export
 (siblings that never import each other) <- modes <- main. Read from every module's imports (AST), so a
 wrong-way import anywhere in the package, even inside a function, fails here."""
 
@@ -6,7 +6,7 @@ import ast
 
 from helpers import ROOT
 
-LAYERS = {"constants": 0, "io": 0.5, "quiet": 0.5, "data": 1, "models": 2, "train": 3, "evaluate": 3, "export": 3,
+LAYERS = {"constants": 0, "storage": 0.5, "quiet": 0.5, "data": 1, "models": 2, "train": 3, "evaluate": 3, "export": 3,
           "modes": 4, "main": 5}
 
 

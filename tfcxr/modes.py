@@ -109,7 +109,7 @@ def evaluation_inputs(stage: Stage, config: TrainConfig, model):
 
 
 def train():
-    from tfcxr.io import write_json
+    from tfcxr.storage import write_json
     from tfcxr.train import loop, strategy
 
     if not (FLAGS.records_dir and FLAGS.model_dir):

@@ -14,7 +14,7 @@ import tfcxr.quiet  # noqa: F401  (first: TensorFlow starts without its start-up
 from absl import app, flags
 
 from tfcxr.evaluate import runs, tables
-from tfcxr.io import write_text
+from tfcxr.storage import write_text
 
 flags.DEFINE_list("names", None, "column names, comma-separated (default: folder names)")
 flags.DEFINE_string("split", "test", "the split evaluated (--split of --mode=evaluate)")

@@ -27,7 +27,7 @@ from absl import app, flags
 from tfcxr.constants import LABELS, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE
 from tfcxr.data.image_limits import ImageFileError, read_gray
 from tfcxr.export import codec
-from tfcxr.io import write_bytes, write_text
+from tfcxr.storage import write_bytes, write_text
 from tfcxr.models import CLASSIFIER, DECODER, ENCODER, NORMALIZATION, load_model
 from tfcxr.models.compression import resize_round_trip, to_uint8
 

@@ -39,7 +39,7 @@ from tfcxr.constants import CONTRAST
 from tfcxr.data import augment as augmentations
 from tfcxr.data import fmix as fmix_lib
 from tfcxr.data import schema
-from tfcxr.io import read_manifest
+from tfcxr.storage import read_manifest
 
 AUTOTUNE = tf.data.AUTOTUNE
 FEATURES = (schema.SMALL, schema.ENCODED)  # what an InputSpec reads: image/small or the original

@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from tfcxr.constants import LABELS as CXR14_LABELS
 from tfcxr.constants import NUM_LABELS
-from tfcxr.io import MANIFEST  # noqa: F401 - the records folder's manifest.json, beside the shards
+from tfcxr.storage import MANIFEST  # noqa: F401 - the records folder's manifest.json, beside the shards
 
 ENCODED = "image/encoded"
 FORMAT = "image/format"

@@ -20,7 +20,7 @@ Decisions (each one the simplest that is correct):
   shuffled with the seed, the images on disk kept in that order and cut into that many
   near-equal runs (np.array_split). small/ holds the same Examples minus image/encoded.
 - Resume: a shard and its small companion are written under temporary names, flushed and
-  renamed into place (tfcxr.io.atomic_path), then a sidecar `.progress/<shard>.json` records
+  renamed into place (tfcxr.storage.atomic_path), then a sidecar `.progress/<shard>.json` records
   a key of the exact inputs (rows, labels, settings, source sizes and mtimes) and the shards'
   sha256 and size. A rerun skips a shard whose sidecar key matches and whose files have the
   recorded sizes; since a final name only ever holds a complete file, re-hashing gigabytes is
@@ -48,7 +48,7 @@ from tfcxr.data import image_limits, metadata, schema
 from tfcxr.data import pixels as gray_pixels
 from tfcxr.data.image_limits import PNG_SIGNATURE
 from tfcxr.data.metadata import ShardingError
-from tfcxr.io import TEMPORARY_SUFFIX, atomic_path, write_text
+from tfcxr.storage import TEMPORARY_SUFFIX, atomic_path, write_text
 
 ENCODINGS = ("png", "raw")
 PNG_COMPRESS_LEVEL = 1  # zlib's fastest: 3x faster than 6 for +15% bytes on image/small (5% of a record)
@@ -145,7 +145,7 @@ def _sha256(path):
 
 
 def _temporaries(out_dir):
-    """What tfcxr.io's atomic writes left behind when a run was killed."""
+    """What tfcxr.storage's atomic writes left behind when a run was killed."""
     return [path for folder in (out_dir, out_dir / SMALL_DIR, out_dir / PROGRESS_DIR)
             for path in folder.glob(f".*{TEMPORARY_SUFFIX}")]
 

@@ -50,7 +50,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from tfcxr.constants import LABELS, NO_FINDING, ORIGINAL_SIZE
-from tfcxr.io import atomic_directory, to_uint8
+from tfcxr.storage import atomic_directory, to_uint8
 
 DATA_ENTRY = "Data_Entry_2017.csv"
 DATA_ENTRY_HEADER = (

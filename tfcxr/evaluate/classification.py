@@ -21,7 +21,7 @@ from tqdm import tqdm  # noqa: E402
 from tfcxr.constants import BOOTSTRAP_RESAMPLES, LABELS  # noqa: E402
 from tfcxr.data import pipeline  # noqa: E402
 from tfcxr.evaluate import metrics, runs, tables  # noqa: E402
-from tfcxr.io import save_figure, write_json, write_text  # noqa: E402
+from tfcxr.storage import save_figure, write_json, write_text  # noqa: E402
 
 
 def logits_of(outputs):

@@ -25,7 +25,7 @@ import tensorflow as tf  # noqa: E402
 from tfcxr.constants import LABELS, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE  # noqa: E402
 from tfcxr.data import pipeline, schema  # noqa: E402
 from tfcxr.data.image_limits import read_gray  # noqa: E402
-from tfcxr.io import save_figure, write_text  # noqa: E402
+from tfcxr.storage import save_figure, write_text  # noqa: E402
 from tfcxr.models import CLASSIFIER, ENCODER, NORMALIZATION, backbone_of, has_codec  # noqa: E402
 
 BBOX_SPELLING = {"Infiltrate": "Infiltration"}  # BBox_List_2017.csv's name -> ours

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from tfcxr.constants import COMPRESSION
 from tfcxr.data import pipeline, schema
 from tfcxr.evaluate import runs
-from tfcxr.io import write_json, write_text
+from tfcxr.storage import write_json, write_text
 from tfcxr.models.names import CLASSIFIER, DECODER, ENCODER, has_layer
 from tfcxr.models.residual_codec import codec_kind
 from tfcxr.models.compression import quantize, resize_round_trip

@@ -1,11 +1,11 @@
 """What evaluation reads from a run and its records: where its outputs go, the labels' source, image/small's size.
 
-Writing them is tfcxr.io's (atomic writes).
+Writing them is tfcxr.storage's (atomic writes).
 """
 
 from pathlib import Path
 
-from tfcxr.io import MANIFEST, read_manifest
+from tfcxr.storage import MANIFEST, read_manifest
 
 
 def eval_dir(model_dir, split, tta="none"):

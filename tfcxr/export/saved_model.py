@@ -31,7 +31,7 @@ import tensorflow as tf
 from tfcxr.constants import LABELS, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE
 from tfcxr.data import image_limits, pipeline, pixels
 from tfcxr.data.image_limits import JPEG_SIGNATURE, PNG_SIGNATURE
-from tfcxr.io import atomic_directory
+from tfcxr.storage import atomic_directory
 from tfcxr.models import DECODER, ENCODER, has_codec
 from tfcxr.models.compression import to_uint8
 

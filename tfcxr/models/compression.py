@@ -4,7 +4,7 @@ to_uint8           [0, 1] image -> uint8: round(clip(x, 0, 1) * 255), what an 8-
 quantize           the same 256 levels kept as floats in [0, 1]
 resize_round_trip  plain resizing to the latent's size and back: the baseline every codec must beat
 
-(tfcxr.io.to_uint8 is the NumPy twin of to_uint8.)
+(tfcxr.storage.to_uint8 is the NumPy twin of to_uint8.)
 """
 
 import tensorflow as tf

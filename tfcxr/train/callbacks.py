@@ -8,7 +8,7 @@ import keras
 import tensorflow as tf
 
 from tfcxr.constants import PLATEAU_FACTOR, PLATEAU_PATIENCE, PLATEAU_THRESHOLD
-from tfcxr.io import atomic_path, write_text
+from tfcxr.storage import atomic_path, write_text
 
 # Attributes that carry a callback's progress across epochs: checkpointed, restored on resume.
 RESUMABLE = {

@@ -28,7 +28,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from tfcxr.constants import ADAM_EPSILON
-from tfcxr.io import read_manifest
+from tfcxr.storage import read_manifest
 from tfcxr.train import callbacks as callbacks_lib
 from tfcxr.train.stages import Stage, TrainConfig
 from tfcxr.train.strategy import is_chief, write_dir

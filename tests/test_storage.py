@@ -1,13 +1,15 @@
-"""tfcxr.io: atomic writes, the records' manifest, [0, 1] floats as 8 bits."""
+"""tfcxr.storage: local and URL paths, atomic writes, the records' manifest, [0, 1] floats as 8 bits."""
 
+import hashlib
 import json
+import os
 import stat
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfcxr import io
+from tfcxr import storage as io
 from tfcxr.models import compression
 
 
@@ -78,3 +80,36 @@ def test_to_uint8_rounds_clipped_values_as_the_tensor_version():
     np.testing.assert_array_equal(compression.to_uint8(tf.constant(values)).numpy(), expected)
     np.testing.assert_array_equal(compression.quantize(tf.constant(values)).numpy(), expected / np.float32(255))
     assert io.to_uint8(values).dtype == np.uint8
+
+
+def test_urls_keep_their_double_slash_and_write_atomically_through_gfile():
+    """ram:// is TensorFlow's in-memory filesystem: the same gfile code path as gs://."""
+    base = "ram://storage_test/run"
+    assert io.join(base, "eval", "test") == "ram://storage_test/run/eval/test"
+    assert io.parent(io.join(base, "a.json")) == base and io.name(io.join(base, "a.json")) == "a.json"
+    io.write_json(io.join(base, "eval", "auc.json"), {"auc": 0.75})
+    with pytest.raises(ValueError):
+        io.write_json(io.join(base, "eval", "auc.json"), {"auc": float("nan")})
+    with pytest.raises(RuntimeError):
+        with io.atomic_path(io.join(base, "shard.tfrecord")) as temporary:
+            assert isinstance(temporary, str) and temporary.startswith(base + "/.shard.tfrecord.")
+            with tf.io.gfile.GFile(temporary, "wb") as file:
+                file.write(b"half")
+            raise RuntimeError("killed")
+    assert json.loads(io.read_text(io.join(base, "eval", "auc.json"))) == {"auc": 0.75}
+    assert io.glob(io.join(base, "*")) == [io.join(base, "eval")] and io.temporaries(base) == []
+    assert io.isfile(io.join(base, "eval", "auc.json")) and not io.isfile(io.join(base, "eval"))
+    assert io.sha256(io.join(base, "eval", "auc.json")) == hashlib.sha256(b'{\n  "auc": 0.75\n}\n').hexdigest()
+    with pytest.raises(FileNotFoundError, match="ram://storage_test/run/none.json: not found"):
+        io.read_bytes(io.join(base, "none.json"))
+
+
+def test_atomic_directory_in_a_bucket_appears_with_all_its_files(tmp_path):
+    target = "ram://storage_test/models/1"
+    with io.atomic_directory(target) as folder:
+        assert io.name(folder).startswith(".1.")
+        io.write_bytes(io.join(folder, "variables", "variables.index"), b"index")
+        io.write_bytes(io.join(folder, "saved_model.pb"), b"graph")
+    assert io.read_bytes(io.join(target, "variables", "variables.index")) == b"index"
+    assert [io.name(p) for p in io.glob("ram://storage_test/models/*") if io.glob(io.join(p, "*"))] == ["1"]
+    assert not (tmp_path / "ram:").exists() and not os.path.exists("ram:")
