@@ -1,4 +1,4 @@
-"""Issue 11: the residual codec on real radiographs, beside bicubic and the paper's autoencoder.
+"""The residual codec on real radiographs, beside bicubic and the paper's autoencoder.
 
     .venv/bin/python benchmarks/bench_codec_real.py [--variants=residual,paper,...] [--steps_per_epoch=250]
         [--phases=train,score,rate,cost,report]
@@ -53,7 +53,7 @@ RUNS_DIR = ROOT / "workspace" / "runs" / "codec_real"
 RESULTS = ROOT / "benchmarks" / "results"
 BATCH = 32
 # name: (flags after --stage=2, epoch chunks: a snapshot after each). The paper's autoencoder
-# trains at 2e-3 (the issue's probe; its paper rate 1e-4 is far too slow for this budget).
+# trains at 2e-3 (its paper rate 1e-4 is far too slow for this budget of steps).
 VARIANTS = {
     "residual": (["--flagfile=configs/stage2_residual.cfg"], [4, 10, 20]),
     "paper": (["--flagfile=configs/stage2.cfg", "--learning_rate=2e-3"], [4, 20]),
@@ -319,11 +319,11 @@ def report(state):
     rows = quality_rows(state)
     scores = next(iter(state["scores"]["residual"].values()))["methods"]
     first, last = state["machines"][0]["start"], state["machines"][-1]["end"]
-    lines = ["# The compressed domain on real radiographs (issue 11)", "",
+    lines = ["# The compressed domain on real radiographs", "",
              "```", ".venv/bin/python benchmarks/bench_codec_real.py", "```", "",
              f"CPU: {first['cpu']} ({first['cores']} cores, AVX-512 {'yes' if first['avx512f'] else 'no'}); "
              f"load average {' '.join(first['loadavg'])} at the first start, {' '.join(last['loadavg'])} at the end: "
-             "the machine was shared with other agents' runs, so times are wall-clock under load.", "",
+             "the machine was shared with other work, so times are wall-clock under load.", "",
              f"Data: benchmarks/real_cxr14.py's split of ../shared/cxr14-real: 43 training radiographs (random 128 "
              f"patches, flips, batch {BATCH}), 4 for validation (the plateau scheduler and best.keras), and "
              f"{rows[0]['images']} held-out radiographs, patient-disjoint, scored as whole 1024x1024 images "

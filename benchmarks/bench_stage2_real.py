@@ -1,4 +1,4 @@
-"""Stage 2 trained on real radiographs, scored on held-out ones (issue 9, item 6).
+"""Stage 2 trained on real radiographs, scored on held-out ones.
 
     .venv/bin/python benchmarks/bench_stage2_real.py --name=paper
     .venv/bin/python benchmarks/bench_stage2_real.py --name=lr1e-3 --learning_rate=1e-3 [--steps_per_epoch=300]
@@ -45,9 +45,9 @@ from tfcxr.storage import save_figure, write_json, write_text  # noqa: E402
 
 ROOT = real_cxr14.ROOT
 RESULTS = ROOT / "benchmarks" / "results"
-PAPER_TRAIN_IMAGES = 76_526  # the paper's training split (our planner on the real metadata, README "Data")
+PAPER_TRAIN_IMAGES = 76_526  # the paper's training split (our planner on the real metadata, docs/training.md)
 PAPER_STEPS_PER_EPOCH = -(-PAPER_TRAIN_IMAGES // 64)  # 1,196 batches at 64 (the last one partial)
-AUTHORS_PSNR = 35.8  # dB, the authors' stage-2 autoencoder (issue 9)
+AUTHORS_PSNR = 35.8  # dB, the authors' stage-2 autoencoder (the reproduction report)
 NOTES = "\n## Notes\n"
 PASSED_THROUGH = ("epochs", "learning_rate", "val_steps", "batch_size", "seed", "patches_per_image")
 FLAGFILE = "configs/stage2.cfg"  # tfcxr.main's --flagfile unless one is given
@@ -125,7 +125,7 @@ class LoadSampler(threading.Thread):
 
 
 def snapshot(code_dir):
-    """tfcxr/ and configs/ as they are on disk now, copied into code_dir/<content hash>.
+    """tfcxr/ and configs/ as they are on disk, copied into code_dir/<content hash>.
     -> (that folder, "<HEAD commit>+<content hash>"; "+clean" when they equal HEAD's).
 
     Training runs from there: tf.function's autograph re-reads the source files whenever it traces
@@ -243,7 +243,7 @@ def write_report(results_dir):
     notes = path.read_text().partition(NOTES)[2] if path.is_file() else ""
     baseline, counts = results[-1]["scores"], results[-1]["records"]
     lines = [
-        "# Stage 2 on real radiographs (issue 9, item 6)", "",
+        "# Stage 2 on real radiographs", "",
         f"`benchmarks/bench_stage2_real.py`: `python -m tfcxr.main --stage=2` trained on {counts['train']} real",
         f"ChestX-ray14 radiographs (raw records), validated on {counts['val']}, scored on {counts['test']} held-out",
         "ones (official test list, patient-disjoint): PSNR (dB) / SSIM of whole 1024x1024 images, mean over",
