@@ -93,12 +93,12 @@ class Stage:
 
     def dataset(self, config: TrainConfig, split: str, *, training: bool,
                 input_context: tf.distribute.InputContext | None = None, seed: int | None = None,
-                repeat: bool = False) -> tf.data.Dataset:
+                repeat: bool = False, skip_batches: int = 0) -> tf.data.Dataset:
         """The stage's split of config.records_dir through tfcxr.data.pipeline."""
         inputs = self.input_spec(config)
         return pipeline.make_dataset(
             config.records_dir, split, inputs, config.batch_size, training, augment=config.augment, seed=seed,
-            input_context=input_context, repeat=repeat,
+            input_context=input_context, repeat=repeat, skip_batches=skip_batches,
             patches_per_image=config.patches_per_image if training and inputs.patches else 1)
 
     def augmentation(self, config: TrainConfig) -> keras.layers.Layer | None:
