@@ -29,7 +29,9 @@ batch (vectorised); prefetch at the end.
 Random ops are stateless, seeded per record from `seed`, so a seeded pipeline repeats exactly.
 Evaluation reads shards in manifest order and records in file order, deterministically.
 """
+import contextlib
 import dataclasses
+import re
 from pathlib import Path
 
 import keras
@@ -39,7 +41,7 @@ from tfcxr.constants import CONTRAST
 from tfcxr.data import augment as augmentations
 from tfcxr.data import fmix as fmix_lib
 from tfcxr.data import schema
-from tfcxr.storage import read_manifest
+from tfcxr import storage
 
 AUTOTUNE = tf.data.AUTOTUNE
 FEATURES = (schema.SMALL, schema.ENCODED)  # what an InputSpec reads: image/small or the original
@@ -113,32 +115,80 @@ def device_augmentation(inputs: InputSpec, augment: str = "bl5") -> keras.layers
 
 
 def shard_files(records_dir, split, small=False):
-    """The split's shard paths in manifest order; `small`: the small-only shards when listed.
+    """The split's shard paths (strings: local paths or URLs) in manifest order; `small`: the
+    small-only shards when listed.
 
     Without a manifest, the `{split}-*.tfrecord` files in name order.
     """
-    records_dir = Path(records_dir)
-    manifest_path = records_dir / schema.MANIFEST
-    if manifest_path.exists():
-        splits = read_manifest(records_dir)["splits"]
+    manifest_path = storage.join(records_dir, schema.MANIFEST)
+    if storage.exists(manifest_path):
+        splits = storage.read_manifest(records_dir)["splits"]
         if split not in splits:
             raise ValueError(f"{manifest_path}: no split {split!r} (has {sorted(splits)})")
         shards = (splits[split].get("small_shards") if small else None) or splits[split]["shards"]
-        files = [records_dir / shard["file"] for shard in shards]
+        files = [storage.join(records_dir, shard["file"]) for shard in shards]
     else:
-        files = sorted(records_dir.glob(f"{split}-*.tfrecord"))
+        files = storage.glob(storage.join(records_dir, f"{split}-*.tfrecord"))
     if not files:
         raise FileNotFoundError(f"{records_dir}: no {split} shards")
     for path in files:
-        if not path.exists():
+        if not storage.exists(path):
             raise FileNotFoundError(f"{path}: shard listed in {schema.MANIFEST} is missing")
-    return [str(path) for path in files]
+    return files
 
 
 def label_names(records_dir) -> tuple[str, ...]:
     """The records' label names, in label-vector order (the manifest's; ChestX-ray14's without one)."""
-    manifest = Path(records_dir) / schema.MANIFEST
-    return schema.label_names(read_manifest(records_dir) if manifest.exists() else {})
+    manifest = storage.join(records_dir, schema.MANIFEST)
+    return schema.label_names(storage.read_manifest(records_dir) if storage.exists(manifest) else {})
+
+
+class CorruptShard(ValueError):
+    """A shard that TFRecordDataset cannot read to its end (bad CRC, cut short): one line naming it."""
+
+
+def find_damage(paths) -> tuple[str, int, str] | None:
+    """(path, records read before the damage, TensorFlow's words) of the first unreadable shard, or None.
+
+    Reads every record of every file in `paths`, in order, stopping at the first damaged one.
+    """
+    for path in paths:
+        count = 0
+        try:
+            for batch in tf.data.TFRecordDataset(path, buffer_size=1 << 20).batch(256):
+                count += int(tf.shape(batch)[0])
+        except tf.errors.DataLossError as error:
+            count = 0
+            try:  # the batch that failed is lost: count its good records one by one
+                for _ in tf.data.TFRecordDataset(path, buffer_size=1 << 20):
+                    count += 1
+            except tf.errors.DataLossError:
+                pass
+            return path, count, damage_words(error)
+    return None
+
+
+def damage_words(error) -> str:
+    """TensorFlow's own words for a DataLossError ("corrupted record at 1028"), without its op names."""
+    found = re.search(r"(\w+ record at \d+)", error.message)
+    return found.group(1).replace(" at ", " at byte ") if found else error.message.splitlines()[0][:200]
+
+
+@contextlib.contextmanager
+def naming_bad_shards(records_dir, split, small=False):
+    """Turns a DataLossError raised while reading `split` into CorruptShard, one line naming the shard
+    file and the record: on failure, the split's shards are read once more, up to the damaged one."""
+    try:
+        yield
+    except tf.errors.DataLossError as error:
+        paths = shard_files(records_dir, split, small=small)
+        found = find_damage(paths)
+        if found is None:
+            raise CorruptShard(f"{records_dir}: a {split} shard could not be read ({damage_words(error)}); "
+                               f"it reads whole now (storage flaky?)") from None
+        path, count, words = found
+        raise CorruptShard(f"{path}: corrupt shard ({words}, after record {count}); re-shard it or check "
+                           f"every shard with tools/shard_cxr14.py --verify --out_dir={records_dir}") from None
 
 
 def to_float(images):
@@ -221,7 +271,7 @@ def _check_args(inputs, training, augment, tta, patches_per_image):
 
 
 def make_dataset(
-    records_dir: str | Path,
+    records_dir: str | Path,  # a local path or a URL (gs://...)
     split: str,
     inputs: InputSpec,
     batch_size: int,
@@ -235,6 +285,7 @@ def make_dataset(
     tta: str = "none",
     drop_remainder: bool | None = None,
     patches_per_image: int = 1,
+    skip_batches: int = 0,
 ) -> tf.data.Dataset:
     """The input pipeline of `inputs` on `split` (see the module docstring).
 
@@ -242,6 +293,10 @@ def make_dataset(
     drop_remainder defaults to `training`.
     patches_per_image: training inputs with patches: K patches of each decoded original, each one
     an element (K=1: one patch per decode, the paper's loader, no patch shuffle buffer).
+    skip_batches: start after this many batches (a resumed epoch). They are skipped as serialized
+    records, after the record shuffle and before any parse or decode, so the batches that follow
+    are those of the whole pipeline at the same position. With patches_per_image > 1 the patch
+    shuffle mixes decoded patches: there the batches are skipped after it (one decode per K patches).
     """
     _check_args(inputs, training, augment, tta, patches_per_image)
     drop_remainder = training if drop_remainder is None else drop_remainder
@@ -299,11 +354,13 @@ def make_dataset(
         return _augment_batch(batch, seed, inputs, augment)
 
     seeds = tf.data.Dataset.random(seed=seed).batch(2)  # one stateless seed [2] per record
+    examples = tf.data.Dataset.zip(records, seeds)  # (serialized record, its seed)
     if patches_per_image > 1:
-        dataset = tf.data.Dataset.zip(records, seeds).map(load_patches, num_parallel_calls=AUTOTUNE)
+        dataset = examples.map(load_patches, num_parallel_calls=AUTOTUNE)
         dataset = dataset.unbatch().shuffle(PATCH_SHUFFLE, seed=seed)  # K patches of many originals mixed
-    else:
-        dataset = tf.data.Dataset.zip(records, seeds).map(load, num_parallel_calls=AUTOTUNE)
+        dataset = dataset.skip(skip_batches * batch_size)
+    else:  # skipped records are neither parsed nor decoded
+        dataset = examples.skip(skip_batches * batch_size).map(load, num_parallel_calls=AUTOTUNE)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     dataset = dataset.map(finish, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
     options = tf.data.Options()

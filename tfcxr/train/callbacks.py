@@ -2,13 +2,12 @@
 
 import math
 import os
-from pathlib import Path
 
 import keras
 import tensorflow as tf
 
+from tfcxr import storage
 from tfcxr.constants import PLATEAU_FACTOR, PLATEAU_PATIENCE, PLATEAU_THRESHOLD
-from tfcxr.storage import atomic_path, write_text
 
 # Attributes that carry a callback's progress across epochs: checkpointed, restored on resume.
 RESUMABLE = {
@@ -82,8 +81,11 @@ class ReduceLROnPlateau(keras.callbacks.Callback):
 
 
 def save_model_atomic(model, path):
-    """model.save(path) without the optimizer (checkpoints hold it), never half-written under `path`."""
-    with atomic_path(path, suffix=".partial.keras") as partial:  # Keras insists on the .keras suffix
+    """model.save(path) without the optimizer (checkpoints hold it), never half-written under `path`.
+
+    `path` may be a URL: Keras 3 zips a .keras file in memory and writes it through tf.io.gfile.
+    """
+    with storage.atomic_path(path, suffix=".partial.keras") as partial:  # Keras insists on the .keras suffix
         optimizer, model.optimizer = getattr(model, "optimizer", None), None  # else saved too: 3x the file
         try:
             model.save(partial)
@@ -96,13 +98,12 @@ def truncate_log(path, epochs):
 
     Rows are kept as written; a row cut short by a kill (no newline) goes.
     """
-    path = Path(path)
-    lines = path.read_text().splitlines(keepends=True) if path.exists() else []
+    lines = storage.read_text(path).splitlines(keepends=True) if storage.exists(path) else []
     complete = [line for line in lines if line.endswith("\n")]
     if not complete:
         return
     header, *rows = complete
-    write_text(path, header + "".join(row for row in rows if int(row.split(",", 1)[0]) < epochs))
+    storage.write_text(path, header + "".join(row for row in rows if int(row.split(",", 1)[0]) < epochs))
 
 
 class BestModel(keras.callbacks.Callback):

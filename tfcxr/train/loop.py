@@ -1,8 +1,8 @@
-"""One custom training loop for every stage, under any tf.distribute strategy.
+"""One custom training loop for every task, under any tf.distribute strategy.
 
 train() reads top to bottom like orbit's controller: build, restore, then per epoch run_epoch
 (`steps` train steps on a freshly seeded input pipeline), validate (one pass over val, or
-`val_steps`: the loss terms and the stage's metric objects), the CallbackList
+`val_steps`: the loss terms and the task's metric objects), the CallbackList
 (ReduceLROnPlateau, TerminateOnNaN and, on the chief, BestModel, CSVLogger, Summaries), save.
 
 Fault tolerance: a tf.train.Checkpoint holds the model, the optimizer (its learning rate
@@ -13,14 +13,26 @@ keras.callbacks.BackupAndRestore: it restores through model.fit (fit reads the i
 it sets) and only knows the model and the compiled optimizer; this loop must restore its own
 epoch, step, input position and callback state anyway, and one Checkpoint, committed by
 CheckpointManager's atomic rename of its state file, carries all of them at once.
+
+Preemption: SIGTERM or SIGINT (a spot VM's notice, Ctrl-C) sets a flag. The step in flight
+finishes; the next one all-reduces the flag with its loss, so every worker of a cluster learns it
+at that same step; after it the run checkpoints, prints one line and raises Preempted, a
+SystemExit with code 128 + the signal's number (143 for SIGTERM, 130 for SIGINT); the same command
+resumes there. A second signal stops at once. A resumed epoch skips its done batches as serialized
+records, before any decode (pipeline.make_dataset's skip_batches).
+
+Paths: model_dir and the --init_* files may be URLs (gs://...): everything here goes through
+tfcxr.storage and tf.io.gfile (checkpoints, best.keras, log.csv, TensorBoard).
 """
 
 import collections
+import contextlib
 import itertools
 import json
 import shutil
+import signal
+import threading
 import time
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -28,9 +40,13 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from tfcxr.constants import ADAM_EPSILON
-from tfcxr.storage import read_manifest
+from tfcxr import storage
+from tfcxr.data import schema
+from tfcxr.data.pipeline import naming_bad_shards
 from tfcxr.train import callbacks as callbacks_lib
-from tfcxr.train.stages import Stage, TrainConfig
+from tfcxr.config import RunConfig, describe
+from tfcxr.data.records import Records
+from tfcxr.train.tasks import Task
 from tfcxr.train.strategy import is_chief, write_dir
 
 POLICIES = {"none": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
@@ -40,22 +56,58 @@ class TrainingStopped(RuntimeError):
     """A callback (TerminateOnNaN) stopped training; nothing of the failing epoch is saved."""
 
 
+class Preempted(SystemExit):
+    """SIGTERM / SIGINT: the run checkpointed the step it reached; exit code 128 + the signal's number."""
+
+
+class PreemptionFlag:
+    """Set by SIGTERM or SIGINT while training (the handlers are this object's only while it is entered).
+
+    The first signal asks the loop to stop after the step in flight; a second one restores the
+    previous handlers and re-sends itself, so it stops the process at once.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signal = None
+        self.previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # handlers install in the main thread only
+            self.previous = {number: signal.signal(number, self.handle) for number in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+        self.previous = {}
+
+    def handle(self, number, frame):
+        if self.signal is not None:
+            self.__exit__()
+            signal.raise_signal(number)
+            return
+        self.signal = number
+
+    @property
+    def value(self):
+        """1.0 once a signal came, else 0.0: what each train step all-reduces."""
+        return 0.0 if self.signal is None else 1.0
+
+
 class WorkersDisagree(RuntimeError):
     """The workers of a cluster would start from different states (epoch, step or weights)."""
 
 
-def check_init_files(stage, config):
-    """Stops at once, naming the flag and path, when a previous stage's file is missing."""
-    for flag, path in stage.init_files(config).items():
-        if not path:
-            raise FileNotFoundError(f"stage {stage.name} needs --{flag} (a best.keras of an earlier stage)")
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"--{flag}={path}: file not found (train the earlier stage first)")
-
-
-def split_size(records_dir, split):
-    """Records written for `split`, from the records' manifest."""
-    return read_manifest(records_dir)["splits"][split]["written"]
+def check_init_files(task: Task, config: RunConfig) -> None:
+    """Stops at once, naming the flag and path, when a file the run starts from is missing."""
+    for path in ("init.classifier", "init.codec"):
+        value, flag = config.get(path), describe(path)
+        if not value and path in task.requires:
+            raise FileNotFoundError(f"stage {config.stage} needs {flag} (a best.keras of an earlier stage)")
+        if value and not storage.isfile(value):
+            raise FileNotFoundError(f"{flag}={value}: file not found (train the earlier stage first)")
 
 
 def epoch_seed(seed, epoch):
@@ -65,8 +117,8 @@ def epoch_seed(seed, epoch):
 
 def make_optimizer(config):
     """Adam (default betas, PyTorch's epsilon); under float16 wrapped in a LossScaleOptimizer."""
-    optimizer = keras.optimizers.Adam(config.learning_rate, epsilon=ADAM_EPSILON)
-    if config.mixed_precision == "float16":
+    optimizer = keras.optimizers.Adam(config.optimizer.learning_rate, epsilon=ADAM_EPSILON)
+    if config.runtime.mixed_precision == "float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
 
@@ -86,8 +138,9 @@ def finite_on_every_replica(optimizer, gradients):
     return [g if g is None else g + tf.cast(poison, g.dtype) for g in gradients]
 
 
-def make_train_step(stage, model, optimizer, augmentation, strategy, jit_compile=False):
-    """A tf.function: one optimizer step on a distributed batch -> {term: global batch mean}.
+def make_train_step(task, model, optimizer, augmentation, strategy, jit_compile=False):
+    """A tf.function: (distributed batch, this worker's preemption flag) -> {term: global batch mean,
+    "preempted": the flags' sum over every replica of every worker} after one optimizer step.
 
     jit_compile: XLA-compile each replica's forward and backward pass (for GPUs; measured slower on
     CPUs). The augmentation and the optimizer update, which all-reduces, stay outside XLA.
@@ -96,7 +149,7 @@ def make_train_step(stage, model, optimizer, augmentation, strategy, jit_compile
     def loss_and_gradients(batch):
         with tf.GradientTape() as tape:
             outputs = model(batch["image"], training=True)
-            terms = {name: tf.nn.compute_average_loss(value) for name, value in stage.loss(batch, outputs).items()}
+            terms = {name: tf.nn.compute_average_loss(value) for name, value in task.loss(batch, outputs).items()}
             loss = terms["loss"]
             if model.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
@@ -106,30 +159,32 @@ def make_train_step(stage, model, optimizer, augmentation, strategy, jit_compile
     if jit_compile:  # a nested tf.function: only when asked, since it cannot hold a cross-replica sync
         loss_and_gradients = tf.function(loss_and_gradients, jit_compile=True)
 
-    def replica_step(batch):
+    def replica_step(batch, preempted):
         if augmentation is not None:
             batch = {**batch, "image": augmentation(batch["image"], training=True)}
         terms, gradients = loss_and_gradients(batch)
         if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
             gradients = finite_on_every_replica(optimizer, gradients)
         optimizer.apply(gradients, model.trainable_variables)  # all-reduces over replicas, unscales
-        return terms
+        return {**terms, "preempted": tf.distribute.get_replica_context().all_reduce("SUM", preempted)}
 
     @tf.function
-    def train_step(batch):
-        terms = strategy.run(replica_step, args=(batch,))
-        return {name: strategy.reduce("SUM", value, axis=None) for name, value in terms.items()}
+    def train_step(batch, preempted):
+        terms = strategy.run(replica_step, args=(batch, preempted))
+        preempted = strategy.experimental_local_results(terms.pop("preempted"))[0]  # the same on every replica
+        return {**{name: strategy.reduce("SUM", value, axis=None) for name, value in terms.items()},
+                "preempted": preempted}
 
     return train_step
 
 
-def make_eval_step(stage, model, metrics, strategy):
+def make_eval_step(task, model, metrics, strategy):
     """A tf.function: sums of the per-example loss terms and "count", and each metric's per-example
     values gathered from all replicas and workers (one {name: [B, ...]} per metric, in order)."""
 
     def replica_step(batch):
         outputs = model(batch["image"], training=False)
-        sums = {name: tf.reduce_sum(value) for name, value in stage.loss(batch, outputs).items()}
+        sums = {name: tf.reduce_sum(value) for name, value in task.loss(batch, outputs).items()}
         sums["count"] = tf.cast(tf.shape(batch["image"])[0], tf.float32)
         return sums, tuple(metric.per_example(model, batch, outputs) for metric in metrics)
 
@@ -171,29 +226,29 @@ def batchnorm_layers(model):
 
 
 def sync_batchnorm(config, strategy):
-    """config.sync_batchnorm, or (None) whether there is more than one replica."""
-    synchronized = strategy.num_replicas_in_sync > 1 if config.sync_batchnorm is None else config.sync_batchnorm
-    if synchronized and config.jit_compile and strategy.num_replicas_in_sync > 1:
+    """config.runtime.sync_batchnorm, or (None) whether there is more than one replica."""
+    synchronized = strategy.num_replicas_in_sync > 1 if config.runtime.sync_batchnorm is None else config.runtime.sync_batchnorm
+    if synchronized and config.runtime.jit_compile and strategy.num_replicas_in_sync > 1:
         raise ValueError(f"--jit_compile cannot compile BatchNorm synchronized over {strategy.num_replicas_in_sync} "
                          "replicas (a cross-replica sync inside XLA); pass --nosync_batchnorm or --nojit_compile")
     return synchronized
 
 
-def build(stage, config, strategy):
-    """The stage's model, its optimizer and the device augmentation, created in the strategy's scope.
+def build(task, config, strategy, label_names):
+    """The task's model, its optimizer and the device augmentation, created in the strategy's scope.
 
     With sync_batchnorm, BatchNormalization computes its batch statistics over the global batch
     (all replicas), as the reference's single-GPU batch does, not over each replica's share.
     """
-    keras.mixed_precision.set_global_policy(POLICIES[config.mixed_precision])
+    keras.mixed_precision.set_global_policy(POLICIES[config.runtime.mixed_precision])
     with strategy.scope():
-        model = stage.build_model(config)
+        model = task.build_model(config, label_names)
         synchronized = sync_batchnorm(config, strategy)
         for layer in batchnorm_layers(model):
             layer.synchronized = synchronized
         optimizer = make_optimizer(config)
         optimizer.build(model.trainable_variables)  # Adam's slots, mirrored, before the first step
-        augmentation = stage.augmentation(config)
+        augmentation = task.augmentation(config)
     model.optimizer = optimizer  # ReduceLROnPlateau reads and sets model.optimizer.learning_rate
     model.stop_training = False  # TerminateOnNaN sets it
     return model, optimizer, augmentation
@@ -225,9 +280,19 @@ def check_same_start(strategy, model, epoch, step, checkpoint_dir):
             "the chief's checkpoints are not visible to every worker; use a --model_dir on storage all workers share")
 
 
-def make_callbacks(stage, config, chief, resumed_epoch):
+def make_any_worker(strategy):
+    """A tf.function: this worker's flag (float) -> its sum over every replica of every worker."""
+
+    @tf.function
+    def any_worker(flag):
+        return strategy.reduce("SUM", strategy.run(lambda: tf.identity(flag)), axis=None)
+
+    return any_worker
+
+
+def make_callbacks(task, config, chief, resumed_epoch):
     """The plateau scheduler and TerminateOnNaN everywhere; the writers on the chief only."""
-    model_dir = Path(config.model_dir)
+    model_dir = config.runtime.model_dir
     callbacks = [
         callbacks_lib.ReduceLROnPlateau(monitor="val_loss"),
         keras.callbacks.TerminateOnNaN(),
@@ -235,14 +300,15 @@ def make_callbacks(stage, config, chief, resumed_epoch):
     if not chief:
         return callbacks
     preview = None
-    if stage.image_outputs:
-        preview = next(iter(stage.dataset(config, "val", training=False)))["image"][: config.preview_images]
+    if task.image_outputs:
+        preview = next(iter(task.dataset(config, "val", training=False)))["image"][: config.runtime.preview_images]
     if resumed_epoch is not None:
-        callbacks_lib.truncate_log(model_dir / "log.csv", resumed_epoch)  # rows of re-run epochs go
+        callbacks_lib.truncate_log(storage.join(model_dir, "log.csv"), resumed_epoch)  # rows of re-run epochs go
     return callbacks + [
-        callbacks_lib.BestModel(model_dir / "best.keras"),
-        keras.callbacks.CSVLogger(str(model_dir / "log.csv"), append=resumed_epoch is not None),
-        callbacks_lib.Summaries(str(model_dir / "tensorboard"), preview, stage.image_outputs, config.log_every),
+        callbacks_lib.BestModel(storage.join(model_dir, "best.keras")),
+        keras.callbacks.CSVLogger(storage.join(model_dir, "log.csv"), append=resumed_epoch is not None),
+        callbacks_lib.Summaries(storage.join(model_dir, "tensorboard"), preview, task.image_outputs,
+                                config.runtime.log_every),
     ]
 
 
@@ -255,8 +321,8 @@ class Checkpointer:
         self.checkpoint = tf.train.Checkpoint(
             model=model, optimizer=optimizer, progress=self.progress,
             augmentation=augmentation.variables if augmentation is not None else [])
-        self.directory = Path(model_dir) / "checkpoints"
-        self.manager = tf.train.CheckpointManager(self.checkpoint, write_dir(str(self.directory), strategy),
+        self.directory = storage.join(model_dir, "checkpoints")
+        self.manager = tf.train.CheckpointManager(self.checkpoint, write_dir(self.directory, strategy),
                                                   max_to_keep=2)
         self.chief = is_chief(strategy)
 
@@ -272,84 +338,119 @@ class Checkpointer:
             "epoch": epoch, "step": step, "train_sums": train_sums,
             "callbacks": callbacks_lib.callback_state(callbacks),
         }, default=float))  # numpy scalars -> float
-        self.manager.save()
+        path = self.manager.save()
         if not self.chief:
             shutil.rmtree(self.manager.directory, ignore_errors=True)
+        return path if self.chief else tf.train.latest_checkpoint(self.directory)
 
 
-def run_epoch(stage, config, strategy, train_step, model, callback_list, checkpointer, epoch, first_step,
-              train_sums, steps):
-    """Train steps first_step .. steps - 1 of `epoch`; the train-loss means over the epoch's steps."""
+def preempted(path, epoch, step, flag):
+    """One line saying where the run checkpointed; -> Preempted (SystemExit, 128 + the signal's number)."""
+    number = flag.signal or signal.SIGTERM  # another worker's signal: this one stops as that one does
+    print(f"preempted ({signal.Signals(number).name}): checkpoint {path} at epoch {epoch + 1}, step {step}; "
+          f"run the same command to resume", flush=True)
+    return Preempted(128 + number)
+
+
+def run_epoch(task, config, strategy, train_step, model, callback_list, checkpointer, epoch, first_step,
+              train_sums, steps, flag):
+    """Train steps first_step .. steps - 1 of `epoch`; the train-loss means over the epoch's steps.
+
+    Raises Preempted after the checkpoint of the step at which any worker's `flag` was seen.
+    """
     chief = is_chief(strategy)
 
     def train_input(context):
-        dataset = stage.dataset(config, "train", training=True, input_context=context,
-                                seed=epoch_seed(config.seed, epoch), repeat=True)
-        # Each step takes one batch per local replica from this pipeline.
-        return dataset.skip(first_step * context.num_replicas_in_sync // context.num_input_pipelines)
+        # Each step takes one batch per local replica from this pipeline: the done steps' batches are skipped.
+        return task.dataset(config, "train", training=True, input_context=context,
+                             seed=epoch_seed(config.runtime.seed, epoch), repeat=True,
+                             skip_batches=first_step * context.num_replicas_in_sync // context.num_input_pipelines)
 
     batches = iter(strategy.distribute_datasets_from_function(train_input))
-    bar = tqdm(range(first_step, steps), desc=f"epoch {epoch + 1}/{config.epochs}", initial=first_step,
+    bar = tqdm(range(first_step, steps), desc=f"epoch {epoch + 1}/{config.schedule.epochs}", initial=first_step,
                total=steps, disable=not chief)
     for step in bar:
         callback_list.on_train_batch_begin(step)
-        terms = {name: float(value) for name, value in train_step(next(batches)).items()}
+        terms = {name: float(value) for name, value in train_step(next(batches), tf.constant(flag.value)).items()}
+        stop = terms.pop("preempted") > 0
         train_sums.update(terms)
         callback_list.on_train_batch_end(step, terms)
         if model.stop_training:
-            raise TrainingStopped(f"epoch {epoch + 1}, step {step + 1}: loss is {terms['loss']}; training stopped")
+            raise TrainingStopped(f"epoch {epoch + 1}, step {step + 1}: loss is {terms['loss']}; training stopped, "
+                                  f"the last checkpoint kept: {tf.train.latest_checkpoint(checkpointer.directory)}")
         if step == first_step:  # the rate leaves out the first step: it traces and fills buffers
             start = time.perf_counter()
-        elif step % config.log_every == 0 or step == steps - 1:
-            rate = (step - first_step) * config.batch_size / (time.perf_counter() - start)
+        elif step % config.runtime.log_every == 0 or step == steps - 1:
+            rate = (step - first_step) * config.data.batch_size / (time.perf_counter() - start)
             bar.set_postfix(loss=f"{train_sums['loss'] / (step + 1):.4f}", images_per_s=f"{rate:.1f}")
-        if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < steps:
+        if stop:
+            path = checkpointer.save(epoch, step + 1, dict(train_sums), callback_list.callbacks)
+            raise preempted(path, epoch, step + 1, flag)
+        if config.runtime.checkpoint_every and (step + 1) % config.runtime.checkpoint_every == 0 and step + 1 < steps:
             checkpointer.save(epoch, step + 1, dict(train_sums), callback_list.callbacks)
     return {name: total / steps for name, total in train_sums.items()}
 
 
-def train(stage: Stage, config: TrainConfig, strategy: tf.distribute.Strategy,
+def train(task: Task, config: RunConfig, strategy: tf.distribute.Strategy, records: Records | None = None,
           callbacks: tuple[keras.callbacks.Callback, ...] = ()) -> keras.Model:
-    """Trains `stage` under `strategy` and returns the model.
+    """Trains `task` under `strategy` and returns the model.
 
-    Writes (chief only) config.model_dir/{checkpoints/, best.keras, log.csv, tensorboard/};
+    records: data.records_dir opened (its manifest), or None to open it here. A fresh run starts
+    from task.initialize (e.g. the init files); a resumed one from its checkpoint alone.
+    Writes (chief only) config.runtime.model_dir/{checkpoints/, best.keras, log.csv, tensorboard/};
     resumes from the latest checkpoint there. Extra Keras `callbacks` run after the loop's own.
+    SIGTERM / SIGINT: checkpoints the step reached and raises Preempted (see the module docstring);
+    a corrupt shard raises pipeline.CorruptShard naming it; the last checkpoint stays in both.
     """
-    check_init_files(stage, config)
-    chief = is_chief(strategy)
-    Path(config.model_dir).mkdir(parents=True, exist_ok=True)
-    keras.utils.set_random_seed(config.seed)
-    if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    model, optimizer, augmentation = build(stage, config, strategy)
+    with PreemptionFlag() as flag:
+        return train_until_done(task, config, strategy, records or Records.open(config.data.records_dir), callbacks,
+                                flag)
 
-    checkpointer = Checkpointer(model, optimizer, augmentation, config.model_dir, strategy)
+
+def train_until_done(task, config, strategy, records, callbacks, flag):
+    check_init_files(task, config)
+    chief = is_chief(strategy)
+    storage.makedirs(config.runtime.model_dir)
+    keras.utils.set_random_seed(config.runtime.seed)
+    if config.runtime.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    model, optimizer, augmentation = build(task, config, strategy, records.label_names)
+
+    checkpointer = Checkpointer(model, optimizer, augmentation, config.runtime.model_dir, strategy)
     state, latest = checkpointer.restore()
+    if not latest:
+        task.initialize(model, config)
     check_same_start(strategy, model, state["epoch"], state["step"], checkpointer.directory)
     if latest:
         print(f"resuming from {latest}: epoch {state['epoch'] + 1}, step {state['step']}", flush=True)
 
-    steps = config.steps_per_epoch or split_size(config.records_dir, "train") // config.batch_size
+    steps = config.schedule.steps_per_epoch or records.split_size("train") // config.data.batch_size
     callback_list = keras.callbacks.CallbackList(
-        make_callbacks(stage, config, chief, state["epoch"] if latest else None) + list(callbacks),
-        model=model, epochs=config.epochs, steps=steps)
-    train_step = make_train_step(stage, model, optimizer, augmentation, strategy, config.jit_compile)
-    metrics = stage.metrics(config)
-    eval_step = make_eval_step(stage, model, metrics, strategy)
+        make_callbacks(task, config, chief, state["epoch"] if latest else None) + list(callbacks),
+        model=model, epochs=config.schedule.epochs, steps=steps)
+    train_step = make_train_step(task, model, optimizer, augmentation, strategy, config.runtime.jit_compile)
+    metrics = task.metrics(records.label_names)
+    eval_step = make_eval_step(task, model, metrics, strategy)
     val_dataset = strategy.distribute_datasets_from_function(
-        lambda context: stage.dataset(config, "val", training=False, input_context=context))
+        lambda context: task.dataset(config, "val", training=False, input_context=context))
 
+    any_worker = make_any_worker(strategy)
+    small = task.input_spec(config).feature == schema.SMALL  # which shards the pipeline reads
     callback_list.on_train_begin()  # resets ReduceLROnPlateau: restore its state after this
     callbacks_lib.restore_callback_state(callback_list.callbacks, state["callbacks"])
-    for epoch in range(state["epoch"], config.epochs):
+    for epoch in range(state["epoch"], config.schedule.epochs):
         first_step = state["step"] if epoch == state["epoch"] else 0
         train_sums = collections.Counter(state["train_sums"] if first_step else {})
         callback_list.on_epoch_begin(epoch)
-        logs = run_epoch(stage, config, strategy, train_step, model, callback_list, checkpointer, epoch,
-                         first_step, train_sums, steps)
-        logs.update(validate(eval_step, metrics, val_dataset, config.val_steps, chief))
+        with naming_bad_shards(config.data.records_dir, "train", small=small):
+            logs = run_epoch(task, config, strategy, train_step, model, callback_list, checkpointer, epoch,
+                             first_step, train_sums, steps, flag)
+        with naming_bad_shards(config.data.records_dir, "val", small=small):
+            logs.update(validate(eval_step, metrics, val_dataset, config.schedule.val_steps, chief))
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
         callback_list.on_epoch_end(epoch, logs)
-        checkpointer.save(epoch + 1, 0, {}, callback_list.callbacks)
+        path = checkpointer.save(epoch + 1, 0, {}, callback_list.callbacks)
+        if float(any_worker(tf.constant(flag.value))) > 0 and epoch + 1 < config.schedule.epochs:  # came during validation
+            raise preempted(path, epoch + 1, 0, flag)
     callback_list.on_train_end()
     return model
