@@ -46,7 +46,9 @@ from tfcxr.export import codec  # noqa: E402
 from tfcxr.storage import write_bytes, write_json, write_text  # noqa: E402
 from tfcxr.models import DECODER, ENCODER, load_model  # noqa: E402
 from tfcxr.models.compression import to_uint8  # noqa: E402
-from tfcxr.train import callbacks, stages  # noqa: E402
+from tfcxr.config import RunConfig  # noqa: E402
+from tfcxr.stages import STAGES  # noqa: E402
+from tfcxr.train import callbacks  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS_DIR = ROOT / "workspace" / "runs" / "codec_real"
@@ -120,9 +122,8 @@ def save_last(variant):
     last.keras. best.keras is picked on 4 validation images resized to 128: a poor judge of whole 1024
     images, so the quality table shows both. -> the epochs trained (read from the checkpoint)."""
     model_dir = RUNS_DIR / variant
-    fields = {field.name for field in dataclasses.fields(stages.TrainConfig)}
-    config = stages.TrainConfig(**{k: v for k, v in json.loads((model_dir / "config.json").read_text()).items() if k in fields})
-    model = stages.STAGES[2].build_model(config)
+    config = RunConfig.from_dict(json.loads((model_dir / "config.json").read_text()))
+    model = STAGES[2].task.build_model(config, ())
     progress = tf.Variable("")
     tf.train.Checkpoint(model=model, progress=progress).restore(
         tf.train.latest_checkpoint(model_dir / "checkpoints")).expect_partial()

@@ -167,10 +167,10 @@ def stage_inputs(stage, kwargs):
     """(InputSpec of stage number `stage` with kwargs' "rotation" applied, the other make_dataset kwargs)."""
     import dataclasses
 
-    from tfcxr.train import stages
+    from tfcxr.stages import STAGES
 
     options = dict(kwargs)
-    inputs = stages.STAGES[stage].inputs
+    inputs = STAGES[stage].task.inputs
     if "rotation" in options:
         inputs = dataclasses.replace(inputs, rotation=options.pop("rotation"))
     return inputs, options
@@ -352,7 +352,7 @@ def main(argv):
         lines.append(
             f"- Rotation of one 896 x 896 uint8 image by up to 5 degrees, nearest: {tf_rotation_ms:.1f} ms in TensorFlow "
             f"(ImageProjectiveTransformV3, batched), {pil_rotation_ms:.1f} ms in PIL (one thread), measured in this run. "
-            "This is why training (tfcxr.train.stages) rotates on the accelerator, in the training step: stage 3, and "
+            "This is why training (tfcxr.train.tasks) rotates on the accelerator, in the training step: stage 3, and "
             "stage 1 BL5 with its contrast jitter (`rotation=\"device\"`, `augment.device_augmentation(stage)`).")
     if 2 in stages:
         lines.append(

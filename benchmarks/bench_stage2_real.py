@@ -271,17 +271,18 @@ def write_report(results_dir):
 
 def dead_at_init(seeds, records_dir):
     """{seed: (dead decoder channels, channels 0 on every pixel of the val radiographs)} of the
-    stage-2 model as the trainer builds it (seeded, tfcxr.train.stages)."""
+    stage-2 model as the trainer builds it (seeded, tfcxr.train.tasks)."""
     import keras
 
-    from tfcxr.train import stages
+    from tfcxr.config import RunConfig
+    from tfcxr.train import tasks
 
     images, _ = real_cxr14.held_out_images(records_dir, split="val")  # [4,1024,1024,1]
-    config = stages.TrainConfig(records_dir="", model_dir="", batch_size=64)
+    config = RunConfig("autoencoder")
     dead = {}
     for seed in range(seeds):
         keras.utils.set_random_seed(seed)  # as tfcxr.train.loop.train does before building
-        model = stages.build_autoencoder(config)
+        model = tasks.build_autoencoder(config)
         dead[seed] = (real_cxr14.dead_decoder_channels(model), real_cxr14.channels_off_on(model, images))
     return dead
 

@@ -47,7 +47,9 @@ from absl import app, flags
 from tfcxr import models
 from tfcxr.constants import CLASSIFICATION_WEIGHT, LEARNING_RATE, NUM_LABELS, STAGE1_CROP, STAGE2_PATCH, STAGE3_CROP
 from tfcxr.storage import write_text
-from tfcxr.train import loop, stages, strategy
+from tfcxr.config import RunConfig
+from tfcxr.stages import STAGES
+from tfcxr.train import loop, strategy
 
 flags.DEFINE_integer("steps", None, "timed steps per case, after one untimed step (default: per stage, SIZES)")
 flags.DEFINE_list("stages", ["1", "2", "3"], "stages to measure")
@@ -98,7 +100,7 @@ def synthetic_batch(stage):
 
 def loop_steps(stage_number, batch, distribution, lever="default", sync_batchnorm=False):
     """A function (n) -> None running n train steps of the tfcxr loop (under a code `lever`)."""
-    stage = stages.STAGES[stage_number]
+    stage = STAGES[stage_number].task
     if lever == "keras_batchnorm":  # this case's process only
         models.classifier.torch_batchnorm = lambda backbone: backbone
     with distribution.scope():
@@ -107,7 +109,8 @@ def loop_steps(stage_number, batch, distribution, lever="default", sync_batchnor
             layer.synchronized = sync_batchnorm
         optimizer = keras.optimizers.Adam(LEARNING_RATE)
         optimizer.build(model.trainable_variables)
-        augmentation = stage.augmentation(stages.TrainConfig("", "", SIZES[stage_number][1]))
+        augmentation = stage.augmentation(RunConfig.from_flags(STAGES[stage_number].name,
+                                                               batch_size=SIZES[stage_number][1]))
     if lever == "no_augmentation":
         augmentation = None
     train_step = loop.make_train_step(stage, model, optimizer, augmentation, distribution, jit_compile=lever == "xla")

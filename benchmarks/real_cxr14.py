@@ -28,7 +28,7 @@ from tfcxr.data import metadata, pipeline, schema, sharding
 from tfcxr.evaluate import reconstruction
 from tfcxr.storage import MANIFEST, read_manifest, write_text
 from tfcxr.models import DECODER, ENCODER, load_model
-from tfcxr.models.names import has_layer
+
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DIR = ROOT.parent / "shared" / "cxr14-real"
@@ -37,6 +37,11 @@ HELD_OUT = "test"  # the split scored: official test list, patient-disjoint from
 VAL_IMAGES = 4  # of the 47 train_val PNGs; the other 43 train
 SEED = 0
 ENCODING = "raw"  # stage 2 decodes every 1024 original each step: raw skips the PNG inflate
+
+
+def has_layer(model, name):
+    """Whether `model` has a layer (or sub-model) called `name`."""
+    return any(layer.name == name for layer in model.layers)
 
 
 def make_tree(tree_dir, real_dir=REAL_DIR):

@@ -6,8 +6,9 @@ import ast
 
 from helpers import ROOT
 
-LAYERS = {"constants": 0, "storage": 0.5, "quiet": 0.5, "data": 1, "models": 2, "train": 3, "evaluate": 3, "export": 3,
-          "modes": 4, "main": 5}
+
+LAYERS = {"constants": 0, "config": 0.5, "storage": 0.5, "quiet": 0.5, "data": 1, "models": 2, "train": 3,
+          "evaluate": 3, "export": 3, "stages": 3.5, "modes": 4, "main": 5}
 
 
 def imported_parts(path):

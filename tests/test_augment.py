@@ -9,7 +9,7 @@ from PIL import Image
 
 from tfcxr.constants import CONTRAST, ROTATION_DEGREES
 from tfcxr.data import augment, pipeline
-from tfcxr.train import stages
+from tfcxr import stages
 from helpers import expected_zero_fraction, zero_fraction
 
 SEED = tf.constant([1, 2], tf.int64)
@@ -133,7 +133,7 @@ def test_ten_crop_torchvision_order(height, width, size):
 
 
 def test_stage1_device_augmentation_rotates_then_jitters_contrast():
-    baseline, autoencoder = (stages.STAGES[name].inputs for name in ("baseline", "autoencoder"))
+    baseline, autoencoder = (stages.STAGES[name].task.inputs for name in ("baseline", "autoencoder"))
     assert pipeline.device_augmentation(baseline, "fmix") is None and pipeline.device_augmentation(autoencoder) is None
     assert pipeline.device_augmentation(dataclasses.replace(baseline, rotation="pipeline")) is None
     layer = pipeline.device_augmentation(baseline)
@@ -147,7 +147,7 @@ def test_stage1_device_augmentation_rotates_then_jitters_contrast():
 
 
 def test_device_augmentation():
-    layer = pipeline.device_augmentation(stages.STAGES["aecnn"].inputs)
+    layer = pipeline.device_augmentation(stages.STAGES["aecnn"].task.inputs)
     images = tf.constant(noise((4, 40, 40, 1)) / 255.0, tf.float32)
     assert np.array_equal(layer(images, training=False), images)
     rotated = layer(images, training=True)

@@ -12,7 +12,7 @@ from sklearn.metrics import roc_auc_score
 
 from tfcxr.constants import LABELS, TABLE1
 from tfcxr.data.pipeline import make_dataset
-from tfcxr.train import stages
+from tfcxr import stages
 from tfcxr.evaluate import classification, metrics, tables
 from helpers import run_tool
 from tiny_models import tiny_baseline
@@ -94,7 +94,7 @@ def test_table1_puts_ours_beside_the_papers_columns():
 
 # --- evaluate_classifier on the synthetic records (tests/conftest.py records_dir) ---------------
 
-BASELINE_TOY = stages.STAGES["baseline"].inputs.with_sizes(image_size=48, resize_size=64)
+BASELINE_TOY = stages.STAGES["baseline"].task.inputs.with_sizes(image_size=48, resize_size=64)
 STAGE1_TOY = dict(stage="baseline", inputs=BASELINE_TOY, batch_size=8)
 
 

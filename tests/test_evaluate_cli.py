@@ -92,7 +92,7 @@ def test_a_stage_that_contradicts_the_flagfile_is_one_line(tmp_path):
 
 
 def test_every_flagfile_names_its_stage():
-    from tfcxr.train import stages
+    from tfcxr import stages
 
     for path in sorted((ROOT / "configs").glob("*.cfg")):
         named = [line.split("=", 1)[1].strip() for line in path.read_text().splitlines() if line.startswith("--stage=")]

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from tfcxr import models
 from tfcxr.data.pipeline import make_dataset
-from tfcxr.train import stages
+from tfcxr import stages
 from tfcxr.evaluate import reconstruction
 from tfcxr.models.compression import quantize, resize_round_trip
 from tiny_models import tiny_aecnn
@@ -63,7 +63,7 @@ def _expected_psnr(model, dataset):
 
 def test_stage3_reconstruction_report(records_dir, tmp_path):
     aecnn = tiny_aecnn()
-    inputs = stages.STAGES["aecnn"].inputs.with_sizes(image_size=64)
+    inputs = stages.STAGES["aecnn"].task.inputs.with_sizes(image_size=64)
     summary = reconstruction.evaluate_reconstruction(aecnn, records_dir, tmp_path, inputs=inputs, split="val",
                                                      batch_size=8)
     written = json.loads((tmp_path / "eval" / "val" / "reconstruction.json").read_text())
@@ -80,7 +80,7 @@ def test_stage3_reconstruction_report(records_dir, tmp_path):
 
 def test_stage2_is_measured_at_the_records_full_resolution(records_dir, tmp_path):
     autoencoder = models.build_autoencoder()
-    inputs = stages.STAGES["autoencoder"].inputs
+    inputs = stages.STAGES["autoencoder"].task.inputs
     summary = reconstruction.evaluate_reconstruction(autoencoder, records_dir, tmp_path, inputs=inputs, split="val",
                                                      stage="autoencoder", batch_size=8)
     assert reconstruction.original_size(records_dir, "val") == (128, 128)  # the synthetic tree's size

@@ -11,20 +11,24 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 from tfcxr.data import InputSpec, schema
-from tfcxr.train import stages
+from tfcxr import stages
+from tfcxr.evaluate.evaluators import RECONSTRUCTION
+from tfcxr.export.saved_model import CodecModule
+from tfcxr.train import tasks
 from helpers import encode, run_mode
 
 THUMBNAIL_CODEC = stages.Stage(
     "thumbnail_codec", None,
-    InputSpec(schema.SMALL, 32, resize_size=40, vertical_flip=True),
-    stages.build_autoencoder, stages.reconstruction_loss, metrics=stages.reconstruction_metrics,
-    image_outputs=("reconstruction", "latent"), evaluations=(stages.RECONSTRUCTION,),
-    export_name="tfcxr_thumbnail_codec")
+    tasks.Task(InputSpec(schema.SMALL, 32, resize_size=40, vertical_flip=True),
+               tasks.build_autoencoder, tasks.reconstruction_loss, metrics=tasks.reconstruction_metrics,
+               omits=("model.backbone", "model.weights", "init.classifier", "data.augment", "data.patches_per_image"),
+               image_outputs=("reconstruction", "latent")),
+    evaluators=(RECONSTRUCTION,), serving=CodecModule, export_name="tfcxr_thumbnail_codec")
 
 
 def register():
     """Adds the toy to the stage records (what tfcxr.main's child process runs first)."""
-    stages.STAGES.records[THUMBNAIL_CODEC.name] = THUMBNAIL_CODEC
+    stages.STAGES.register(THUMBNAIL_CODEC)
 
 
 def toy_mode(*argv, expect=0):

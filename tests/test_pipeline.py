@@ -20,13 +20,14 @@ from PIL import Image
 from tfcxr.constants import NUM_LABELS, ROTATION_DEGREES
 from tfcxr.data import schema
 from tfcxr.data import InputSpec, make_dataset, pipeline
-from tfcxr.train import stages
+from tfcxr import stages
+from tfcxr.config import RunConfig
 from helpers import encode, expected_zero_fraction
 
 ORIGINAL, SMALL = 128, 64
 SIZES = {1: dict(image_size=56, resize_size=SMALL), 2: dict(image_size=32), 3: dict(image_size=112)}
 # The stages' inputs at these sizes; the baseline's rotation in the pipeline unless a test says "device".
-INPUTS = {number: stages.STAGES[number].inputs.with_sizes(**SIZES[number]) for number in SIZES}
+INPUTS = {number: stages.STAGES[number].task.inputs.with_sizes(**SIZES[number]) for number in SIZES}
 INPUTS[1] = dataclasses.replace(INPUTS[1], rotation="pipeline")
 SHARDS = {"train": [4, 4, 4], "val": [3, 2]}  # records per shard
 VALUES = np.arange(1, 256, 4, dtype=np.uint8)  # pixel values of the originals (never 0)
@@ -251,11 +252,12 @@ def test_stage2_patches_are_mixed(toy_records, monkeypatch):
 
 def test_trainer_passes_patches_per_image(toy_records):
     """The autoencoder stage's dataset: config.patches_per_image when training, whole resizes for val."""
-    config = stages.TrainConfig(str(toy_records["png"]), "", batch_size=8, image_size=32, patches_per_image=4)
-    train = stages.STAGES["autoencoder"].dataset(config, "train", training=True, seed=0)
+    config = RunConfig.from_flags("autoencoder", records_dir=str(toy_records["png"]), batch_size=8, image_size=32,
+                                  patches_per_image=4)
+    train = stages.STAGES["autoencoder"].task.dataset(config, "train", training=True, seed=0)
     assert len(list(train)) == 12 * 4 // 8
-    assert len(list(stages.STAGES["autoencoder"].dataset(config, "val", training=False))) == 1  # 5 val images
-    assert stages.TrainConfig("", "", 8).patches_per_image == pipeline.PATCHES_PER_IMAGE
+    assert len(list(stages.STAGES["autoencoder"].task.dataset(config, "val", training=False))) == 1  # 5 val images
+    assert RunConfig("autoencoder").data.patches_per_image == pipeline.PATCHES_PER_IMAGE
 
 
 def test_stage3_crops_without_rotation_by_default(toy_records, sources):

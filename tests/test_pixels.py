@@ -10,7 +10,7 @@ import tensorflow as tf
 from PIL import Image
 
 from tfcxr.data import pipeline, pixels, sharding
-from tfcxr.evaluate import runs
+from tfcxr.data.records import Records
 from tfcxr.export import saved_model
 from helpers import encode, tfcxr_main
 from tiny_models import tiny_baseline
@@ -81,9 +81,9 @@ def test_stage1_export_serves_the_evaluation_pixels(tmp_path):
 
 def test_small_size_comes_from_the_manifest(tmp_path):
     (tmp_path / "manifest.json").write_text('{"small_size": 64}')
-    assert runs.small_size(tmp_path) == 64
-    with pytest.raises(FileNotFoundError, match="manifest.json; stage 1 reads image/small's size"):
-        runs.small_size(tmp_path / "elsewhere")
+    assert Records.open(tmp_path).small_size == 64
+    with pytest.raises(FileNotFoundError, match="manifest.json; shard the data"):
+        Records.open(tmp_path / "elsewhere")
 
 
 @pytest.mark.slow

@@ -5,7 +5,8 @@ import pytest
 import tensorflow as tf
 
 from tfcxr.evaluate import reconstruction
-from tfcxr.models import autoencoder, compression
+from tfcxr import models
+from tfcxr.models import compression
 from helpers import benchmark
 
 real_cxr14 = benchmark("real_cxr14")
@@ -47,7 +48,7 @@ def test_held_out_images_are_the_pngs(real_dir, records):
 @pytest.mark.slow
 def test_score_autoencoder_matches_direct_measure(real_dir, records):
     real_cxr14.ensure_records(records, real_dir)
-    model = autoencoder.build_autoencoder()
+    model = models.build_autoencoder()
     scores = real_cxr14.score_autoencoder(model, records, split="val")
     assert scores["images"] == 4 and set(scores["methods"]) == set(reconstruction.METHODS)
     images = np.concatenate([b["image"].numpy() for b in real_cxr14.held_out_dataset(records, 1, "val")])
@@ -59,7 +60,7 @@ def test_score_autoencoder_matches_direct_measure(real_dir, records):
 
 
 def test_dead_decoder_channels():
-    model = autoencoder.build_autoencoder()
+    model = models.build_autoencoder()
     conv = model.get_layer("decoder").get_layer("decoder_conv")
     kernel, bias = conv.get_weights()
     kernel[..., 3], bias[3] = -np.abs(kernel[..., 3]), -0.01  # no latent in [0, 1] lifts channel 3

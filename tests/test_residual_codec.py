@@ -12,8 +12,11 @@ import tensorflow as tf
 from tfcxr import models
 from tfcxr.constants import COMPRESSION
 from tfcxr.models.compression import quantize, resize_round_trip
-from tfcxr.models import residual_codec
-from tfcxr.train import callbacks, stages
+from tfcxr.models.codecs import residual as residual_codec
+from tfcxr import stages
+from tfcxr.config import RunConfig
+from tfcxr.constants import LABELS
+from tfcxr.train import callbacks
 from helpers import encode, run_tool, tfcxr_main
 
 
@@ -83,16 +86,18 @@ def test_capacity_knobs_and_parameter_counts():
     encoder, decoder = models.build_codec("residual")
     assert (encoder.count_params(), decoder.count_params()) == (833, 23_440)
     width, depth, encoder_depth = 16, 3, 3
-    encoder, decoder = models.build_codec("residual", width, depth, encoder_depth)
+    encoder, decoder = models.build_codec("residual", width=width, decoder_depth=depth, encoder_depth=encoder_depth)
     patch, hidden, last = 16 * width + width, 9 * width * width + width, 9 * width + 1
     assert encoder.count_params() == patch + (encoder_depth - 2) * hidden + last
     assert decoder.count_params() == (9 * width + width) + (depth - 2) * hidden + (9 * width * 16 + 16)
     paper_encoder, paper_decoder = models.build_codec("paper")
     assert (paper_encoder.count_params(), paper_decoder.count_params()) == (865, 160)
     with pytest.raises(ValueError, match="depth >= 2"):
-        models.build_codec("residual", 32, 1, 2)
-    with pytest.raises(ValueError, match="--autoencoder=jpeg"):
+        models.build_codec("residual", decoder_depth=1)
+    with pytest.raises(ValueError, match="--codec=jpeg: no such codec; one of paper, residual"):
         models.build_codec("jpeg")
+    with pytest.raises(ValueError, match="--codec=paper has no parameter width"):
+        models.build_codec("paper", width=8)
 
 
 def test_saved_and_loaded_without_custom_objects(codec, tmp_path):
@@ -138,11 +143,12 @@ def test_a_few_adam_steps_beat_bicubic():
 
 
 def test_stage_config_builds_the_chosen_codec():
-    config = stages.TrainConfig("r", "m", 8, autoencoder="residual", residual_width=8, residual_decoder_depth=2)
-    autoencoder = stages.STAGES[2].build_model(config)
-    assert "bicubic_down" in [layer.name for layer in autoencoder.get_layer("encoder").layers]
+    config = RunConfig.from_flags("autoencoder", codec="residual", codec_width=8, codec_decoder_depth=2)
+    autoencoder = stages.STAGES[2].task.build_model(config, ())
+    assert models.codec_of(autoencoder).to_dict() == {"kind": "residual", "width": 8, "encoder_depth": 2,
+                                                      "decoder_depth": 2}
     assert autoencoder.get_layer("decoder").count_params() == (9 * 8 + 8) + (9 * 8 * 16 + 16)
-    paper = stages.STAGES[2].build_model(stages.TrainConfig("r", "m", 8))
+    paper = stages.STAGES[2].task.build_model(RunConfig("autoencoder"), ())
     assert paper.count_params() == 865 + 160  # the paper's stays the default
 
 
@@ -158,23 +164,35 @@ def stage2_residual(records_dir, tmp_path_factory):
 
 @pytest.mark.slow
 def test_stage2_then_stage3_on_the_residual_codec(stage2_residual, records_dir, tmp_path):
+    codec = {"kind": "residual", "width": 8, "encoder_depth": 2, "decoder_depth": 4}
     config = json.loads((stage2_residual / "config.json").read_text())
-    assert (config["autoencoder"], config["residual_width"]) == ("residual", 8)
+    assert config["model"] == {"codec": codec} and "backbone" not in config["model"]
     stage1 = tmp_path / "stage1" / "best.keras"
     stage1.parent.mkdir()
-    callbacks.save_model_atomic(stages.STAGES[1].build_model(stages.TrainConfig("", "", 8, weights="none")), stage1)
+    callbacks.save_model_atomic(
+        stages.STAGES[1].task.build_model(RunConfig("baseline").replace(weights="none"), LABELS), stage1)
     common = [f"--records_dir={records_dir}", "--image_size=128", "--batch_size=4", "--epochs=1",
               "--steps_per_epoch=2", "--val_steps=1", f"--init_classifier={stage1}",
-              f"--init_autoencoder={stage2_residual / 'best.keras'}"]
+              f"--init_codec={stage2_residual / 'best.keras'}"]
 
-    wrong = tfcxr_main("--stage=3", *common, f"--model_dir={tmp_path / 'wrong'}", expect=1)  # paper
-    assert re.fullmatch(rf"error: {re.escape(str(stage2_residual / 'best.keras'))}: its encoder is not the codec .*",
-                        wrong.stderr.splitlines()[-1])
+    wrong = tfcxr_main("--stage=3", *common, "--codec=paper", f"--model_dir={tmp_path / 'wrong'}", expect=1)
+    assert re.fullmatch(rf"error: --codec=paper contradicts --init_codec={re.escape(str(stage2_residual))}/best.keras: "
+                        r"its codec is \{'kind': 'residual', 'width': 8, .*", wrong.stderr.splitlines()[-1])
+    assert not (tmp_path / "wrong").exists()  # refused before anything is written
+    wider = tfcxr_main("--stage=3", *common, "--codec_width=16", f"--model_dir={tmp_path / 'wider'}", expect=1)
+    assert wider.stderr.splitlines()[-1].startswith("error: --codec_width=16 contradicts --init_codec=")
 
-    # learning rate 0: the AECNN holds the stage-2 residual codec exactly, and classifies its latent.
+    # No codec flag: the run takes the stage-2 codec. Learning rate 0: the AECNN holds it exactly.
     result = tfcxr_main("--stage=3", "--flagfile=configs/stage3_residual.cfg", *common,
-                        f"--model_dir={tmp_path / 'aecnn'}", "--residual_width=8", "--learning_rate=0")
+                        f"--model_dir={tmp_path / 'aecnn'}", "--learning_rate=0")
     assert "val mean AUC" in result.stdout
+    saved = json.loads((tmp_path / "aecnn" / "config.json").read_text())
+    assert saved["model"]["codec"] == codec and saved["init"]["codec"] == str(stage2_residual / "best.keras")
+    assert "patches_per_image" not in saved["data"]
+    evaluated = tfcxr_main("--mode=evaluate", f"--model_dir={tmp_path / 'aecnn'}", "--split=val", "--resamples=10")
+    assert "mean ROC-AUC" in evaluated.stdout
+    report = json.loads((tmp_path / "aecnn" / "eval" / "val" / "reconstruction.json").read_text())
+    assert report["codec"] == codec
     aecnn = models.load_model(tmp_path / "aecnn" / "best.keras")
     stage2 = models.load_model(stage2_residual / "best.keras")
     for part in ("encoder", "decoder"):
@@ -234,11 +252,11 @@ def test_export_compress_and_reconstruct_serve_the_residual_codec(tmp_path):
 def test_evaluation_names_the_codec_and_scores_an_untrained_residual_codec_as_bicubic(records_dir, tmp_path):
     from tfcxr.evaluate import reconstruction
 
-    assert residual_codec.codec_kind(models.build_codec("paper")[0]) == "paper"
+    assert models.codec_of(models.build_codec("paper")[0]).kind == "paper"
     autoencoder = models.build_autoencoder(*models.build_codec("residual", width=8))
     summary = reconstruction.evaluate_reconstruction(autoencoder, records_dir, tmp_path, stage="autoencoder",
-                                                     inputs=stages.STAGES["autoencoder"].inputs, batch_size=16)
-    assert summary["codec"] == "residual"
-    assert "Codec: residual (--autoencoder)." in (tmp_path / "eval" / "test" / "reconstruction.md").read_text()
+                                                     inputs=stages.STAGES["autoencoder"].task.inputs, batch_size=16)
+    assert summary["codec"] == {"kind": "residual", "width": 8, "encoder_depth": 2, "decoder_depth": 4}
+    assert "Codec: residual (--codec;" in (tmp_path / "eval" / "test" / "reconstruction.md").read_text()
     methods = summary["methods"]
     assert methods["autoencoder_8bit"]["psnr"] == pytest.approx(methods["bicubic_8bit"]["psnr"], abs=1e-3)

@@ -14,8 +14,10 @@ from tfcxr import models
 from tfcxr.models.metrics import ReconstructionQuality
 from tfcxr.constants import CLASSIFICATION_WEIGHT, NUM_LABELS, PLATEAU_FACTOR, PLATEAU_PATIENCE
 from tfcxr.train import callbacks as callbacks_lib
-from tfcxr.train import loop, stages, strategy
-from tiny_models import SIZES, as_stage, tiny_stage
+from tfcxr import stages
+from tfcxr.config import RunConfig
+from tfcxr.train import loop, strategy, tasks
+from tiny_models import SIZES, as_task, tiny_task
 
 
 @pytest.fixture(autouse=True)
@@ -27,7 +29,8 @@ def float32_policy():
 
 def train_config(records_dir, model_dir, **overrides):
     settings = dict(batch_size=8, epochs=1, steps_per_epoch=2, val_steps=2, weights=None, **SIZES)
-    return stages.TrainConfig(str(records_dir), str(model_dir), **{**settings, **overrides})
+    return RunConfig.from_flags("baseline", records_dir=str(records_dir), model_dir=str(model_dir),
+                                **{**settings, **overrides})
 
 
 def read_log(model_dir):
@@ -39,7 +42,7 @@ def test_stage3_loss_is_the_weighted_sum_of_bce_and_mse():
     logits = tf.constant([np.linspace(-3, 3, NUM_LABELS), np.linspace(2, -1, NUM_LABELS)], tf.float32)
     image = tf.reshape(tf.range(32, dtype=tf.float32) / 32, [2, 4, 4, 1])
     reconstruction = tf.reverse(image, axis=[2])
-    terms = stages.joint_loss({"image": image, "labels": labels}, {"logits": logits, "reconstruction": reconstruction})
+    terms = tasks.joint_loss({"image": image, "labels": labels}, {"logits": logits, "reconstruction": reconstruction})
 
     probability = 1 / (1 + np.exp(-logits.numpy()))
     bce = -(labels * np.log(probability) + (1 - labels) * np.log(1 - probability)).numpy().mean(axis=1)
@@ -48,9 +51,9 @@ def test_stage3_loss_is_the_weighted_sum_of_bce_and_mse():
     np.testing.assert_allclose(terms["mse"], mse, rtol=1e-6)
     np.testing.assert_allclose(terms["loss"], CLASSIFICATION_WEIGHT * bce + (1 - CLASSIFICATION_WEIGHT) * mse, rtol=1e-6)
     assert CLASSIFICATION_WEIGHT == 0.9
-    np.testing.assert_allclose(stages.classification_loss({"labels": labels}, {"logits": logits})["loss"], bce, rtol=1e-6)
+    np.testing.assert_allclose(tasks.classification_loss({"labels": labels}, {"logits": logits})["loss"], bce, rtol=1e-6)
     np.testing.assert_allclose(
-        stages.reconstruction_loss({"image": image}, {"reconstruction": reconstruction})["loss"], mse, rtol=1e-6)
+        tasks.reconstruction_loss({"image": image}, {"reconstruction": reconstruction})["loss"], mse, rtol=1e-6)
 
 
 def test_stage_records():
@@ -58,28 +61,31 @@ def test_stage_records():
     assert [stages.STAGES[n].name for n in (1, "2", "aecnn")] == ["baseline", "autoencoder", "aecnn"]  # aliases
     with pytest.raises(KeyError, match="--stage=4: no such stage; one of baseline \\(1\\)"):
         stages.STAGES[4]
-    config = stages.TrainConfig("records", "run", 8)
-    metrics = {name: [type(m).__name__ for m in stage.metrics(config)] for name, stage in stages.STAGES.items()}
+    labels = ("a", "b")
+    metrics = {name: [type(m).__name__ for m in stage.task.metrics(labels)] for name, stage in stages.STAGES.items()}
     assert metrics == {"baseline": ["ClassificationAUC"], "autoencoder": ["ReconstructionQuality"],
                        "aecnn": ["ClassificationAUC", "ReconstructionQuality"]}
-    assert [stage.evaluations for stage in stages.STAGES.values()] == [
-        ("classification",), ("reconstruction",), ("classification", "reconstruction")]
-    config = stages.TrainConfig("records", "run", 8, init_autoencoder="a.keras", init_classifier="b.keras")
-    assert stages.STAGES[1].augmentation(config).contrast is not None  # BL5's rotation + contrast, on the accelerator
-    assert stages.STAGES[1].augmentation(dataclasses.replace(config, augment="fmix")) is None
-    assert stages.STAGES[2].augmentation(config) is None
-    assert stages.STAGES[3].augmentation(config).contrast is None  # the rotation only
-    assert stages.STAGES[3].init_files(config) == {"init_autoencoder": "a.keras", "init_classifier": "b.keras"}
-    assert stages.STAGES[1].init_files(config) == {}
+    assert [[e.name for e in stage.evaluators] for stage in stages.STAGES.values()] == [
+        ["classification"], ["reconstruction"], ["classification", "reconstruction"]]
+    assert [stage.classifies for stage in stages.STAGES.values()] == [True, False, True]
+    config = RunConfig.from_flags("aecnn", records_dir="records", model_dir="run", batch_size=8,
+                                  init_codec="a.keras", init_classifier="b.keras")
+    assert stages.STAGES[1].task.augmentation(config).contrast is not None  # BL5's rotation + contrast, on the accelerator
+    assert stages.STAGES[1].task.augmentation(config.replace(augment="fmix")) is None
+    assert stages.STAGES[2].task.augmentation(config) is None
+    assert stages.STAGES[3].task.augmentation(config).contrast is None  # the rotation only
+    assert stages.STAGES[3].task.requires == ("init.codec", "init.classifier")
+    assert stages.STAGES[1].task.requires == ()
 
 
 def test_missing_earlier_stage_file_stops_before_anything_is_built(tmp_path):
-    config = stages.TrainConfig("records", str(tmp_path / "run"), 8, init_autoencoder=str(tmp_path / "stage2.keras"))
+    config = RunConfig.from_flags("aecnn", records_dir="records", model_dir=str(tmp_path / "run"), batch_size=8,
+                                  init_codec=str(tmp_path / "stage2.keras"))
     with pytest.raises(FileNotFoundError, match="stage2.keras: file not found"):
-        loop.train(stages.STAGES[3], config, strategy.make_strategy("one_device"))
+        loop.train(stages.STAGES[3].task, config, strategy.make_strategy("one_device"))
     (tmp_path / "stage2.keras").touch()
     with pytest.raises(FileNotFoundError, match="needs --init_classifier"):
-        loop.train(stages.STAGES[3], config, strategy.make_strategy("one_device"))
+        loop.train(stages.STAGES[3].task, config, strategy.make_strategy("one_device"))
     assert not (tmp_path / "run").exists()
 
 
@@ -88,7 +94,7 @@ def test_plateau_divides_the_learning_rate_after_patience_epochs_without_improve
     # larger than PyTorch's eps (1e-8, below which a cut is skipped).
     config = train_config(records_dir, tmp_path, epochs=PLATEAU_PATIENCE + 3, steps_per_epoch=1, val_steps=1,
                           learning_rate=1e-6)
-    loop.train(tiny_stage(), config, strategy.make_strategy("one_device"))
+    loop.train(tiny_task(), config, strategy.make_strategy("one_device"))
     learning_rates = read_log(tmp_path)["learning_rate"].to_numpy()  # the rate each epoch trained with
     # PyTorch's count: epoch 1 sets the best, epochs 2..7 are bad 1..6 > patience 5: epoch 8 trains at 1e-7.
     np.testing.assert_allclose(learning_rates[: PLATEAU_PATIENCE + 2], 1e-6, rtol=1e-6)
@@ -150,21 +156,21 @@ def test_jit_compiled_step_gives_the_same_weights(records_dir, tmp_path):
     for jit_compile in (False, True):
         config = train_config(records_dir, tmp_path / str(jit_compile), steps_per_epoch=1, val_steps=1,
                               learning_rate=1e-2, jit_compile=jit_compile)
-        trained[jit_compile] = loop.train(tiny_stage(), config, strategy.make_strategy("one_device")).get_weights()
-    keras.utils.set_random_seed(config.seed)  # as train() does: the weights both runs started from
-    initial = tiny_stage().build_model(config)
+        trained[jit_compile] = loop.train(tiny_task(), config, strategy.make_strategy("one_device")).get_weights()
+    keras.utils.set_random_seed(config.runtime.seed)  # as train() does: the weights both runs started from
+    initial = tiny_task().build_model(config, ())
     for plain, compiled, start in zip(trained[False], trained[True], initial.get_weights()):
         np.testing.assert_allclose(compiled, plain, atol=1e-5)
         assert np.abs(plain - start).max() > 1e-3  # the step did move the weights
 
 
 def test_jit_compile_refuses_batchnorm_synchronized_over_replicas():
-    config = stages.TrainConfig("records", "run", 8, jit_compile=True)
+    config = RunConfig.from_flags("baseline", records_dir="records", model_dir="run", batch_size=8, jit_compile=True)
     two_replicas = types.SimpleNamespace(num_replicas_in_sync=2)
     with pytest.raises(ValueError, match="pass --nosync_batchnorm or --nojit_compile"):
         loop.sync_batchnorm(config, two_replicas)
-    assert loop.sync_batchnorm(dataclasses.replace(config, sync_batchnorm=False), two_replicas) is False
-    assert loop.sync_batchnorm(dataclasses.replace(config, jit_compile=False), two_replicas) is True
+    assert loop.sync_batchnorm(config.replace(sync_batchnorm=False), two_replicas) is False
+    assert loop.sync_batchnorm(config.replace(jit_compile=False), two_replicas) is True
     assert loop.sync_batchnorm(config, types.SimpleNamespace(num_replicas_in_sync=1)) is False
 
 
@@ -182,7 +188,7 @@ def event_tags(directory):
 
 def test_stage2_run_writes_best_model_log_tensorboard_and_checkpoints(records_dir, tmp_path):
     config = train_config(records_dir, tmp_path, epochs=2, image_size=32, resize_size=None, preview_images=2)
-    loop.train(stages.STAGES[2], config, strategy.make_strategy("one_device"))
+    loop.train(stages.STAGES[2].task, config, strategy.make_strategy("one_device"))
 
     log = read_log(tmp_path)
     assert list(log["epoch"]) == [0, 1]
@@ -218,7 +224,7 @@ def test_reconstruction_metrics_agree_with_the_evaluation_mode():
 
 
 def test_classifier_run_logs_validation_auc_per_label(records_dir, tmp_path):
-    loop.train(tiny_stage(), train_config(records_dir, tmp_path, val_steps=None), strategy.make_strategy("one_device"))
+    loop.train(tiny_task(), train_config(records_dir, tmp_path, val_steps=None), strategy.make_strategy("one_device"))
     log = read_log(tmp_path)
     aucs = log[[column for column in log if column.startswith("val_auc_")]].to_numpy()
     assert aucs.shape == (1, NUM_LABELS)
@@ -233,11 +239,11 @@ def test_device_augmentation_feeds_the_train_step_only(records_dir, tmp_path):
         return {"loss": tf.reduce_mean(batch["image"], axis=[1, 2, 3]) + 0.0 * tf.reduce_sum(outputs["logits"], -1)}
 
     @dataclasses.dataclass(frozen=True)
-    class ConstantImages(stages.Stage):
+    class ConstantImages(tasks.Task):
         def augmentation(self, config):
             return keras.layers.Lambda(lambda images: 0.0 * images + 0.25)
 
-    stage = as_stage(ConstantImages, dataclasses.replace(tiny_stage(), loss=mean_image, metrics=lambda config: []))
+    stage = as_task(ConstantImages, dataclasses.replace(tiny_task(), loss=mean_image, metrics=lambda label_names: []))
     loop.train(stage, train_config(records_dir, tmp_path), strategy.make_strategy("one_device"))
     log = read_log(tmp_path)
     assert log["loss"][0] == pytest.approx(0.25)
@@ -248,7 +254,7 @@ def test_nan_loss_stops_training_before_anything_is_saved(records_dir, tmp_path)
     def nan_loss(batch, outputs):
         return {"loss": tf.reduce_sum(outputs["logits"], -1) * np.nan}
 
-    stage = dataclasses.replace(tiny_stage(), loss=nan_loss)
+    stage = dataclasses.replace(tiny_task(), loss=nan_loss)
     with pytest.raises(loop.TrainingStopped, match="epoch 1, step 1: loss is nan"):
         loop.train(stage, train_config(records_dir, tmp_path), strategy.make_strategy("one_device"))
     assert tf.train.latest_checkpoint(tmp_path / "checkpoints") is None
@@ -257,14 +263,14 @@ def test_nan_loss_stops_training_before_anything_is_saved(records_dir, tmp_path)
 
 def test_bfloat16_step(records_dir, tmp_path):
     config = train_config(records_dir, tmp_path, steps_per_epoch=1, val_steps=1, mixed_precision="bfloat16")
-    model = loop.train(tiny_stage(), config, strategy.make_strategy("one_device"))
+    model = loop.train(tiny_task(), config, strategy.make_strategy("one_device"))
     assert model.get_layer("classifier").get_layer("conv").compute_dtype == "bfloat16"
     assert np.isfinite(read_log(tmp_path)[["loss", "val_loss"]].to_numpy()).all()
 
 
 def test_fmix_mixes_labels_in_the_same_loop(records_dir, tmp_path):
     config = train_config(records_dir, tmp_path, steps_per_epoch=1, val_steps=1, augment="fmix")
-    loop.train(tiny_stage(), config, strategy.make_strategy("one_device"))
+    loop.train(tiny_task(), config, strategy.make_strategy("one_device"))
     assert np.isfinite(read_log(tmp_path)[["loss", "val_loss", "val_auc"]].to_numpy()).all()
 
 

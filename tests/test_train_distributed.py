@@ -5,12 +5,15 @@ process to kill, so every run is this file executed as a script (`run`); it trai
 pipeline with a tiny classifier and exits with os._exit (MirroredStrategy can hang at exit).
 """
 
+import dataclasses
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
+import time
 import types
 
 import keras
@@ -18,8 +21,9 @@ import numpy as np
 import tensorflow as tf
 
 from tfcxr.constants import PLATEAU_FACTOR, PLATEAU_PATIENCE
-from tfcxr.train import loop, stages, strategy
-from tiny_models import SIZES, tiny_stage
+from tfcxr.config import RunConfig
+from tfcxr.train import loop, strategy
+from tiny_models import SIZES, tiny_task
 
 TIMEOUT = 300
 
@@ -30,8 +34,9 @@ def overflow_step(spec):
     Writes [w after the step, loss scale before, loss scale after] to spec["weights_out"].
     """
     distribution = strategy.make_strategy("mirrored", cpu_replicas=2)
-    config = stages.TrainConfig("records", "run", batch_size=2, mixed_precision="float16", learning_rate=0.1)
-    keras.mixed_precision.set_global_policy(loop.POLICIES[config.mixed_precision])
+    config = RunConfig.from_flags("baseline", records_dir="records", model_dir="run", batch_size=2,
+                                  mixed_precision="float16", learning_rate=0.1)
+    keras.mixed_precision.set_global_policy(loop.POLICIES[config.runtime.mixed_precision])
     with distribution.scope():
         model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False, kernel_initializer="ones")])
         optimizer = loop.make_optimizer(config)
@@ -53,6 +58,9 @@ def run(spec):
             overflow_step(spec)
         else:
             train(spec)
+    except loop.Preempted as stop:  # its line is printed; out with its code, without the exit hang
+        sys.stdout.flush()
+        os._exit(stop.code)
     except Exception as error:  # noqa: BLE001 - one line to the parent, then out without MirroredStrategy's exit hang
         print(f"error: {type(error).__name__}: {error}", flush=True)
         os._exit(1)
@@ -80,17 +88,53 @@ def train(spec):
             if self.step is None and epoch == self.epoch:
                 os.kill(os.getpid(), signal.SIGKILL)
 
+    class SignalAt(keras.callbacks.Callback):
+        """After batch `step` of `epoch`: prints "signal me" and waits for the parent's signal."""
+
+        def __init__(self, epoch, step):
+            super().__init__()
+            self.epoch, self.step, self.current = epoch, step, None
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.current = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            if (self.current, batch) == (self.epoch, self.step):
+                print("signal me", flush=True)
+                time.sleep(5)  # the signal lands here, during this step's callbacks
+
     class SaveInitial(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
             np.savez(spec["initial_out"], *self.model.get_weights())
 
     distribution = strategy.make_strategy(spec["strategy"], spec.get("cpu_replicas", 1))
-    config = stages.TrainConfig(**spec["config"], **SIZES, weights=None)
+    config = RunConfig.from_flags("baseline", **spec["config"], **SIZES, weights=None)
     callbacks = [KillAt(*spec["kill_at"])] if spec.get("kill_at") else []
     callbacks += [SaveInitial()] if spec.get("initial_out") else []
-    stage = tiny_stage(spec.get("fixed_input", False), spec.get("batchnorm", False))
+    callbacks += [SignalAt(*spec["signal_at"])] if spec.get("signal_at") else []
+    stage = tiny_task(spec.get("fixed_input", False), spec.get("batchnorm", False))
+    if spec.get("nan_on_replica_1_from_step") is not None:
+        stage = nan_on_replica_1(stage, spec["nan_on_replica_1_from_step"])
     model = loop.train(stage, config, distribution, callbacks=callbacks)
     np.savez(spec["weights_out"], *model.get_weights())
+
+
+def nan_on_replica_1(stage, first_step):
+    """`stage` whose loss is NaN on replica 1's examples from optimizer step `first_step` on."""
+    built = {}
+
+    def build_model(config, label_names):
+        built["model"] = stage.build_model(config, label_names)
+        return built["model"]
+
+    def loss(batch, outputs):
+        terms = stage.loss(batch, outputs)
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        late = built["model"].optimizer.iterations >= first_step
+        poison = tf.where(tf.logical_and(late, tf.equal(replica, 1)), float("nan"), 0.0)
+        return {**terms, "loss": terms["loss"] + poison}
+
+    return dataclasses.replace(stage, build_model=build_model, loss=loss)
 
 
 def start(spec, env=None):
@@ -280,6 +324,91 @@ def test_kill_9_and_rerun_ends_where_an_uninterrupted_run_ends(records_dir, tmp_
     assert len(learning_rates) == epochs
     np.testing.assert_allclose(learning_rates[: PLATEAU_PATIENCE + 2], 1e-6, rtol=1e-6)
     np.testing.assert_allclose(learning_rates[PLATEAU_PATIENCE + 2:], 1e-6 * PLATEAU_FACTOR, rtol=1e-6)
+
+
+def said(output, start):
+    """The lines of `output` that say `start`..., from there on (progress bars share the lines)."""
+    return [line[line.index(start):] for line in output.splitlines() if start in line]
+
+
+def signal_when_ready(process, number):
+    """Waits for the child's "signal me", sends it `number`; -> the child's output so far."""
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if "signal me" in line:  # after a progress bar's carriage return
+            process.send_signal(number)
+            return "".join(lines)
+    raise AssertionError("the run ended before it asked for a signal:\n" + "".join(lines)[-3000:])
+
+
+def test_sigterm_checkpoints_the_step_and_the_same_command_ends_as_an_uninterrupted_run(records_dir, tmp_path):
+    """SIGTERM at a random step (no mid-epoch checkpoints): the run finishes that step and the next (which
+    carries the flag), checkpoints there, says so in one line and exits 143 within 60 s; rerun, it ends with
+    the same weights, optimizer state and log.csv as a run never stopped."""
+    epochs, steps = 2, 6
+    epoch, step = random.Random().choice([(e, s) for e in range(epochs) for s in range(steps - 1)])
+    settings = dict(epochs=epochs, steps_per_epoch=steps, checkpoint_every=0, deterministic=True, val_steps=1,
+                    learning_rate=1e-2)
+
+    def spec(name, **extra):
+        return {"strategy": "one_device", "weights_out": str(tmp_path / f"{name}.npz"),
+                "config": config(records_dir, tmp_path / name, **settings), **extra}
+
+    uninterrupted = start(spec("uninterrupted"))
+    stopped = start(spec("stopped", signal_at=(epoch, step)))
+    before = signal_when_ready(stopped, signal.SIGTERM)
+    output = before + stopped.communicate(timeout=60)[0]
+    assert stopped.returncode == 128 + signal.SIGTERM, output[-3000:]
+    assert said(output, "preempted") == [f"preempted (SIGTERM): checkpoint {tmp_path / 'stopped' / 'checkpoints' / 'ckpt-'}"
+                    f"{epoch + 1} at epoch {epoch + 1}, step {step + 2}; run the same command to resume"], output
+    resumed = finish(start(spec("stopped")))
+    assert f"resuming from {tmp_path / 'stopped' / 'checkpoints'}" in resumed
+    assert f"epoch {epoch + 1}, step {step + 2}" in resumed
+    finish(uninterrupted)
+    expected, result = checkpoint_tensors(tmp_path / "uninterrupted"), checkpoint_tensors(tmp_path / "stopped")
+    assert sorted(expected) == sorted(result)
+    for name, value in expected.items():
+        if not name.startswith("save_counter"):  # the preemption's checkpoint is one more
+            np.testing.assert_array_equal(result[name], value, err_msg=name)
+    assert (tmp_path / "stopped" / "log.csv").read_text() == (tmp_path / "uninterrupted" / "log.csv").read_text()
+
+
+def test_sigterm_on_one_worker_stops_both_at_the_same_step_and_both_resume_there(records_dir, tmp_path):
+    """Two workers on localhost; only the second gets SIGTERM. Both checkpoint the same step (the chief
+    writes it), both exit 143, and both resume from it with the same weights."""
+    spec = {"config": config(records_dir, tmp_path / "run", epochs=2, steps_per_epoch=4, val_steps=1)}
+    chief, worker = start_workers(tmp_path, [tmp_path / "run"] * 2, {**spec, "signal_at": (0, 1)})
+    signal_when_ready(worker, signal.SIGTERM)
+    outputs = [process.communicate(timeout=60)[0] for process in (chief, worker)]
+    assert [chief.returncode, worker.returncode] == [128 + signal.SIGTERM] * 2, outputs
+    stops = [line.split(" at ", 1)[1] for output in outputs for line in said(output, "preempted")]
+    assert stops == ["epoch 1, step 3; run the same command to resume"] * 2, outputs
+    outputs = [finish(process) for process in start_workers(tmp_path, [tmp_path / "run"] * 2, spec)]
+    resumed = [line.split(": ", 1)[1] for output in outputs for line in output.splitlines()
+               if line.startswith("resuming from")]
+    assert resumed == ["epoch 1, step 3"] * 2, outputs
+    for a, b in zip(weights(tmp_path / "weights0.npz"), weights(tmp_path / "weights1.npz")):
+        np.testing.assert_array_equal(a, b)
+    assert len((tmp_path / "run" / "log.csv").read_text().splitlines()) == 1 + 2
+
+
+def test_nan_loss_on_one_replica_stops_both_and_keeps_the_last_good_checkpoint(records_dir, tmp_path):
+    """2 CPU replicas, the loss NaN on replica 1's examples from the third step (epoch 2): one line, exit 1,
+    the epoch-1 checkpoint kept as it was (finite, epoch 2 step 0) and nothing of epoch 2 saved."""
+    spec = {"strategy": "mirrored", "cpu_replicas": 2, "fixed_input": True, "nan_on_replica_1_from_step": 2,
+            "weights_out": str(tmp_path / "weights.npz"),
+            "config": config(records_dir, tmp_path / "run", epochs=3, steps_per_epoch=2)}
+    output = finish(start(spec), expect=1)
+    errors = said(output, "error:")
+    assert len(errors) == 1 and "epoch 2, step 1: loss is nan; training stopped" in errors[0], output
+    assert errors[0].endswith(str(tmp_path / "run" / "checkpoints" / "ckpt-1"))
+    assert tf.train.latest_checkpoint(str(tmp_path / "run" / "checkpoints")).endswith("ckpt-1")
+    tensors = checkpoint_tensors(tmp_path / "run")
+    progress = json.loads(next(value for name, value in tensors.items() if name.startswith("progress")))
+    assert (progress["epoch"], progress["step"]) == (1, 0)
+    assert all(np.isfinite(value).all() for value in tensors.values() if value.dtype.kind == "f")
+    assert len((tmp_path / "run" / "log.csv").read_text().splitlines()) == 1 + 1  # epoch 1's row only
 
 
 if __name__ == "__main__":

@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 
 from tfcxr import models
-from tfcxr.train import callbacks, stages
+from tfcxr import stages
+from tfcxr.config import RunConfig
+from tfcxr.constants import LABELS
+from tfcxr.train import callbacks
 from helpers import tfcxr_main
 
 
@@ -27,14 +30,17 @@ def test_stages_2_and_3_end_to_end(records_dir, tmp_path):
     common = [f"--records_dir={records_dir}", "--batch_size=8", "--steps_per_epoch=2", "--val_steps=2"]
     stage1 = tmp_path / "stage1" / "best.keras"
     stage1.parent.mkdir()
-    callbacks.save_model_atomic(stages.STAGES[1].build_model(stages.TrainConfig("", "", 8, weights="none")), stage1)
+    callbacks.save_model_atomic(stages.STAGES[1].task.build_model(RunConfig("baseline").replace(weights="none"), LABELS),
+                                stage1)
 
     # Two CPU replicas and float16 with loss scaling on the (tiny) autoencoder.
     stage2 = tfcxr_main("--stage=2", f"--model_dir={tmp_path / 'stage2'}", "--image_size=32", "--cpu_replicas=2",
                         "--mixed_precision=float16", "--epochs=2", *common)
     assert "best val_loss" in stage2.stdout and "AUC" not in stage2.stdout
     config = json.loads((tmp_path / "stage2" / "config.json").read_text())
-    assert (config["stage"], config["cpu_replicas"], config["mixed_precision"], config["epochs"]) == ("autoencoder", 2, "float16", 2)
+    assert (config["stage"], config["runtime"]["cpu_replicas"], config["runtime"]["mixed_precision"],
+            config["schedule"]["epochs"]) == ("autoencoder", 2, "float16", 2)
+    assert "backbone" not in config["model"] and "classifier" not in config["init"]  # what applies to a codec only
 
     # learning_rate 0: stage 3 must hold exactly the weights it was initialised with.
     stage3 = tfcxr_main("--stage=3", f"--model_dir={tmp_path / 'stage3'}", "--image_size=128",

@@ -2,7 +2,7 @@
 
 `tiny_densenet` keeps the classifier's contract (ImageNet-normalized [B,H,W,3] -> logits
 [B,14], its last conv activation named models.FEATURES), so the real encoder, decoder,
-baseline and AECNN builders wrap it exactly as they wrap DenseNet121. `tiny_stage` is stage 1
+baseline and AECNN builders wrap it exactly as they wrap DenseNet121. `tiny_task` is stage 1
 training a smaller one still (test_train.py in this process, test_train_distributed.py in child
 processes).
 """
@@ -15,7 +15,7 @@ from keras import layers
 
 from tfcxr import models
 from tfcxr.constants import NUM_LABELS
-from tfcxr.train import stages
+from tfcxr.train import tasks
 
 SIZES = dict(image_size=32, resize_size=40)  # stage 1: the 64 px image/small resized, then cropped
 
@@ -63,7 +63,7 @@ def box_codec(model):
     return model
 
 
-def tiny_classifier(config, batchnorm=False):
+def tiny_classifier(config, label_names=(), batchnorm=False):
     """Stage 1's baseline around a 2-layer classifier instead of DenseNet121 (trains in seconds).
 
     batchnorm: the classifier's TorchBatchNormalization after the convolution, with momentum 0 so that
@@ -79,13 +79,13 @@ def tiny_classifier(config, batchnorm=False):
     return models.build_baseline(keras.Model(image, logits, name="classifier"))
 
 
-def as_stage(cls, stage):
-    """`stage`'s record as an instance of the Stage subclass `cls` (which overrides a method)."""
-    return cls(**{field.name: getattr(stage, field.name) for field in dataclasses.fields(stage)})
+def as_task(cls, task):
+    """`task`'s record as an instance of the Task subclass `cls` (which overrides a method)."""
+    return cls(**{field.name: getattr(task, field.name) for field in dataclasses.fields(task)})
 
 
 @dataclasses.dataclass(frozen=True)
-class FixedInputStage(stages.Stage):
+class FixedInputTask(tasks.Task):
     """The eval pipeline on train and no device augmentation: a global batch is the same images
     however it is split over replicas."""
 
@@ -96,8 +96,8 @@ class FixedInputStage(stages.Stage):
         return None
 
 
-def tiny_stage(fixed_input=False, batchnorm=False):
-    """The baseline stage with the tiny classifier; `fixed_input`: as FixedInputStage."""
-    build = (lambda config: tiny_classifier(config, batchnorm=True)) if batchnorm else tiny_classifier
-    stage = dataclasses.replace(stages.STAGES["baseline"], build_model=build)
-    return as_stage(FixedInputStage, stage) if fixed_input else stage
+def tiny_task(fixed_input=False, batchnorm=False):
+    """The baseline's task with the tiny classifier; `fixed_input`: as FixedInputTask."""
+    build = (lambda config, label_names: tiny_classifier(config, batchnorm=True)) if batchnorm else tiny_classifier
+    task = dataclasses.replace(tasks.BASELINE, build_model=build)
+    return as_task(FixedInputTask, task) if fixed_input else task

@@ -36,6 +36,8 @@ STAGE2_PATCH = 128  # stage 2 random patch; stage 2 validation resize
 STAGE3_CROP = 896  # stage 3 random crop; stage 3 validation resize
 COMPRESSION = 4  # encoder stride / PixelShuffle factor, per side
 LATENT_LEVELS = 255.0  # an 8-bit PNG stores the [0, 1] latent as k / 255
+# Stage 2 training cuts this many random patches from each decoded original (the decode is the cost).
+PATCHES_PER_IMAGE = 16
 
 # Largest user image decoded (serving, tools, sharder), read from its header BEFORE decoding.
 # ChestX-ray14 is 1024 a side, clinical detectors ~4,300: 2x headroom, 100x below a decompression bomb.

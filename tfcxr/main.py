@@ -1,7 +1,8 @@
 """Command line: python -m tfcxr.main --flagfile=configs/<stage>.cfg [--mode=train|evaluate|explain|export].
 
-The training flags (one per TrainConfig field) live here; the modes, and their own flags, in
-tfcxr/modes.py. Every flagfile names its stage (--stage=baseline|autoencoder|aecnn, or the
+The run's flags live here, flat, one per field of tfcxr.config.RunConfig (config.FLAGS maps each
+to its place in the tree; --codec_<parameter> sets a codec parameter); the modes, and their own
+flags, in tfcxr/modes.py. Every flagfile names its stage (--stage=baseline|autoencoder|aecnn, or the
 paper's 1|2|3); a --stage that contradicts another (command line against flagfile, or against
 the run's config.json) stops with one line.
 """
@@ -15,51 +16,67 @@ import tfcxr.quiet  # noqa: F401  (first: TensorFlow starts without its start-up
 from absl import app, flags, logging
 
 from tfcxr import modes
+from tfcxr.config import RunConfig
 from tfcxr.constants import SMALL_SIZE
-from tfcxr.models.classifier import BACKBONES
-from tfcxr.models.residual_codec import AUTOENCODERS
-from tfcxr.train import loop, stages, strategy
+from tfcxr.models import BACKBONES, CODECS
+from tfcxr.stages import STAGES
+from tfcxr.train import loop, strategy
 
 FLAGS = flags.FLAGS
-DEFAULTS = {field.name: field.default for field in dataclasses.fields(stages.TrainConfig)}
+DEFAULTS = RunConfig("baseline")
+default = DEFAULTS.get
 flags.DEFINE_string("mode", "train", f"what to do: one of {', '.join(modes.MODES)}")
 flags.DEFINE_string("stage", None, "the stage to train (every flagfile names its own): "
-                    + ", ".join(f"{name} ({stage.number})" for name, stage in stages.STAGES.items())
-                    + "; evaluate / explain / export read it from the run's config.json")
-flags.DEFINE_string("records_dir", None, "TFRecords and manifest.json of tools/shard_cxr14.py")
+                    + ", ".join(f"{name} ({stage.number})" for name, stage in STAGES.items())
+                    + "; a resumed run, evaluate, explain and export read it from the run's config.json")
+# data
+flags.DEFINE_string("records_dir", None, "TFRecords and manifest.json of tools/shard_cxr14.py (a path or a URL)")
+flags.DEFINE_integer("batch_size", default("data.batch_size"), "global batch size, over all replicas and workers")
+flags.DEFINE_integer("image_size", None, "crop / patch / resize size (default: the stage's)")
+flags.DEFINE_integer("resize_size", None, f"stage 1: resize before the crop (default: {SMALL_SIZE})")
+flags.DEFINE_enum("augment", default("data.augment"), ["bl5", "fmix"], "stage 1 augmentation")
+flags.DEFINE_integer("patches_per_image", default("data.patches_per_image"),
+                     "stage 2 training: random patches cut from each decoded original (1: the paper's loader)",
+                     lower_bound=1)
+# model
+flags.DEFINE_enum("backbone", default("model.backbone"), list(BACKBONES), "the classifier's trunk (models.BACKBONES)")
+flags.DEFINE_string("weights", default("model.weights"), "stage 1 DenseNet121 initialisation: imagenet, none or a local .h5")
+flags.DEFINE_string("codec", default("model.codec.kind"),
+                    f"stages 2 and 3: the codec, one of {', '.join(CODECS)} (stage 3: the codec of --init_codec's run)")
+flags.DEFINE_alias("autoencoder", "codec")
+for codec_name, codec_class in CODECS.items():  # --codec_<parameter>: the codec's own parameters
+    for field in dataclasses.fields(codec_class.Params):
+        if f"codec_{field.name}" not in FLAGS:
+            flags.DEFINE_integer(f"codec_{field.name}", None, f"--codec={codec_name}: {field.name} "
+                                 f"(default {field.default})")
+flags.DEFINE_alias("residual_width", "codec_width")
+flags.DEFINE_alias("residual_encoder_depth", "codec_encoder_depth")
+flags.DEFINE_alias("residual_decoder_depth", "codec_decoder_depth")
+# optimizer and schedule
+flags.DEFINE_float("learning_rate", default("optimizer.learning_rate"), "Adam learning rate")
+flags.DEFINE_integer("epochs", default("schedule.epochs"), "epochs in all (a resumed run continues to this many)")
+flags.DEFINE_integer("steps_per_epoch", None, "train steps per epoch (default: one pass)")
+flags.DEFINE_integer("val_steps", None, "validation steps per epoch (default: one pass over val)")
+# init
+flags.DEFINE_string("init_classifier", None, "stages 1 and 3: the .keras whose classifier the run starts from "
+                    "(stage 1's best.keras, or tools/import_torch.py's output)")
+flags.DEFINE_string("init_codec", None, "stages 2 and 3: the .keras whose codec the run starts from (stage 2's best.keras)")
+flags.DEFINE_alias("init_autoencoder", "init_codec")
+# runtime
 flags.DEFINE_string("model_dir", None, "the run: checkpoints/, best.keras, log.csv, tensorboard/, config.json")
-flags.DEFINE_integer("epochs", DEFAULTS["epochs"], "epochs in all (a resumed run continues to this many)")
-flags.DEFINE_integer("batch_size", 16, "global batch size, over all replicas and workers")
-flags.DEFINE_integer("steps_per_epoch", DEFAULTS["steps_per_epoch"], "train steps per epoch (default: one pass)")
-flags.DEFINE_integer("val_steps", DEFAULTS["val_steps"], "validation steps per epoch (default: one pass over val)")
-flags.DEFINE_integer("image_size", DEFAULTS["image_size"], "crop / patch / resize size (default: the stage's)")
-flags.DEFINE_integer("resize_size", DEFAULTS["resize_size"], f"stage 1: resize before the crop (default: {SMALL_SIZE})")
-flags.DEFINE_enum("backbone", DEFAULTS["backbone"], list(BACKBONES), "the classifier's trunk (models.BACKBONES)")
-flags.DEFINE_string("weights", DEFAULTS["weights"], "stage 1 DenseNet121 initialisation: imagenet, none or a local .h5")
-flags.DEFINE_enum("augment", DEFAULTS["augment"], ["bl5", "fmix"], "stage 1 augmentation")
-flags.DEFINE_enum("strategy", "mirrored", list(strategy.STRATEGIES), "tf.distribute strategy")
-flags.DEFINE_integer("cpu_replicas", 1, "split the CPU into this many logical devices (mirrored on a CPU)")
-flags.DEFINE_enum("mixed_precision", DEFAULTS["mixed_precision"], list(loop.POLICIES), "mixed precision policy")
-flags.DEFINE_integer("seed", DEFAULTS["seed"], "seed of weights, shuffling and augmentation")
-flags.DEFINE_bool("deterministic", DEFAULTS["deterministic"], "tf.config.experimental.enable_op_determinism()")
-flags.DEFINE_bool("sync_batchnorm", DEFAULTS["sync_batchnorm"],
+flags.DEFINE_enum("strategy", default("runtime.strategy"), list(strategy.STRATEGIES), "tf.distribute strategy")
+flags.DEFINE_integer("cpu_replicas", default("runtime.cpu_replicas"),
+                     "split the CPU into this many logical devices (mirrored on a CPU)")
+flags.DEFINE_enum("mixed_precision", default("runtime.mixed_precision"), list(loop.POLICIES), "mixed precision policy")
+flags.DEFINE_integer("seed", default("runtime.seed"), "seed of weights, shuffling and augmentation")
+flags.DEFINE_bool("deterministic", default("runtime.deterministic"), "tf.config.experimental.enable_op_determinism()")
+flags.DEFINE_bool("sync_batchnorm", None,
                   "BatchNorm statistics over the global batch (all replicas); default: on with more than one replica")
-flags.DEFINE_bool("jit_compile", DEFAULTS["jit_compile"], "XLA-compile the train step (GPUs; measured slower on CPUs)")
-flags.DEFINE_string("init_autoencoder", DEFAULTS["init_autoencoder"], "stage 3: stage 2's best.keras")
-flags.DEFINE_string("init_classifier", DEFAULTS["init_classifier"], "stage 3: stage 1's best.keras")
-flags.DEFINE_float("learning_rate", DEFAULTS["learning_rate"], "Adam learning rate")
-flags.DEFINE_integer("log_every", DEFAULTS["log_every"], "steps between progress and TensorBoard batch-loss updates")
-flags.DEFINE_integer("checkpoint_every", DEFAULTS["checkpoint_every"], "steps between mid-epoch checkpoints (0: none)")
-flags.DEFINE_integer("preview_images", DEFAULTS["preview_images"], "val images in TensorBoard (stages 2 and 3)")
-flags.DEFINE_enum("autoencoder", DEFAULTS["autoencoder"], list(AUTOENCODERS),
-                  "stages 2 and 3: the paper's autoencoder, or the residual codec (bicubic + learned residuals)")
-flags.DEFINE_integer("residual_width", DEFAULTS["residual_width"], "residual codec: channels of its hidden convolutions", lower_bound=1)
-flags.DEFINE_integer("residual_decoder_depth", DEFAULTS["residual_decoder_depth"],
-                     "residual codec: 3x3 convolutions of the decoder's detail branch", lower_bound=2)
-flags.DEFINE_integer("residual_encoder_depth", DEFAULTS["residual_encoder_depth"],
-                     "residual codec: convolutions of the encoder's correction branch", lower_bound=2)
-flags.DEFINE_integer("patches_per_image", DEFAULTS["patches_per_image"],
-                     "stage 2 training: random patches cut from each decoded original (1: the paper's loader)", lower_bound=1)
+flags.DEFINE_bool("jit_compile", default("runtime.jit_compile"), "XLA-compile the train step (GPUs; slower on CPUs)")
+flags.DEFINE_integer("log_every", default("runtime.log_every"), "steps between progress and TensorBoard batch-loss updates")
+flags.DEFINE_integer("checkpoint_every", default("runtime.checkpoint_every"),
+                     "steps between mid-epoch checkpoints (0: none)")
+flags.DEFINE_integer("preview_images", default("runtime.preview_images"), "val images in TensorBoard (stages 2 and 3)")
 
 
 def stage_flags(argv):
@@ -82,7 +99,7 @@ def check_stage_flags(argv):
     """One line and exit 1 when two --stage values (command line, flagfiles) name different stages."""
     try:
         found = stage_flags(argv)
-        named = {stages.STAGES[value].name for value, _ in found}
+        named = {STAGES[value].name for value, _ in found}
     except KeyError as error:
         raise SystemExit(f"error: {error.args[0]}")
     except flags.Error as error:  # a flagfile that cannot be read

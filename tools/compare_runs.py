@@ -13,7 +13,8 @@ from pathlib import Path
 import tfcxr.quiet  # noqa: F401  (first: TensorFlow starts without its start-up noise; -v shows it)
 from absl import app, flags
 
-from tfcxr.evaluate import runs, tables
+from tfcxr import storage
+from tfcxr.evaluate import outputs, tables
 from tfcxr.storage import write_text
 
 flags.DEFINE_list("names", None, "column names, comma-separated (default: folder names)")
@@ -32,10 +33,10 @@ def main(argv):
         sys.exit(f"--names: {len(names)} names for {len(run_dirs)} runs")
     summaries = {}
     for name, run_dir in zip(names, run_dirs):
-        path = runs.eval_dir(run_dir, FLAGS.split, FLAGS.tta) / "auc.json"
-        if not path.is_file():
+        path = storage.join(outputs.eval_dir(run_dir, FLAGS.split, FLAGS.tta), "auc.json")
+        if not storage.isfile(path):
             sys.exit(f"{path}: not found; run python -m tfcxr.main --mode=evaluate --split={FLAGS.split} first")
-        summaries[name] = json.loads(path.read_text())
+        summaries[name] = json.loads(storage.read_text(path))
     markdown = tables.compare(summaries)
     print(markdown, end="")
     if FLAGS.out:

@@ -80,10 +80,10 @@ def main(argv):
         "--flagfile=configs/demo_stage1.cfg", f"--model_dir={stage1}", *train)
     run("stage 2: autoencoder head start", *stage, "--stage=2",
         "--flagfile=configs/demo_stage2.cfg", f"--model_dir={stage2}", *train)
-    run("stage 2: residual codec (--autoencoder=residual)", *stage, "--stage=2",
+    run("stage 2: residual codec (--codec=residual)", *stage, "--stage=2",
         "--flagfile=configs/demo_stage2_residual.cfg", f"--model_dir={residual}", *train)
     run("stage 3: joint AECNN", *stage, "--stage=3", "--flagfile=configs/demo_stage3.cfg",
-        f"--model_dir={stage3}", f"--init_autoencoder={stage2 / 'best.keras'}",
+        f"--model_dir={stage3}", f"--init_codec={stage2 / 'best.keras'}",
         f"--init_classifier={stage1 / 'best.keras'}", *train)
 
     for number, model_dir in ((1, stage1), (3, stage3)):

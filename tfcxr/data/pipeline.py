@@ -37,7 +37,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from tfcxr.constants import CONTRAST
+from tfcxr.constants import CONTRAST, PATCHES_PER_IMAGE  # noqa: F401  (the trainer's K; see below)
 from tfcxr.data import augment as augmentations
 from tfcxr.data import fmix as fmix_lib
 from tfcxr.data import schema
@@ -51,7 +51,6 @@ INTERLEAVE_FILES = 8  # shards read at once when training
 # (benchmarks/results/pipeline.md). PATCHES_PER_IMAGE is the trainer's K (make_dataset's default is the
 # paper's 1); PATCH_SHUFFLE patches (64 MiB at 128 px) mix them so that a batch of 64 holds patches of
 # ~54 originals on average at K=16 (benchmarks/bench_pipeline.py measures it; tests/test_pipeline.py tests the mixing).
-PATCHES_PER_IMAGE = 16
 PATCH_SHUFFLE = 4096
 
 

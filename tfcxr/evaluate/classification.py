@@ -20,7 +20,9 @@ from tqdm import tqdm  # noqa: E402
 
 from tfcxr.constants import BOOTSTRAP_RESAMPLES, LABELS  # noqa: E402
 from tfcxr.data import pipeline  # noqa: E402
-from tfcxr.evaluate import metrics, runs, tables  # noqa: E402
+from tfcxr.data.records import Records  # noqa: E402
+from tfcxr.evaluate import metrics, outputs, tables  # noqa: E402
+from tfcxr import storage  # noqa: E402
 from tfcxr.storage import save_figure, write_json, write_text  # noqa: E402
 
 
@@ -84,15 +86,16 @@ def _json_value(value):
     return int(value) if isinstance(value, (int, np.integer)) else float(value)
 
 
-def evaluate_classifier(model, records_dir, model_dir, *, inputs: pipeline.InputSpec, stage: str = "baseline",
+def evaluate_classifier(model, records: Records | str, model_dir, *, inputs: pipeline.InputSpec, stage: str = "baseline",
                         split: str = "test", tta: str = "none", batch_size: int = 32, resamples: int = BOOTSTRAP_RESAMPLES,
                         seed: int = 0, checkpoint=None) -> dict:
     """Evaluates a classifier on the images `inputs` reads from a split (`stage` names it in the
     outputs); writes the five outputs; returns the auc.json dict."""
-    source = runs.label_source(records_dir)
-    dataset = pipeline.make_dataset(records_dir, split, inputs, batch_size, training=False, include_metadata=True,
+    records = Records.of(records)
+    source = records.label_source
+    dataset = pipeline.make_dataset(records.path, split, inputs, batch_size, training=False, include_metadata=True,
                                     tta=tta)
-    label_names = pipeline.label_names(records_dir)
+    label_names = records.label_names
     predictions, protocol = predict(model, dataset, label_names)
     labels = predictions[[f"label_{label}" for label in label_names]].to_numpy()
     probabilities = predictions[[f"prob_{label}" for label in label_names]].to_numpy()
@@ -117,16 +120,16 @@ def evaluate_classifier(model, records_dir, model_dir, *, inputs: pipeline.Input
     if excluded:
         notes.append(f"Without both classes in this split (AUC n/a, left out of the mean): {', '.join(excluded)}.")
 
-    out = runs.eval_dir(model_dir, split, tta)
-    write_json(out / "auc.json", summary)
-    write_text(out / "auc.csv", table.reset_index().assign(**stated).to_csv(index=False))
-    write_text(out / "predictions.csv", predictions.assign(**stated).to_csv(index=False))
+    out = outputs.eval_dir(model_dir, split, tta)
+    write_json(storage.join(out, "auc.json"), summary)
+    write_text(storage.join(out, "auc.csv"), table.reset_index().assign(**stated).to_csv(index=False))
+    write_text(storage.join(out, "predictions.csv"), predictions.assign(**stated).to_csv(index=False))
     heading = f"# Table 1: per-label ROC-AUC, `{split}` split, {stage}\n\n"
     table1 = tables.table1({"Ours": summary["auc"]}, label_names)
-    write_text(out / "table1.md", heading + table1 + "\n" + "\n\n".join(notes) + "\n")
+    write_text(storage.join(out, "table1.md"), heading + table1 + "\n" + "\n\n".join(notes) + "\n")
     title = (f"{split}: mean AUC {table.loc[metrics.MEAN, 'auc']:.4f}\n{protocol}\n"
              f"labels {source['label_file']} ({source['label_version']})")
     figure = plot_roc(predictions, table, title)
-    save_figure(figure, out / "roc.png")
+    save_figure(figure, storage.join(out, "roc.png"))
     plt.close(figure)
     return summary

@@ -26,7 +26,7 @@ from tfcxr.constants import LABELS, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE  # noqa: E4
 from tfcxr.data import pipeline, schema  # noqa: E402
 from tfcxr.data.image_limits import read_gray  # noqa: E402
 from tfcxr.storage import save_figure, write_text  # noqa: E402
-from tfcxr.models import CLASSIFIER, ENCODER, NORMALIZATION, backbone_of, has_codec  # noqa: E402
+from tfcxr.models import CLASSIFIER, ENCODER, NORMALIZATION, backbone_of, compresses  # noqa: E402
 
 BBOX_SPELLING = {"Infiltrate": "Infiltration"}  # BBox_List_2017.csv's name -> ours
 
@@ -34,10 +34,10 @@ BBOX_SPELLING = {"Infiltrate": "Infiltration"}  # BBox_List_2017.csv's name -> o
 def cam_model(model):
     """Baseline or AECNN -> keras.Model: gray image [B,H,W,1] -> (features [B,h,w,C], logits [B,L])."""
     classifier = model.get_layer(CLASSIFIER)
-    features = classifier.get_layer(backbone_of(classifier).features).output  # [B,h,w,C]
+    features = classifier.get_layer(backbone_of(model).features).output  # [B,h,w,C]
     head = keras.Model(classifier.inputs, [features, classifier.outputs[0]])
     image = keras.Input(shape=(None, None, 1), name="image")
-    seen = model.get_layer(ENCODER)(image) if has_codec(model) else image
+    seen = model.get_layer(ENCODER)(image) if compresses(model) else image
     features, logits = head(model.get_layer(NORMALIZATION)(seen))
     return keras.Model(image, [features, logits], name="gradcam")
 

@@ -11,10 +11,6 @@ originals at the records' full resolution (it is fully convolutional, so it is m
 what it will actually compress, not on the 128-pixel validation resize). Writes model_dir/eval/<split>/reconstruction.json and .md.
 """
 
-import glob
-import os
-from pathlib import Path
-
 import numpy as np
 import tensorflow as tf
 from tensorflow.python.ops import image_ops_impl
@@ -22,10 +18,12 @@ from tqdm import tqdm
 
 from tfcxr.constants import COMPRESSION
 from tfcxr.data import pipeline, schema
-from tfcxr.evaluate import runs
+from tfcxr import storage
 from tfcxr.storage import write_json, write_text
-from tfcxr.models.names import CLASSIFIER, DECODER, ENCODER, has_layer
-from tfcxr.models.residual_codec import codec_kind
+from tfcxr.data.records import Records
+from tfcxr.evaluate import outputs
+from tfcxr.models import classifies, codec_of
+from tfcxr.models.names import DECODER, ENCODER
 from tfcxr.models.compression import quantize, resize_round_trip
 
 METHODS = {
@@ -51,9 +49,7 @@ def reconstructions(encoder, decoder, images):
 
 def original_size(records_dir, split):
     """(height, width) of the split's first record: the full resolution stage 2 is measured at."""
-    files = sorted(glob.glob(os.path.join(records_dir, f"{split}-*.tfrecord")))
-    if not files:
-        raise FileNotFoundError(f"{records_dir}: no {split}-*.tfrecord files")
+    files = pipeline.shard_files(records_dir, split)
     record = next(iter(tf.data.TFRecordDataset(files[:1]).take(1)))
     example = schema.parse(record, keys=[schema.HEIGHT, schema.WIDTH])
     return int(example[schema.HEIGHT]), int(example[schema.WIDTH])
@@ -96,7 +92,7 @@ def measure(encoder, decoder, dataset):
 def codec_alone_on_originals(model, inputs: pipeline.InputSpec) -> bool:
     """Whether `model` is a codec without a classifier reading originals: it is then measured (and
     served) at the records' full resolution, not at its inputs' evaluation size."""
-    return inputs.feature == schema.ENCODED and not has_layer(model, CLASSIFIER)
+    return inputs.feature == schema.ENCODED and not classifies(model)
 
 
 def measured_inputs(model, inputs: pipeline.InputSpec, records_dir, split: str) -> pipeline.InputSpec:
@@ -107,29 +103,30 @@ def measured_inputs(model, inputs: pipeline.InputSpec, records_dir, split: str) 
     return inputs
 
 
-def evaluate_reconstruction(model, records_dir, model_dir, *, inputs: pipeline.InputSpec, stage: str = "aecnn",
+def evaluate_reconstruction(model, records: Records | str, model_dir, *, inputs: pipeline.InputSpec, stage: str = "aecnn",
                             split: str = "test", batch_size: int = 8, checkpoint=None) -> dict:
     """Measures an autoencoder or AECNN (anything with encoder and decoder sub-models) on the images
     `inputs` reads (see measured_inputs); `stage` names it in the report."""
+    records = Records.of(records)
     full_resolution = codec_alone_on_originals(model, inputs)
-    inputs = measured_inputs(model, inputs, records_dir, split)
-    dataset = pipeline.make_dataset(records_dir, split, inputs, batch_size, training=False)
+    inputs = measured_inputs(model, inputs, records.path, split)
+    dataset = pipeline.make_dataset(records.path, split, inputs, batch_size, training=False)
     methods, count, (height, width) = measure(model.get_layer(ENCODER), model.get_layer(DECODER), dataset)
     protocol = (f"{stage}: whole images resized to {height}x{width}"
                 + (" (the records' full resolution)" if full_resolution else " (the evaluation size)")
                 + f", latent {height // COMPRESSION}x{width // COMPRESSION}")
     summary = {
         "split": split, "stage": stage, "checkpoint": str(checkpoint) if checkpoint else None,
-        "codec": codec_kind(model.get_layer(ENCODER)),  # --autoencoder: paper or residual
-        "protocol": protocol, **runs.label_source(records_dir), "images": count,
+        "codec": codec_of(model).to_dict(),  # its kind and parameters, from the model's spec
+        "protocol": protocol, **records.label_source, "images": count,
         "metrics": "mean over images of tf.image.psnr / tf.image.ssim, max_val 1",
         "methods": {name: {**values, "description": METHODS[name]} for name, values in methods.items()},
     }
     lines = [f"# Reconstruction quality: `{split}`, {count} images", "",
-             f"Codec: {summary['codec']} (--autoencoder). Protocol: {protocol}.", "",
+             f"Codec: {summary['codec']['kind']} (--codec; {summary['codec']}). Protocol: {protocol}.", "",
              "| method | PSNR (dB) | SSIM | what |", "|---|---|---|---|"]
     lines += [f"| {name} | {v['psnr']:.2f} | {v['ssim']:.4f} | {METHODS[name]} |" for name, v in methods.items()]
-    out = Path(model_dir) / "eval" / split
-    write_json(out / "reconstruction.json", summary)
-    write_text(out / "reconstruction.md", "\n".join(lines) + "\n")
+    out = outputs.eval_dir(model_dir, split)
+    write_json(storage.join(out, "reconstruction.json"), summary)
+    write_text(storage.join(out, "reconstruction.md"), "\n".join(lines) + "\n")
     return summary

@@ -14,10 +14,13 @@ Codecs (autoencoder, AECNN):
 Images whose PNG / JPEG header declares more than max_image_side pixels a side or
 max_image_pixels in all (set at export, recorded as the SavedModel's variables of those names
 and in assets.extra/image_limits.json) fail with InvalidArgumentError before any pixel is
-decoded (tfcxr/data/image_limits.py). Bytes are decoded to one 8-bit gray channel as the
-sharder does, and resized to the run's evaluation size exactly as evaluation sees them:
-image/small inputs (small_size) first to image/small as the sharder made it
-(tfcxr/data/pixels.py), then the input pipeline's resize; originals the pipeline's resize.
+decoded (tfcxr/data/image_limits.py); so do bytes of any other format and PNGs whose first
+chunk is not IHDR. The float inputs are held to the same limits by their shape, before any
+work: predict_images' images, and reconstruct's latent by the reconstruction it asks for
+(4h x 4w). Bytes are decoded to one 8-bit gray channel as the sharder does, and resized to
+the run's evaluation size exactly as evaluation sees them: image/small inputs (small_size)
+first to image/small as the sharder made it (tfcxr/data/pixels.py), then the input pipeline's
+resize; originals the pipeline's resize.
 `labels` repeats the L label names (the records' manifest's) per image, so every output has the
 batch dimension TF Serving's row ("instances") format needs.
 """
@@ -28,11 +31,10 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from tfcxr.constants import LABELS, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE
+from tfcxr.constants import COMPRESSION, LABELS, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE
 from tfcxr.data import image_limits, pipeline, pixels
-from tfcxr.data.image_limits import JPEG_SIGNATURE, PNG_SIGNATURE
 from tfcxr.storage import atomic_directory
-from tfcxr.models import DECODER, ENCODER, has_codec
+from tfcxr.models import DECODER, ENCODER, spec_of
 from tfcxr.models.compression import to_uint8
 
 IMAGE_BYTES = "image_bytes"
@@ -45,14 +47,10 @@ def decode_image(image_bytes, size, index=0, max_side=MAX_IMAGE_SIDE, max_pixels
     Gray as the sharder makes it (pixels.decode_gray_tf); small_size (stage 1): first resized
     as the sharder made image/small (pixels.resize_tf); then the same antialiased resize,
     rounded to 8 bits, as the pipeline's evaluation images: the pixels evaluation sees.
-    Bytes of anything else, or a header declaring more than the limits, fail with
-    InvalidArgumentError naming the input and the index, before decoding.
+    Bytes of anything else, a PNG whose first chunk is not IHDR, or a header declaring more than
+    the limits, fail with InvalidArgumentError naming the input and the index, before decoding.
     """
-    is_image = tf.logical_or(tf.strings.substr(image_bytes, 0, len(PNG_SIGNATURE)) == PNG_SIGNATURE,
-                             tf.strings.substr(image_bytes, 0, len(JPEG_SIGNATURE)) == JPEG_SIGNATURE)
-    check = tf.debugging.Assert(is_image, [f"{IMAGE_BYTES}: not a PNG or JPEG image, at index", index])
-    with tf.control_dependencies([check]):
-        within = image_limits.assert_within_limits(image_bytes, index, max_side, max_pixels, name=IMAGE_BYTES)
+    within = image_limits.assert_within_limits(image_bytes, index, max_side, max_pixels, name=IMAGE_BYTES)
     with tf.control_dependencies([within]):
         image = pixels.decode_gray_tf(image_bytes)  # uint8 [H, W, 1]
     if small_size:
@@ -95,6 +93,14 @@ class ServingModule(tf.Module):
         """string [B] -> float32 [B, size, size, 1], within the export's size limits."""
         return decode_images(image_bytes, self.image_size, self.max_image_side, self.max_image_pixels, self.small_size)
 
+    def within_limits(self, tensor, name, scale=1):
+        """A float input [B, H, W, C], passed on once its shape (x scale: a latent's reconstruction) is
+        within the export's size limits; InvalidArgumentError before any work otherwise."""
+        check = image_limits.assert_shape_within_limits(tensor, self.max_image_side, self.max_image_pixels, name,
+                                                        scale)
+        with tf.control_dependencies([check]):
+            return tf.identity(tensor)
+
     def signatures(self):
         return {}
 
@@ -113,7 +119,7 @@ class ClassifierModule(ServingModule):
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 1], tf.float32, name="images")])
     def predict_images(self, images):
-        return {"probabilities": self._probabilities(images)}
+        return {"probabilities": self._probabilities(self.within_limits(images, "images"))}
 
     def signatures(self):
         return {**super().signatures(), "serving_default": self.serve_bytes, "predict_images": self.predict_images}
@@ -130,6 +136,7 @@ class CodecModule(ServingModule):
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 1], tf.float32, name="latent")])
     def reconstruct(self, latent):
+        latent = self.within_limits(latent, "latent", scale=COMPRESSION)  # [B, h, w, 1] -> [B, 4h, 4w, 1]
         return {"reconstruction": self.model.get_layer(DECODER)(latent, training=False)}
 
     def signatures(self):
@@ -141,17 +148,16 @@ class AECNNServingModule(ClassifierModule, CodecModule):
     """Both: classification is the AECNN's serving_default."""
 
 
-def serving_module(model):
-    """The ServingModule class of what `model` does."""
-    classifies = isinstance(model.output, dict) and "logits" in model.output
-    if classifies and has_codec(model):
-        return AECNNServingModule
-    if classifies:
-        return ClassifierModule
-    if has_codec(model):
-        return CodecModule
-    raise ValueError(f"{model.name}: neither a classifier (a \"logits\" output) nor a codec (encoder and decoder): "
-                     "nothing to export")
+# The serving module of each kind of model (its spec's task). A stage names its own (tfcxr/stages.py).
+SERVING_MODULES = {"baseline": ClassifierModule, "autoencoder": CodecModule, "aecnn": AECNNServingModule}
+
+
+def serving_module(model) -> type[ServingModule]:
+    """The ServingModule class of what `model` says it is (its spec's task)."""
+    task = spec_of(model)["task"]
+    if task not in SERVING_MODULES:
+        raise ValueError(f"{model.name}: a {task} alone is not exported (one of {', '.join(SERVING_MODULES)})")
+    return SERVING_MODULES[task]
 
 
 def next_version(model_dir):
@@ -162,7 +168,7 @@ def next_version(model_dir):
 
 def export(model, export_dir, *, image_size: int, model_name: str, version: int | None = None,
            max_image_side: int = MAX_IMAGE_SIDE, max_image_pixels: int = MAX_IMAGE_PIXELS,
-           small_size: int | None = None, label_names=LABELS) -> Path:
+           small_size: int | None = None, label_names=LABELS, module: type[ServingModule] | None = None):
     """Saves `model` (baseline, autoencoder or AECNN) to export_dir/model_name/version/; returns that path.
 
     image_size: the run's evaluation size (its inputs' eval_size).
@@ -178,7 +184,8 @@ def export(model, export_dir, *, image_size: int, model_name: str, version: int 
     if target.exists():
         raise ValueError(f"{target}: version {version} already exported (versions are immutable); pass another")
     base.mkdir(parents=True, exist_ok=True)
-    module = serving_module(model)(model, image_size, max_image_side, max_image_pixels, small_size, label_names)
+    module = (module or serving_module(model))(model, image_size, max_image_side, max_image_pixels, small_size,
+                                               label_names)
     with atomic_directory(target) as temporary:  # a hidden name, not numeric: Serving ignores it
         tf.saved_model.save(module, str(temporary), signatures=module.signatures())
         (temporary / LIMITS_FILE).parent.mkdir()

@@ -2,18 +2,19 @@
 
 Backbones are data: BACKBONES names each trunk with its constructor, the input normalization its
 weights expect and the layer Grad-CAM reads. DenseNet121 (the paper's) is the only entry; a new
-backbone is one entry (and --backbone=<name>).
+backbone is one entry (and --backbone=<name>). A classifier's backbone and labels are its spec.
 """
 
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import keras
 import tensorflow as tf
 from keras import layers
 
-from tfcxr.constants import NUM_LABELS
+from tfcxr.constants import LABELS
+from tfcxr.models.described import DescribedModel, spec_of
 from tfcxr.models.layers import (TORCH_BATCHNORM_MOMENTUM, ImageNetNormalization, TorchBatchNormalization,
                                  torch_initializers)
 from tfcxr.models.names import CLASSIFIER, NORMALIZATION
@@ -35,20 +36,25 @@ class Backbone:
     features: str
 
 
-def build_classifier(weights: str | None = None, image_size: int | None = None, num_labels: int = NUM_LABELS,
-                     backbone: str = "densenet121") -> keras.Model:
-    """Normalized image [B,H,W,3] -> logits [B,num_labels], float32 under any precision policy.
+def build_classifier(weights: str | None = None, image_size: int | None = None,
+                     label_names: Sequence[str] = LABELS, backbone: str = "densenet121") -> keras.Model:
+    """Normalized image [B,H,W,3] -> logits [B,len(label_names)], float32 under any precision policy.
 
     weights: None (random), "imagenet" (downloaded once into ~/.keras/models/), or the path of
     a local copy of the backbone's notop weights (DenseNet121: NOTOP_WEIGHTS). image_size: None
-    accepts any size (at least 32). backbone: a key of BACKBONES.
+    accepts any size (at least 32). backbone: a key of BACKBONES. The backbone and the labels
+    are the model's spec (described.py).
     """
+    if backbone not in BACKBONES:
+        raise ValueError(f"--backbone={backbone}: no such backbone; one of {', '.join(BACKBONES)}")
     image = keras.Input(shape=(image_size, image_size, 3), name="image")
     trunk = BACKBONES[backbone].build(image, weights)
     x = layers.GlobalAveragePooling2D(name="pool")(trunk.output)  # [B,C]
     # The head starts as the reference's nn.Linear(C, L), not with Keras's glorot / zeros.
-    logits = layers.Dense(num_labels, dtype="float32", name="logits", **torch_initializers(x.shape[-1]))(x)  # [B,L]
-    return keras.Model(image, logits, name=CLASSIFIER)
+    logits = layers.Dense(len(label_names), dtype="float32", name="logits",
+                          **torch_initializers(x.shape[-1]))(x)  # [B,L]
+    return DescribedModel(image, logits, name=CLASSIFIER,
+                          spec={"task": "classifier", "backbone": backbone, "labels": list(label_names)})
 
 
 def densenet121(image: keras.KerasTensor, weights: str | None) -> keras.Model:
@@ -98,22 +104,30 @@ def torch_batchnorm(backbone: keras.Model) -> keras.Model:
     return model
 
 
-def build_baseline(classifier: keras.Model, backbone: str = "densenet121") -> keras.Model:
+def classifier_spec(classifier: keras.Model, backbone: str | None = None,
+                    label_names: Sequence[str] | None = None) -> dict:
+    """{"backbone", "labels"} of a classifier: its own spec's, or the ones given (a classifier built
+    outside tfcxr.models, e.g. a test's stand-in, says them explicitly; default DenseNet121 and the
+    14 ChestX-ray14 labels)."""
+    spec = getattr(classifier, "spec", {})
+    return {"backbone": backbone or spec.get("backbone", "densenet121"),
+            "labels": list(label_names or spec.get("labels", LABELS))}
+
+
+def build_baseline(classifier: keras.Model, backbone: str | None = None,
+                   label_names: Sequence[str] | None = None) -> keras.Model:
     """D121 BL5: gray image [B,H,W,1] in [0, 1] -> {"logits": [B,L]}; normalizes inside as the
     classifier's backbone (a key of BACKBONES) expects."""
+    spec = classifier_spec(classifier, backbone, label_names)
     image = keras.Input(shape=(*classifier.input_shape[1:3], 1), name="image")
-    normalized = BACKBONES[backbone].preprocessing(name=NORMALIZATION)(image)  # [B,H,W,3]
+    normalized = BACKBONES[spec["backbone"]].preprocessing(name=NORMALIZATION)(image)  # [B,H,W,3]
     logits = classifier(normalized)
-    return keras.Model(image, {"logits": logits}, name="baseline")
+    return DescribedModel(image, {"logits": logits}, name="baseline", spec={"task": "baseline", **spec})
 
 
 BACKBONES = {"densenet121": Backbone(densenet121, ImageNetNormalization, FEATURES)}
 
 
-def backbone_of(classifier: keras.Model) -> Backbone:
-    """The BACKBONES entry `classifier` was built on (the one whose feature layer it holds)."""
-    names = {layer.name for layer in classifier.layers}
-    for backbone in BACKBONES.values():
-        if backbone.features in names:
-            return backbone
-    raise ValueError(f"{classifier.name}: built on none of the backbones {sorted(BACKBONES)}")
+def backbone_of(model: keras.Model) -> Backbone:
+    """The BACKBONES entry a classifying model (classifier, baseline, AECNN) says it is built on."""
+    return BACKBONES[spec_of(model)["backbone"]]

@@ -44,6 +44,7 @@ from tfcxr import storage
 from tfcxr.data import schema
 from tfcxr.data.pipeline import naming_bad_shards
 from tfcxr.train import callbacks as callbacks_lib
+from tfcxr.train import optimizers
 from tfcxr.config import RunConfig, describe
 from tfcxr.data.records import Records
 from tfcxr.train.tasks import Task
@@ -102,12 +103,13 @@ class WorkersDisagree(RuntimeError):
 
 def check_init_files(task: Task, config: RunConfig) -> None:
     """Stops at once, naming the flag and path, when a file the run starts from is missing."""
-    for path in ("init.classifier", "init.codec"):
-        value, flag = config.get(path), describe(path)
-        if not value and path in task.requires:
-            raise FileNotFoundError(f"stage {config.stage} needs {flag} (a best.keras of an earlier stage)")
-        if value and not storage.isfile(value):
-            raise FileNotFoundError(f"{flag}={value}: file not found (train the earlier stage first)")
+    paths = ("init.codec", "init.classifier")
+    for path in paths:
+        if config.get(path) and not storage.isfile(config.get(path)):
+            raise FileNotFoundError(f"{describe(path)}={config.get(path)}: file not found (train the earlier stage first)")
+    for path in task.requires:
+        if not config.get(path):
+            raise FileNotFoundError(f"stage {config.stage} needs {describe(path)} (a best.keras of an earlier stage)")
 
 
 def epoch_seed(seed, epoch):
@@ -117,7 +119,7 @@ def epoch_seed(seed, epoch):
 
 def make_optimizer(config):
     """Adam (default betas, PyTorch's epsilon); under float16 wrapped in a LossScaleOptimizer."""
-    optimizer = keras.optimizers.Adam(config.optimizer.learning_rate, epsilon=ADAM_EPSILON)
+    optimizer = optimizers.TorchAdam(config.optimizer.learning_rate, epsilon=ADAM_EPSILON)  # torch.optim.Adam
     if config.runtime.mixed_precision == "float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
@@ -403,12 +405,12 @@ def train(task: Task, config: RunConfig, strategy: tf.distribute.Strategy, recor
     a corrupt shard raises pipeline.CorruptShard naming it; the last checkpoint stays in both.
     """
     with PreemptionFlag() as flag:
-        return train_until_done(task, config, strategy, records or Records.open(config.data.records_dir), callbacks,
-                                flag)
+        return train_until_done(task, config, strategy, records, callbacks, flag)
 
 
 def train_until_done(task, config, strategy, records, callbacks, flag):
     check_init_files(task, config)
+    records = records or Records.open(config.data.records_dir)
     chief = is_chief(strategy)
     storage.makedirs(config.runtime.model_dir)
     keras.utils.set_random_seed(config.runtime.seed)

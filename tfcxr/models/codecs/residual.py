@@ -1,0 +1,110 @@
+"""The residual codec (--codec=residual): bicubic down + a learned correction, bicubic up + a learned detail.
+
+The codec contract of codecs/base.py, as the paper's codec (codecs/paper.py).
+
+    latent         = round8(clip(bicubic_down(image) + correction(image)))
+    reconstruction = clip(bicubic_up(latent) + depth_to_space(detail(latent)))
+
+The latent stays a bicubic thumbnail plus a small learned correction: a viewable radiograph.
+All learned convolutions run at the latent's resolution (the encoder reads the image through
+a COMPRESSION x COMPRESSION stride-COMPRESSION convolution), so a 1024 image costs what a 256
+one does in the paper's encoder. The last convolution of each branch starts at zero: an
+untrained codec is exactly bicubic resizing (tfcxr.evaluate.reconstruction's baseline), and
+training can only move it from there. round8 is the straight-through 8-bit rounding, active
+in training only: the decoder learns from the latent a PNG stores, while inference returns
+the float latent (evaluation reports the float and the 8-bit latent separately).
+"""
+
+import dataclasses
+
+import keras
+import tensorflow as tf
+from keras import layers
+
+from tfcxr.constants import COMPRESSION, LATENT_LEVELS
+from tfcxr.models.codecs.base import Codec, register_codec
+from tfcxr.models.layers import PixelShuffle, clipped_relu
+
+
+@keras.saving.register_keras_serializable(package="tfcxr")
+class BicubicResize(layers.Layer):
+    """[B,H,W,C] -> [B,H/4,W/4,C] antialiased bicubic ("down"), or [B,4H,4W,C] bicubic ("up").
+
+    Exactly the resizes of tfcxr.models.compression.resize_round_trip, in float32.
+    """
+
+    def __init__(self, direction, **kwargs):
+        super().__init__(dtype="float32", **{k: v for k, v in kwargs.items() if k != "dtype"})
+        if direction not in ("down", "up"):
+            raise ValueError(f"direction must be 'down' or 'up', not {direction!r}")
+        self.direction = direction
+
+    def call(self, images):
+        size = tf.shape(images)[1:3]
+        if self.direction == "down":
+            return tf.image.resize(images, size // COMPRESSION, "bicubic", antialias=True)
+        return tf.image.resize(images, size * COMPRESSION, "bicubic")
+
+    def compute_output_shape(self, input_shape):
+        scale = (lambda n: n // COMPRESSION) if self.direction == "down" else (lambda n: n * COMPRESSION)
+        return (input_shape[0], *(None if n is None else scale(n) for n in input_shape[1:3]), input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "direction": self.direction}
+
+
+@keras.saving.register_keras_serializable(package="tfcxr")
+class StraightThroughRound(layers.Layer):
+    """Training: x -> round(x * 255) / 255 forward, identity gradient (straight-through). Inference: x."""
+
+    def __init__(self, **kwargs):
+        super().__init__(dtype="float32", **{k: v for k, v in kwargs.items() if k != "dtype"})
+
+    def call(self, inputs, training=False):
+        if not training:
+            return inputs
+        rounded = tf.round(inputs * LATENT_LEVELS) / LATENT_LEVELS
+        return inputs + tf.stop_gradient(rounded - inputs)
+
+
+@register_codec
+class ResidualCodec(Codec):
+    """Bicubic + learned residuals; capacity in Params (--codec_width, --codec_encoder_depth, --codec_decoder_depth)."""
+
+    kind = "residual"
+
+    @dataclasses.dataclass(frozen=True)
+    class Params:
+        width: int = 32  # channels of every hidden convolution
+        encoder_depth: int = 2  # convolutions of the encoder's correction branch (>= 2)
+        decoder_depth: int = 4  # 3x3 convolutions of the decoder's detail branch (>= 2)
+
+        def __post_init__(self):
+            if self.width < 1 or self.encoder_depth < 2 or self.decoder_depth < 2:
+                raise ValueError(f"--codec=residual needs --codec_width >= 1 and --codec_encoder_depth, "
+                                 f"--codec_decoder_depth >= 2; got {dataclasses.asdict(self)}")
+
+    def encode(self, image):
+        width, depth = self.params.width, self.params.encoder_depth
+        bicubic = BicubicResize("down", name="bicubic_down")(image)  # [B,H/4,W/4,1]
+        # Each latent pixel sees its own 4x4 block (a space_to_depth + 1x1 convolution), then 3x3 neighbours.
+        x = layers.Conv2D(width, COMPRESSION, strides=COMPRESSION, activation="relu", name="encoder_patch")(image)
+        for index in range(depth - 2):
+            x = layers.Conv2D(width, 3, padding="same", activation="relu", name=f"encoder_conv{index + 1}")(x)
+        correction = layers.Conv2D(1, 3, padding="same", kernel_initializer="zeros",
+                                   name="encoder_correction")(x)  # [B,H/4,W/4,1]
+        latent = layers.Add(dtype="float32", name="encoder_add")([bicubic, correction])  # float32 under mixed precision
+        latent = clipped_relu(name="latent_clip")(latent)
+        return StraightThroughRound(name="latent_round8")(latent)
+
+    def decode(self, latent):
+        width, depth = self.params.width, self.params.decoder_depth
+        bicubic = BicubicResize("up", name="bicubic_up")(latent)  # [B,4h,4w,1]
+        x = latent
+        for index in range(depth - 1):
+            x = layers.Conv2D(width, 3, padding="same", activation="relu", name=f"decoder_conv{index + 1}")(x)  # [B,h,w,W]
+        x = layers.Conv2D(COMPRESSION**2, 3, padding="same", kernel_initializer="zeros",
+                          name="decoder_detail")(x)  # [B,h,w,16]
+        detail = PixelShuffle(COMPRESSION, dtype="float32", name="pixel_shuffle")(x)  # [B,4h,4w,1]
+        reconstruction = layers.Add(dtype="float32", name="decoder_add")([bicubic, detail])
+        return clipped_relu(name="reconstruction_clip")(reconstruction)

@@ -1,0 +1,167 @@
+"""What the training loop needs of each stage, as records (TF Model Garden's Task): the inputs, the
+model, the loss terms, the validation metrics and the initialisation of a fresh run.
+
+task          model                         loss                                   starts from
+BASELINE      DenseNet121 BL5 (stage 1)     BCE with logits                        ImageNet, or init.classifier
+AUTOENCODER   a codec (stage 2)             MSE on the reconstruction              its codec's initialisation
+AECNN         codec + classifier (stage 3)  0.9 BCE + 0.1 MSE                      init.codec + init.classifier
+
+tfcxr/stages.py pairs each task with its evaluation and export.
+"""
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from tfcxr import models
+from tfcxr.config import RunConfig
+from tfcxr.constants import CLASSIFICATION_WEIGHT, SMALL_SIZE, STAGE1_CROP, STAGE2_PATCH, STAGE3_CROP
+from tfcxr.data import pipeline, schema
+from tfcxr.models import metrics as metrics_lib
+
+Batch = metrics_lib.Batch
+Outputs = metrics_lib.Outputs
+LabelNames = Sequence[str]
+
+
+def no_initialisation(model: keras.Model, config: RunConfig) -> None:
+    """A fresh run starts from the weights build_model gave it."""
+
+
+def nothing_derived(config: RunConfig) -> dict[str, Any]:
+    return {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """Everything that differs between stages in training; the rest is the one loop in loop.py.
+
+    inputs: what the model reads from the records (data.image_size / resize_size override its sizes).
+    build_model: (config, label names) -> keras.Model, called inside strategy.scope().
+    loss: (batch, outputs) -> {"loss": [B], ...}: per-example terms, "loss" is minimised.
+    metrics: (label names) -> the ValidationMetric objects logged as val_<name> each epoch.
+    requires: the config's init files the task cannot start without ("init.codec", ...).
+    initialize: (model, config) -> None: loads a fresh run's starting weights (init files); never on resume.
+    derive: (config) -> {dotted field: value} the run takes from elsewhere (stage 3: its codec from init.codec).
+    omits: the config fields that do not apply (left out of config.json).
+    image_outputs: model outputs shown as images in TensorBoard, beside the input.
+    """
+
+    inputs: pipeline.InputSpec
+    build_model: Callable[[RunConfig, LabelNames], keras.Model]
+    loss: Callable[[Batch, Outputs], dict[str, tf.Tensor]]
+    metrics: Callable[[LabelNames], list[metrics_lib.ValidationMetric]] = lambda label_names: []
+    requires: tuple[str, ...] = ()
+    initialize: Callable[[keras.Model, RunConfig], None] = no_initialisation
+    derive: Callable[[RunConfig], dict[str, Any]] = nothing_derived
+    omits: tuple[str, ...] = ()
+    image_outputs: tuple[str, ...] = ()
+
+    def input_spec(self, config: RunConfig) -> pipeline.InputSpec:
+        """The task's inputs at the run's sizes."""
+        return self.inputs.with_sizes(config.data.image_size, config.data.resize_size)
+
+    def dataset(self, config: RunConfig, split: str, *, training: bool,
+                input_context: tf.distribute.InputContext | None = None, seed: int | None = None,
+                repeat: bool = False, skip_batches: int = 0) -> tf.data.Dataset:
+        """The task's split of data.records_dir through tfcxr.data.pipeline."""
+        inputs = self.input_spec(config)
+        return pipeline.make_dataset(
+            config.data.records_dir, split, inputs, config.data.batch_size, training, augment=config.data.augment,
+            seed=seed, input_context=input_context, repeat=repeat, skip_batches=skip_batches,
+            patches_per_image=config.data.patches_per_image if training and inputs.patches else 1)
+
+    def augmentation(self, config: RunConfig) -> keras.layers.Layer | None:
+        """What the training step applies to each batch on the accelerator (the rotation left to it)."""
+        return pipeline.device_augmentation(self.inputs, config.data.augment)
+
+
+def classification_loss(batch: Batch, outputs: Outputs) -> dict[str, tf.Tensor]:
+    """BCE with logits, averaged over the labels: [B]."""
+    labels = tf.cast(batch["labels"], tf.float32)
+    logits = tf.cast(outputs["logits"], tf.float32)
+    return {"loss": tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels, logits), axis=-1)}
+
+
+def reconstruction_loss(batch: Batch, outputs: Outputs) -> dict[str, tf.Tensor]:
+    """MSE between the input image and its reconstruction, averaged over pixels: [B]."""
+    error = tf.cast(outputs["reconstruction"], tf.float32) - tf.cast(batch["image"], tf.float32)
+    return {"loss": tf.reduce_mean(tf.square(error), axis=[1, 2, 3])}
+
+
+def joint_loss(batch: Batch, outputs: Outputs) -> dict[str, tf.Tensor]:
+    """AECNN: CLASSIFICATION_WEIGHT * BCE + (1 - CLASSIFICATION_WEIGHT) * MSE, with both terms: [B]."""
+    bce = classification_loss(batch, outputs)["loss"]
+    mse = reconstruction_loss(batch, outputs)["loss"]
+    return {"loss": CLASSIFICATION_WEIGHT * bce + (1.0 - CLASSIFICATION_WEIGHT) * mse, "bce": bce, "mse": mse}
+
+
+def classification_metrics(label_names: LabelNames) -> list[metrics_lib.ValidationMetric]:
+    return [metrics_lib.ClassificationAUC(tuple(label_names))]
+
+
+def reconstruction_metrics(label_names: LabelNames) -> list[metrics_lib.ValidationMetric]:
+    return [metrics_lib.ReconstructionQuality()]
+
+
+def joint_metrics(label_names: LabelNames) -> list[metrics_lib.ValidationMetric]:
+    return classification_metrics(label_names) + reconstruction_metrics(label_names)
+
+
+# Models take any image size: the baseline trains on 224 crops and validates on 256 resizes.
+def build_classifier(config: RunConfig, label_names: LabelNames, weights: str | None = None) -> keras.Model:
+    """model.backbone with one logit per label of the run's records."""
+    return models.build_classifier(weights=weights, label_names=label_names, backbone=config.model.backbone)
+
+
+def build_baseline(config: RunConfig, label_names: LabelNames) -> keras.Model:
+    """ImageNet (model.weights) DenseNet121, or random where init.classifier will set every weight."""
+    weights = config.model.weights if config.model.weights not in (None, "none") else None
+    weights = None if config.init.classifier else weights
+    return models.build_baseline(build_classifier(config, label_names, weights))
+
+
+def build_autoencoder(config: RunConfig, label_names: LabelNames = ()) -> keras.Model:
+    return models.build_autoencoder(*models.build_codec(config.model.codec))
+
+
+def build_aecnn(config: RunConfig, label_names: LabelNames) -> keras.Model:
+    """The run's codec and classifier, at their initialisation (initialize_aecnn loads stages 2 and 1)."""
+    return models.build_aecnn(*models.build_codec(config.model.codec), build_classifier(config, label_names))
+
+
+def initialize_from_files(model: keras.Model, config: RunConfig) -> None:
+    """The codec from init.codec's .keras and the classifier from init.classifier's, where given."""
+    models.load_stage_weights(model, config.init.codec, config.init.classifier)
+
+
+def codec_of_init(config: RunConfig) -> dict[str, Any]:
+    """Stage 3 trains the codec of the run it starts from: init.codec's saved spec."""
+    if not config.init.codec:
+        return {}
+    codec = models.read_spec(config.init.codec).get("codec")
+    if codec is None:
+        raise ValueError(f"--init_codec={config.init.codec}: holds no codec (expected a codec run's best.keras)")
+    return {"model.codec": codec}
+
+
+CLASSIFIER_ONLY = ("model.codec", "init.codec")
+BASELINE = Task(
+    pipeline.InputSpec(schema.SMALL, STAGE1_CROP, resize_size=SMALL_SIZE, rotation="device", contrast=True,
+                       fmix=True, tencrop=True, shuffle_records=4096),
+    build_baseline, classification_loss, metrics=classification_metrics, initialize=initialize_from_files,
+    omits=CLASSIFIER_ONLY + ("data.patches_per_image",))
+AUTOENCODER = Task(
+    pipeline.InputSpec(schema.ENCODED, STAGE2_PATCH, vertical_flip=True, patches=True),
+    build_autoencoder, reconstruction_loss, metrics=reconstruction_metrics, initialize=initialize_from_files,
+    derive=codec_of_init, omits=("model.backbone", "model.weights", "init.classifier", "data.resize_size", "data.augment"),
+    image_outputs=("reconstruction", "latent"))
+AECNN = Task(
+    pipeline.InputSpec(schema.ENCODED, STAGE3_CROP, rotation="device", tencrop=True),
+    build_aecnn, joint_loss, metrics=joint_metrics, requires=("init.codec", "init.classifier"),
+    initialize=initialize_from_files, derive=codec_of_init,
+    omits=("model.weights", "data.resize_size", "data.augment", "data.patches_per_image"),
+    image_outputs=("reconstruction", "latent"))
