@@ -77,8 +77,9 @@ def read_image(path):
     """
     try:
         data = Path(path).read_bytes()
-        image_limits.check_bytes(data)
+        image_limits.check_bytes(data)  # PNG / JPEG as their decoders read them; other formats PIL's header
         with Image.open(io.BytesIO(data)) as image:
+            image_limits.check_size(*image.size)  # the size PIL will decode, before .load()
             image.load()
             return to_gray(image), image.mode, data
     except image_limits.ImageTooLarge as error:
