@@ -25,6 +25,10 @@ Decisions (each one the simplest that is correct):
   sha256 and size. A rerun skips a shard whose sidecar key matches and whose files have the
   recorded sizes; since a final name only ever holds a complete file, re-hashing gigabytes is
   not needed. Stale temporaries (a killed run's) are removed at start and after a failure.
+- out_dir may be a URL (gs://bucket/records): shards, sidecars and the manifest go through
+  tf.io.gfile (tfcxr.storage). There a rename is a copy and a delete, and a final name still only
+  ever holds a whole object; the manifest is written last, after every shard and sidecar, so a
+  manifest lists only complete shards with their sha256. verify() re-reads every shard against it.
 """
 
 import functools
@@ -44,11 +48,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from tfcxr.constants import LABELS, SMALL_SIZE, VAL_IMAGES
-from tfcxr.data import image_limits, metadata, schema
+from tfcxr.data import image_limits, metadata, pipeline, schema
 from tfcxr.data import pixels as gray_pixels
 from tfcxr.data.image_limits import PNG_SIGNATURE
 from tfcxr.data.metadata import ShardingError
-from tfcxr.storage import TEMPORARY_SUFFIX, atomic_path, write_text
+from tfcxr import storage
+from tfcxr.storage import atomic_path, write_text
 
 ENCODINGS = ("png", "raw")
 PNG_COMPRESS_LEVEL = 1  # zlib's fastest: 3x faster than 6 for +15% bytes on image/small (5% of a record)
@@ -140,27 +145,23 @@ def _increment(counter):
         counter.value += 1
 
 
-def _sha256(path):
-    with open(path, "rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
-
-
 def _temporaries(out_dir):
     """What tfcxr.storage's atomic writes left behind when a run was killed."""
-    return [path for folder in (out_dir, out_dir / SMALL_DIR, out_dir / PROGRESS_DIR)
-            for path in folder.glob(f".*{TEMPORARY_SUFFIX}")]
+    return [path for folder in (out_dir, storage.join(out_dir, SMALL_DIR), storage.join(out_dir, PROGRESS_DIR))
+            for path in storage.temporaries(folder)]
 
 
 def _sidecar(task):
     name = schema.shard_name(task["split"], task["index"], task["count"])
-    return Path(task["out_dir"]) / PROGRESS_DIR / f"{name}.json"
+    return storage.join(task["out_dir"], PROGRESS_DIR, f"{name}.json")
 
 
 def write_shard(task):
     """Writes one shard and its small companion, then its sidecar. -> the sidecar's content."""
-    out_dir = Path(task["out_dir"])
+    out_dir = task["out_dir"]
     name = schema.shard_name(task["split"], task["index"], task["count"])
-    final = {"shard": out_dir / name, "small_shard": out_dir / SMALL_DIR / name}
+    relative = {"shard": name, "small_shard": f"{SMALL_DIR}/{name}"}
+    final = {kind: storage.join(out_dir, file) for kind, file in relative.items()}
     result = {"key": task["key"], "records": 0, "converted": [], "unreadable": []}
     with atomic_path(final["shard"]) as full_path, atomic_path(final["small_shard"]) as small_path:
         with tf.io.TFRecordWriter(str(full_path)) as full, tf.io.TFRecordWriter(str(small_path)) as small:
@@ -179,8 +180,8 @@ def write_shard(task):
                 if mode != "L":
                     result["converted"].append({"image": row["image_index"], "mode": mode})
         for kind, written in (("shard", full_path), ("small_shard", small_path)):
-            result[kind] = {"file": final[kind].relative_to(out_dir).as_posix(), "records": result["records"],
-                            "sha256": _sha256(written), "bytes": written.stat().st_size}
+            result[kind] = {"file": relative[kind], "records": result["records"],
+                            "sha256": storage.sha256(written), "bytes": storage.size(written)}
     write_text(_sidecar(task), json.dumps(result, indent=1))
     return result
 
@@ -188,14 +189,12 @@ def write_shard(task):
 def _completed(task):
     """The sidecar of a shard already written from exactly these inputs, else None."""
     try:
-        done = json.loads(_sidecar(task).read_text())
+        done = json.loads(storage.read_text(_sidecar(task)))
     except (OSError, ValueError):
         return None
-    out_dir = Path(task["out_dir"])
+    files = {kind: storage.join(task["out_dir"], done[kind]["file"]) for kind in ("shard", "small_shard")}
     complete = done.get("key") == task["key"] and all(
-        (out_dir / done[kind]["file"]).is_file()
-        and (out_dir / done[kind]["file"]).stat().st_size == done[kind]["bytes"]
-        for kind in ("shard", "small_shard"))
+        storage.isfile(path) and storage.size(path) == done[kind]["bytes"] for kind, path in files.items())
     return done if complete and (task["allow_missing"] or not done["unreadable"]) else None
 
 
@@ -289,12 +288,13 @@ def _remove_stale(out_dir, manifest):
     """Deletes shards and sidecars of earlier runs that this complete run does not list."""
     keep = {entry["file"] for split in manifest["splits"].values()
             for entry in split["shards"] + split["small_shards"]}
-    for path in [*out_dir.glob("*.tfrecord"), *(out_dir / SMALL_DIR).glob("*.tfrecord")]:
-        if path.relative_to(out_dir).as_posix() not in keep:
-            path.unlink()
-    for path in (out_dir / PROGRESS_DIR).glob("*.json"):
-        if path.name.removesuffix(".json") not in {Path(name).name for name in keep}:
-            path.unlink()
+    for folder, prefix in ((out_dir, ""), (storage.join(out_dir, SMALL_DIR), f"{SMALL_DIR}/")):
+        for path in storage.glob(storage.join(folder, "*.tfrecord")):
+            if prefix + storage.name(path) not in keep:
+                storage.remove(path)
+    for path in storage.glob(storage.join(out_dir, PROGRESS_DIR, "*.json")):
+        if storage.name(path).removesuffix(".json") not in {storage.name(name) for name in keep}:
+            storage.remove(path)
 
 
 def shard(data_dir, out_dir, seed=0, val_images=VAL_IMAGES, shard_mb=150, workers=None,
@@ -304,7 +304,7 @@ def shard(data_dir, out_dir, seed=0, val_images=VAL_IMAGES, shard_mb=150, worker
     Bad input raises ShardingError before anything is written; a corrupt image stops the run
     (or, with allow_missing, is skipped and listed as unreadable, as missing images are).
     """
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    data_dir, out_dir = Path(data_dir), str(out_dir)  # out_dir: a local path or a URL
     workers = workers or os.cpu_count()
     if not data_dir.is_dir():
         raise ShardingError(f"{data_dir}: data_dir not found")
@@ -326,18 +326,18 @@ def shard(data_dir, out_dir, seed=0, val_images=VAL_IMAGES, shard_mb=150, worker
         raise ShardingError(f"{data_dir}: {len(absent)} of {planned} listed images are missing "
                             f"(first: {', '.join(absent[:3])}); pass --allow_missing to skip them")
 
-    for folder in (out_dir, out_dir / SMALL_DIR, out_dir / PROGRESS_DIR):
-        folder.mkdir(parents=True, exist_ok=True)
+    for folder in (out_dir, storage.join(out_dir, SMALL_DIR), storage.join(out_dir, PROGRESS_DIR)):
+        storage.makedirs(folder)
     tasks = _tasks(plan, images, out_dir, seed, shard_mb, encoding, small_size, allow_missing)
     try:
         for path in _temporaries(out_dir):
-            path.unlink(missing_ok=True)
+            storage.remove(path)
         done = [_completed(task) for task in tasks]
         written = iter(_run([task for task, result in zip(tasks, done) if result is None], workers))
         results = [result or next(written) for result in done]
     finally:
         for path in _temporaries(out_dir):
-            path.unlink(missing_ok=True)
+            storage.remove(path)
 
     manifest = {
         "labels": list(LABELS),
@@ -359,6 +359,38 @@ def shard(data_dir, out_dir, seed=0, val_images=VAL_IMAGES, shard_mb=150, worker
         written_names = set(plan[split].image_index) - set(missing[split]) - {u["image"] for u in unreadable}
         manifest["splits"][split] = _split_summary(plan[split], written_names, mine)
         manifest["unreadable"][split] = unreadable
-    write_text(out_dir / schema.MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    write_text(storage.join(out_dir, schema.MANIFEST), json.dumps(manifest, indent=2) + "\n")
     _remove_stale(out_dir, manifest)  # after: a crash here leaves a true manifest and some litter
     return manifest
+
+
+def verify(out_dir) -> tuple[int, list[str]]:
+    """Reads every shard the manifest of `out_dir` lists -> (shards checked, one line per bad shard).
+
+    A shard is bad when it is missing, or its bytes, sha256 or readable records differ from the
+    manifest's (a record that does not read is named by its byte offset).
+    """
+    manifest = storage.read_manifest(out_dir)
+    entries = [entry for split in manifest["splits"].values()
+               for entry in split["shards"] + split.get("small_shards", [])]
+    problems = []
+    for entry in entries:
+        path = storage.join(out_dir, entry["file"])
+        if not storage.isfile(path):
+            problems.append(f"{path}: missing")
+            continue
+        found = []
+        if storage.size(path) != entry["bytes"]:
+            found.append(f"{storage.size(path)} bytes, the manifest says {entry['bytes']}")
+        if storage.sha256(path) != entry["sha256"]:
+            found.append("sha256 differs from the manifest's")
+        damage = pipeline.find_damage([path])
+        if damage:
+            found.append(f"{damage[2]}, after record {damage[1]}")
+        else:
+            records = int(tf.data.TFRecordDataset(path).reduce(0, lambda count, _: count + 1))
+            if records != entry["records"]:
+                found.append(f"{records} records, the manifest says {entry['records']}")
+        if found:
+            problems.append(f"{path}: " + "; ".join(found))
+    return len(entries), problems

@@ -168,6 +168,7 @@ def make_train_step(task, model, optimizer, augmentation, strategy, jit_compile=
         if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
             gradients = finite_on_every_replica(optimizer, gradients)
         optimizer.apply(gradients, model.trainable_variables)  # all-reduces over replicas, unscales
+        preempted = tf.identity(preempted)  # on this replica's device (MultiWorkerMirrored all-reduces from there)
         return {**terms, "preempted": tf.distribute.get_replica_context().all_reduce("SUM", preempted)}
 
     @tf.function
