@@ -19,7 +19,7 @@ SIZE = 64  # the toy evaluation size the models are exported with (`aecnn` and `
 
 
 def test_tf_serving_layout_and_versions(aecnn, exported):
-    path, _ = exported
+    path = Path(exported[0])  # export returns the version folder's path (a URL where export_dir is one)
     assert path.name == "1" and path.parent.name == "tfcxr_aecnn"
     assert (path / "saved_model.pb").is_file() and (path / "variables").is_dir()
     assert [p.name for p in path.parent.iterdir()] == ["1"]  # no temporary left behind
@@ -88,7 +88,7 @@ def test_baseline_export_has_no_codec_signatures(tmp_path):
     baseline = tiny_baseline()
     path = saved_model.export(baseline, tmp_path, image_size=SIZE, model_name="tfcxr_d121", version=7)
     loaded = tf.saved_model.load(str(path))
-    assert sorted(loaded.signatures) == ["predict_images", "serving_default"] and path.name == "7"
+    assert sorted(loaded.signatures) == ["predict_images", "serving_default"] and Path(path).name == "7"
     pixels = gray_noise(SIZE, SIZE)
     probabilities = loaded.signatures["serving_default"](image_bytes=tf.constant([encode(pixels)]))["probabilities"]
     expected = tf.sigmoid(baseline(pixels[None, ..., None].astype(np.float32) / 255)["logits"])

@@ -8,6 +8,7 @@ import json
 import re
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -219,7 +220,7 @@ def test_signatures_refuse_oversized_headers_and_the_next_request_works(exported
         loaded.signatures["compress"](image_bytes=tf.constant([good, good, bomb]))
     assert serve(image_bytes=tf.constant([good]))["probabilities"].shape == (1, len(LABELS))
     assert (loaded.max_image_side.numpy(), loaded.max_image_pixels.numpy()) == (MAX_IMAGE_SIDE, MAX_IMAGE_PIXELS)
-    recorded = json.loads((path / saved_model.LIMITS_FILE).read_text())
+    recorded = json.loads((Path(path) / saved_model.LIMITS_FILE).read_text())
     assert recorded == {"max_image_side": MAX_IMAGE_SIDE, "max_image_pixels": MAX_IMAGE_PIXELS}
 
 
@@ -304,7 +305,7 @@ def test_limits_set_at_export_are_recorded_and_applied(tmp_path):
                               max_image_side=100, max_image_pixels=5000)
     loaded = tf.saved_model.load(str(path))
     assert (loaded.max_image_side.numpy(), loaded.max_image_pixels.numpy()) == (100, 5000)
-    assert json.loads((path / saved_model.LIMITS_FILE).read_text()) == {"max_image_side": 100, "max_image_pixels": 5000}
+    assert json.loads((Path(path) / saved_model.LIMITS_FILE).read_text()) == {"max_image_side": 100, "max_image_pixels": 5000}
     serve = loaded.signatures["serving_default"]
     assert serve(image_bytes=tf.constant([encode(gradient(SIZE, SIZE))]))["probabilities"].shape == (1, len(LABELS))
     refused = [(encode(gradient(80, 80)), "80x80"), (encode(gradient(8, 101), "JPEG"), "101x8")]

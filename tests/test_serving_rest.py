@@ -2,12 +2,14 @@
 and tools/serving_client.py over HTTP on 127.0.0.1."""
 
 import base64
+import http.client
 import io
 import json
 import os
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import numpy as np
@@ -131,6 +133,149 @@ def test_columnar_format_and_errors(aecnn_url):
         assert json.loads(response.read())["model_version_status"][0]["state"] == "AVAILABLE"
 
 
+def test_row_format_with_named_inputs_for_a_single_input(exports, aecnn_url):
+    """TF Serving takes {"instances": [{"image_bytes": {"b64": ...}}]} as it takes [{"b64": ...}]."""
+    images = [noise_png(11, SIZE), noise_png(12, SIZE)]
+    plain = post(f"{aecnn_url}:predict", {"instances": [b64(data) for data in images]})
+    named = post(f"{aecnn_url}:predict", {"instances": [{"image_bytes": b64(data)} for data in images]})
+    assert plain[0] == named[0] == 200 and named[1] == plain[1] and len(named[1]["predictions"]) == 2
+    status, body = post(f"{aecnn_url}:predict", {"signature_name": "compress", "instances": [{"image_bytes": b64(images[0])}]})
+    assert status == 200 and sorted(body["predictions"][0]) == ["latent", "latent_png_bytes"]
+
+
+@pytest.fixture(scope="module")
+def two_inputs(tmp_path_factory):
+    """The signatures of a SavedModel whose serving_default takes two named inputs, a [None] and b [None, 2]."""
+    module = tf.Module()
+    module.add = tf.function(lambda a, b: {"sum": a + tf.reduce_sum(b, axis=1), "b_bytes": tf.strings.as_string(b)},
+                             input_signature=[tf.TensorSpec([None], tf.float32, name="a"),
+                                              tf.TensorSpec([None, 2], tf.float32, name="b")])
+    path = str(tmp_path_factory.mktemp("two_inputs"))
+    tf.saved_model.save(module, path, signatures={"serving_default": module.add})
+    loaded = tf.saved_model.load(path)
+    return {"loaded": loaded, **loaded.signatures}  # the loaded object keeps its signatures alive
+
+
+def test_request_forms_follow_tf_serving(exports, two_inputs):
+    """Each form of json_tensor.cc's row and columnar rules: what it accepts and what it answers 400."""
+    signatures = tf.saved_model.load(str(exports["tfcxr_aecnn"])).signatures
+    image = b64(noise_png(13, SIZE))
+    accepted = [
+        {"instances": [image]},  # one input: the values
+        {"instances": [{"image_bytes": image}]},  # one input, named
+        {"inputs": [image]},  # columnar: the value
+        {"inputs": {"image_bytes": [image]}},  # columnar: named
+        {"inputs": {"image_bytes": [image], "unused": 1}},  # other keys are ignored, as by TF Serving
+        {"signature_name": "reconstruct", "inputs": {"latent": np.zeros([1, 4, 4, 1]).tolist()}},
+    ]
+    for body in accepted:
+        status, answer = rest.predict(signatures, body)
+        assert status == 200, (body, answer)
+    refused = [
+        ({"instances": [image, {"image_bytes": image}]}, "instance 1: expected a value or list"),
+        ({"instances": [{"image_bytes": image}, image]}, "instance 1: expected an object"),
+        ({"instances": [{"image": image}]}, "instance 0: its keys image must be the inputs image_bytes"),
+        ({"instances": [{"image_bytes": image, "other": 1}]}, "must be the inputs image_bytes"),
+        ({"instances": []}, '"instances" must be a non-empty list'),
+        ({"inputs": {"image": [image]}}, 'missing named input(s) image_bytes in the "inputs" object'),
+        ({"inputs": image}, "shape () does not match"),  # one b64 value is a scalar, not a batch
+        ({"instances": [image], "inputs": [image]}, 'one of "instances"'),
+        ({"signature_name": 3, "instances": [image]}, '"signature_name" must be a string'),
+        ([image], "the request body must be a JSON object"),
+        ({"instances": [{"b64": "not base64!"}]}, "invalid base64"),
+    ]
+    for body, message in refused:
+        status, answer = rest.predict(signatures, body)
+        assert status == 400 and message in answer["error"], (body, answer)
+
+    pairs = {"instances": [{"a": 1.0, "b": [2.0, 3.0]}, {"a": 4.0, "b": [5.0, 6.0]}]}
+    status, answer = rest.predict(two_inputs, pairs)
+    assert status == 200 and [row["sum"] for row in answer["predictions"]] == [6.0, 15.0]
+    assert base64.b64decode(answer["predictions"][0]["b_bytes"][0]["b64"]) == b"2.000000"
+    status, answer = rest.predict(two_inputs, {"inputs": {"a": [1.0], "b": [[1.0, 1.0]]}})
+    assert status == 200 and answer["outputs"]["sum"] == [3.0]
+    for body, message in [({"instances": [1.0, 2.0]}, "instances is a plain list, but the signature has several"),
+                          ({"inputs": [1.0]}, '"inputs" is a plain value, but the signature has several'),
+                          ({"instances": [{"a": 1.0}]}, "its keys a must be the inputs a, b")]:
+        status, answer = rest.predict(two_inputs, body)
+        assert status == 400 and message in answer["error"], (body, answer)
+
+
+class FailingSignature:
+    """A signature with one input that raises `error` when called."""
+
+    structured_input_signature = ((), {"x": tf.TensorSpec([None], tf.float32)})
+
+    def __init__(self, error):
+        self.error = error
+
+    def __call__(self, **inputs):
+        raise self.error
+
+
+def test_errors_get_tf_servings_http_status_and_an_error_body():
+    for error, status in [(tf.errors.InvalidArgumentError(None, None, "bad"), 400),
+                          (tf.errors.ResourceExhaustedError(None, None, "out of memory"), 429),
+                          (tf.errors.UnimplementedError(None, None, "no kernel"), 501),
+                          (tf.errors.InternalError(None, None, "broken"), 500),
+                          (MemoryError("no memory"), 500), (RuntimeError("a bug"), 500)]:
+        answer = rest.predict({"serving_default": FailingSignature(error)}, {"instances": [1.0]})
+        assert answer[0] == status and str(error).split(": ")[-1] in answer[1]["error"], answer
+
+
+def raw_post(url, headers, body=b""):
+    """POST with exactly these headers (no Content-Length unless given) -> (status, JSON body)."""
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    try:
+        connection.putrequest("POST", parts.path)
+        for name, value in headers.items():
+            connection.putheader(name, value)
+        connection.endheaders(body or None)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def test_request_size_limit_is_read_from_content_length_before_the_body(aecnn_url, exports):
+    """A 50 MB request is answered 413 from its headers alone: no byte of the body is sent, and the
+    server answers without waiting for one (it would wait past the client's timeout otherwise)."""
+    predict = f"{aecnn_url}:predict"
+    status, body = raw_post(predict, {"Content-Type": "application/json", "Content-Length": str(50_000_000)})
+    assert status == 413 and body["error"] == (f"request body of 50000000 bytes is over the limit of "
+                                               f"{rest.MAX_REQUEST_BYTES} bytes (serve_saved_model.py --max_request_bytes)")
+    assert raw_post(predict, {"Content-Type": "application/json"})[0] == 411  # no Content-Length: not read
+    assert raw_post(predict, {"Transfer-Encoding": "chunked"})[0] == 411
+    assert raw_post(predict, {"Content-Length": "many"})[0] == 400
+    request = json.dumps({"instances": [b64(noise_png(14, SIZE))]}).encode()
+    with rest.serving(exports["tfcxr_aecnn"], max_request_bytes=len(request)) as url:  # the limit is configurable
+        assert raw_post(f"{url}:predict", {"Content-Length": str(len(request))}, request)[0] == 200
+        status, body = raw_post(f"{url}:predict", {"Content-Length": str(len(request) + 1)})
+        assert status == 413 and f"over the limit of {len(request)} bytes" in body["error"]
+    assert post(predict, {"instances": [b64(noise_png(14, SIZE))]})[0] == 200  # the server went on
+
+
+def test_malformed_json_is_400_and_any_other_failure_500_with_an_error_body(aecnn_url, monkeypatch):
+    predict = f"{aecnn_url}:predict"
+    for text, message in [(b'{"instances": [', "JSON Parse error: Expecting value"), (b"", "The document is empty"),
+                          (b"\xff\xfe{", "JSON Parse error"), (b"[" * 100_000 + b"]" * 100_000, "JSON Parse error")]:
+        status, body = raw_post(predict, {"Content-Length": str(len(text))}, text)
+        assert status == 400 and message in body["error"], body
+
+    def fail(*args):
+        raise RuntimeError("failed while writing the answer")
+
+    monkeypatch.setattr(rest, "response_body", fail)  # inside predict: after the model ran
+    assert post(predict, {"instances": [b64(noise_png(15, SIZE))]}) == (
+        500, {"error": "RuntimeError: failed while writing the answer"})
+    monkeypatch.setattr(rest, "parse_body", fail)  # in the request handler, outside predict
+    assert post(predict, {"instances": [b64(noise_png(15, SIZE))]}) == (
+        500, {"error": "RuntimeError: failed while writing the answer"})
+    monkeypatch.undo()
+    assert post(predict, {"instances": [b64(noise_png(15, SIZE))]})[0] == 200  # the server went on
+
+
 def test_serving_client_writes_the_latent_pngs_of_compress(exports, aecnn_url, tmp_path):
     files = write_noise_pngs(tmp_path, (7, 8), SIZE)
     out_dir = tmp_path / "latents"
@@ -170,13 +315,15 @@ def test_serving_client_against_the_d121_export(exports, tmp_path):
 def test_serve_saved_model_tool_answers_curl_style_requests(exports, tmp_path):
     tool = [sys.executable, str(ROOT / "tools" / "serve_saved_model.py")]
     environ = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}  # the default console
-    server = subprocess.Popen([*tool, f"--saved_model={exports['tfcxr_d121']}", "--port=0"],
+    server = subprocess.Popen([*tool, f"--saved_model={exports['tfcxr_d121']}", "--port=0", "--max_request_bytes=100000"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ)
     try:
         first = server.stdout.readline().split()
         assert first[:2] == ["serving", str(exports["tfcxr_d121"])] and first[3].endswith("/v1/models/tfcxr_d121:predict")
         status, body = post(first[3], {"instances": [b64(noise_png(10, SIZE))]})
         assert status == 200 and body["predictions"][0]["labels"] == list(LABELS)
+        status, body = raw_post(first[3], {"Content-Length": "100001"})
+        assert status == 413 and "over the limit of 100000 bytes" in body["error"]
     finally:
         server.terminate()
         server.wait(timeout=60)
