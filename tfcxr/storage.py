@@ -118,7 +118,8 @@ def copy_tree(source, target) -> None:
         relative = os.path.relpath(folder, str(source)) if folder != str(source) else ""
         makedirs(join(target, relative) if relative else target)
         for file in files:
-            tf.io.gfile.copy(join(folder, file), join(target, relative, file), overwrite=True)
+            if exists(join(folder, file)):  # ram:// also lists `assets.extra/x` as `assets/.extra`: not there
+                tf.io.gfile.copy(join(folder, file), join(target, relative, file), overwrite=True)
 
 
 def rmtree(path) -> None:

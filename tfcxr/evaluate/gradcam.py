@@ -25,6 +25,7 @@ import tensorflow as tf  # noqa: E402
 from tfcxr.constants import LABELS, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE  # noqa: E402
 from tfcxr.data import pipeline, schema  # noqa: E402
 from tfcxr.data.image_limits import read_gray  # noqa: E402
+from tfcxr import storage  # noqa: E402
 from tfcxr.storage import save_figure, write_text  # noqa: E402
 from tfcxr.models import CLASSIFIER, ENCODER, NORMALIZATION, backbone_of, compresses  # noqa: E402
 
@@ -150,7 +151,7 @@ def explain(model, images, model_dir, *, top_k=3, boxes=None, label_names=LABELS
     image's) where the image has one, and the heatmap's share inside it is recorded.
     """
     cam = cam_model(model)
-    out = Path(model_dir) / "explain"
+    out = storage.join(model_dir, "explain")
     rows = []
     for name, image, (height, width) in images:
         _, logits = cam(image[None], training=False)
@@ -166,7 +167,7 @@ def explain(model, images, model_dir, *, top_k=3, boxes=None, label_names=LABELS
                          "mass_in_box": mass_in_boxes(heatmap, own) if own else None,
                          "box_area_fraction": box_mask(heatmap.shape, own).mean() if own else None})
         figure = overlay(image, heatmaps[0], findings, scaled)
-        save_figure(figure, out / f"{Path(name).stem}.png")
+        save_figure(figure, storage.join(out, f"{Path(name).stem}.png"))
         plt.close(figure)
-    write_text(out / "explain.csv", pd.DataFrame(rows).to_csv(index=False))
+    write_text(storage.join(out, "explain.csv"), pd.DataFrame(rows).to_csv(index=False))
     return rows

@@ -27,12 +27,12 @@ batch dimension TF Serving's row ("instances") format needs.
 
 import json
 import re
-from pathlib import Path
 
 import tensorflow as tf
 
 from tfcxr.constants import COMPRESSION, LABELS, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE
 from tfcxr.data import image_limits, pipeline, pixels
+from tfcxr import storage
 from tfcxr.storage import atomic_directory
 from tfcxr.models import DECODER, ENCODER, spec_of
 from tfcxr.models.compression import to_uint8
@@ -162,7 +162,8 @@ def serving_module(model) -> type[ServingModule]:
 
 def next_version(model_dir):
     """1 + the highest numeric version folder under DIR/<model_name> (1 when none)."""
-    versions = [int(p.name) for p in Path(model_dir).glob("*") if re.fullmatch(r"\d+", p.name)]
+    names = [storage.name(path) for path in storage.glob(storage.join(model_dir, "*"))]
+    versions = [int(name) for name in names if re.fullmatch(r"\d+", name)]
     return max(versions, default=0) + 1
 
 
@@ -176,18 +177,18 @@ def export(model, export_dir, *, image_size: int, model_name: str, version: int 
     as the sharder made image/small (None: straight to image_size).
     label_names: the classifier's labels, in logit order (the records' manifest's).
     max_image_side, max_image_pixels: the largest image header the image_bytes signatures accept.
-    Written under a temporary name and renamed, so TF Serving never sees half a version.
+    Written under a temporary name and renamed, so TF Serving never sees half a version (in a
+    bucket, export_dir may be a URL, the files are copied into the version folder one by one).
     """
-    base = Path(export_dir) / model_name
+    base = storage.join(export_dir, model_name)
     version = next_version(base) if version is None else int(version)
-    target = base / str(version)
-    if target.exists():
+    target = storage.join(base, str(version))
+    if storage.exists(target):
         raise ValueError(f"{target}: version {version} already exported (versions are immutable); pass another")
-    base.mkdir(parents=True, exist_ok=True)
+    storage.makedirs(base)
     module = (module or serving_module(model))(model, image_size, max_image_side, max_image_pixels, small_size,
                                                label_names)
     with atomic_directory(target) as temporary:  # a hidden name, not numeric: Serving ignores it
         tf.saved_model.save(module, str(temporary), signatures=module.signatures())
-        (temporary / LIMITS_FILE).parent.mkdir()
-        (temporary / LIMITS_FILE).write_text(json.dumps(module.limits(), indent=1) + "\n")
+        storage.write_text(storage.join(temporary, LIMITS_FILE), json.dumps(module.limits(), indent=1) + "\n")
     return target

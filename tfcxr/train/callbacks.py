@@ -106,6 +106,17 @@ def truncate_log(path, epochs):
     storage.write_text(path, header + "".join(row for row in rows if int(row.split(",", 1)[0]) < epochs))
 
 
+class CSVLogger(keras.callbacks.CSVLogger):
+    """keras.callbacks.CSVLogger, whose file may be a URL: Keras 3.15 opens it through tf.io.gfile
+    there but at the end reads `.closed`, which a GFile lacks; this one closes it either way."""
+
+    def on_train_end(self, logs=None):
+        if self.csv_file is not None:
+            self.csv_file.close()
+            self.csv_file = None
+        self.writer = None
+
+
 class BestModel(keras.callbacks.Callback):
     """Saves the model to `path` whenever `monitor` reaches a new minimum (chief only)."""
 

@@ -309,7 +309,7 @@ def make_callbacks(task, config, chief, resumed_epoch):
         callbacks_lib.truncate_log(storage.join(model_dir, "log.csv"), resumed_epoch)  # rows of re-run epochs go
     return callbacks + [
         callbacks_lib.BestModel(storage.join(model_dir, "best.keras")),
-        keras.callbacks.CSVLogger(storage.join(model_dir, "log.csv"), append=resumed_epoch is not None),
+        callbacks_lib.CSVLogger(storage.join(model_dir, "log.csv"), append=resumed_epoch is not None),
         callbacks_lib.Summaries(storage.join(model_dir, "tensorboard"), preview, task.image_outputs,
                                 config.runtime.log_every),
     ]

@@ -1,0 +1,75 @@
+"""Records, runs and exports at URLs: everything through tf.io.gfile, on TensorFlow's in-memory ram://
+filesystem (the same URL code path as gs://). ram:// lives in one process: every step runs here."""
+
+import io
+import json
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+
+from tfcxr import storage
+from tfcxr.config import RunConfig
+from tfcxr.data import pipeline, sharding
+from tfcxr.data.records import Records
+from tfcxr.evaluate import classification
+from tfcxr.export import saved_model
+from tfcxr.models import load_model
+from tfcxr.train import loop, strategy
+from helpers import encode, gray_noise
+from tiny_models import SIZES, tiny_task
+
+BUCKET = "ram://remote_test"
+
+
+@pytest.fixture(autouse=True)
+def float32_policy():
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def no_local_ram_folder(*folders):
+    """`Path("ram://x")` would make a local folder `ram:`: none may appear."""
+    for folder in folders:
+        assert not (Path(folder) / "ram:").exists(), folder
+
+
+def test_shard_train_resume_evaluate_export_in_a_bucket(synthetic_dir, tmp_path, capsys):
+    records_dir, model_dir, export_dir = f"{BUCKET}/records", f"{BUCKET}/run", f"{BUCKET}/exports"
+    manifest = sharding.shard(data_dir=synthetic_dir, out_dir=records_dir, seed=0, val_images=30, shard_mb=0.2,
+                              workers=1, small_size=64, encoding="png")
+    assert storage.read_manifest(records_dir) == json.loads(json.dumps(manifest))
+    assert sharding.verify(records_dir)[1] == []
+
+    settings = dict(batch_size=8, steps_per_epoch=2, val_steps=2, weights=None, checkpoint_every=1, **SIZES)
+    first = RunConfig.from_flags("baseline", records_dir=records_dir, model_dir=model_dir, epochs=1, **settings)
+    loop.train(tiny_task(), first, strategy.make_strategy("one_device"))
+    assert tf.train.latest_checkpoint(f"{model_dir}/checkpoints").startswith(f"{model_dir}/checkpoints/ckpt-")
+    resumed = RunConfig.from_flags("baseline", records_dir=records_dir, model_dir=model_dir, epochs=2, **settings)
+    model = loop.train(tiny_task(), resumed, strategy.make_strategy("one_device"))
+    assert f"resuming from {model_dir}/checkpoints" in capsys.readouterr().out
+    log = pd.read_csv(io.StringIO(storage.read_text(f"{model_dir}/log.csv")))
+    assert list(log["epoch"]) == [0, 1]
+    assert storage.glob(f"{model_dir}/tensorboard/train/events.out.tfevents.*")
+
+    best = load_model(f"{model_dir}/best.keras")
+    inputs = tiny_task().input_spec(resumed)
+    summary = classification.evaluate_classifier(best, records_dir, model_dir, inputs=inputs, split="test",
+                                                 batch_size=8, resamples=20)
+    assert summary["images"] > 0
+    assert json.loads(storage.read_text(f"{model_dir}/eval/test/auc.json"))["images"] == summary["images"]
+    assert storage.isfile(f"{model_dir}/eval/test/roc.png")
+
+    path = saved_model.export(best, export_dir, image_size=inputs.eval_size, model_name="tfcxr_d121",
+                              small_size=Records.open(records_dir).small_size,
+                              label_names=pipeline.label_names(records_dir))
+    assert path == f"{export_dir}/tfcxr_d121/1"
+    served = tf.saved_model.load(path)
+    probabilities = served.signatures["serving_default"](image_bytes=tf.constant([encode(gray_noise(64, 64))]))
+    assert probabilities["probabilities"].shape == (1, 14)
+    assert np.isfinite(model.get_weights()[0]).all()
+    no_local_ram_folder(os.getcwd(), tmp_path, synthetic_dir, synthetic_dir.parent)
