@@ -27,6 +27,7 @@ from absl import app, flags
 from tfcxr.constants import LABELS, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE
 from tfcxr.data.image_limits import ImageFileError, read_gray
 from tfcxr.export import codec
+from tfcxr import storage
 from tfcxr.storage import write_bytes, write_text
 from tfcxr.models import CLASSIFIER, DECODER, ENCODER, NORMALIZATION, load_model
 from tfcxr.models.compression import resize_round_trip, to_uint8
@@ -53,7 +54,7 @@ def write_png(source, target, pixels, shape_in):
     data = codec.encode_png(pixels)
     write_bytes(target, data)
     bytes_in, bytes_out = source.stat().st_size, len(data)
-    print(f"{source.name} -> {target.name}: {shape_in[1]}x{shape_in[0]} -> {pixels.shape[1]}x{pixels.shape[0]} pixels, "
+    print(f"{source.name} -> {storage.name(target)}: {shape_in[1]}x{shape_in[0]} -> {pixels.shape[1]}x{pixels.shape[0]} pixels, "
           f"{bytes_in:,} -> {bytes_out:,} bytes ({bytes_in / bytes_out:.1f}x)")
     return bytes_in, bytes_out
 
@@ -72,7 +73,7 @@ def compress_files(model, inputs):
         image = read(source)
         fitted = codec.fit(image, FLAGS.size)
         latent = codec.compress(encoder, fitted)
-        yield write_png(source, Path(FLAGS.out_dir) / f"{source.stem}.latent.png", latent, image.shape)
+        yield write_png(source, storage.join(FLAGS.out_dir, f"{source.stem}.latent.png"), latent, image.shape)
         if FLAGS.report:
             report_round_trip(fitted, latent, decoder[0])
 
@@ -81,7 +82,7 @@ def reconstruct_files(model, inputs):
     (decoder,) = codec.parts(model, NEEDS["reconstruct"], FLAGS.model)
     for source in inputs:
         latent = read(source)
-        target = Path(FLAGS.out_dir) / f"{source.stem.removesuffix('.latent')}.png"
+        target = storage.join(FLAGS.out_dir, f"{source.stem.removesuffix('.latent')}.png")
         yield write_png(source, target, codec.reconstruct(decoder, latent), latent.shape)
 
 
@@ -89,7 +90,7 @@ def classify_files(model, inputs):
     codec.parts(model, NEEDS["classify"], FLAGS.model)
     rows = {source.name: codec.classify(model, read(source)) for source in inputs}
     table = pd.DataFrame.from_dict(rows, orient="index", columns=list(LABELS)).rename_axis("file")
-    write_text(Path(FLAGS.out_dir) / "classify.csv", table.to_csv(float_format="%.6f"))
+    write_text(storage.join(FLAGS.out_dir, "classify.csv"), table.to_csv(float_format="%.6f"))
     print(table.T.to_string(float_format=lambda p: f"{p:.4f}"))
     return []
 

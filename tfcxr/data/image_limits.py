@@ -194,7 +194,7 @@ def read_gray(path, max_side: int = MAX_IMAGE_SIDE, max_pixels: int = MAX_IMAGE_
         data = tf.io.read_file(str(path)).numpy()
         check_bytes(data, max_side, max_pixels)
         if not is_png_or_jpeg(data):
-            raise ImageFileError(f"{path}: not a PNG or JPEG image")
+            raise ImageFileError(f"{path}: not a readable PNG or JPEG image (the bytes are neither)")
         return tf.io.decode_image(data, channels=1, expand_animations=False)  # 16 bit -> 8 bit too
     except ImageTooLarge as error:
         raise ImageFileError(f"{path}: {error}") from None
