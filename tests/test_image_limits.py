@@ -120,6 +120,8 @@ def test_crafted_headers_are_read_as_their_decoders_read_them():
         assert image_limits.check_bytes(small) == (16, 16), name
         with Image.open(io.BytesIO(small)) as image:
             image.load()  # a sound file at its true size
+    with pytest.raises(image_limits.ImageTooLarge, match=r"Image size \(400000000 pixels\) exceeds .*\(above the limit"):
+        image_limits.check_bytes(bmp_declaring(20_000, 20_000))  # past PIL's own bomb limit: its count
     junk = jpeg_junk_before_sof(12_000, 12_000)
     assert tf.image.extract_jpeg_shape(junk).numpy().tolist() == [12_000, 12_000, 1]  # libjpeg skips the byte too
     with pytest.raises(tf.errors.InvalidArgumentError):
