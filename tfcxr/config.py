@@ -2,7 +2,7 @@
 
     RunConfig
       stage       the stage's name (tfcxr.stages.STAGES)
-      data        records_dir, batch_size, image_size, resize_size, augment, patches_per_image
+      data        records_dir, batch_size, image_size, resize_size, augment, patches_per_image, codec_validation
       model       backbone, weights, codec (CodecConfig: kind + the codec's own parameters)
       optimizer   learning_rate (Adam, PyTorch's betas and epsilon)
       schedule    epochs, steps_per_epoch, val_steps
@@ -34,6 +34,10 @@ class DataConfig:
     resize_size: int | None = None  # image/small inputs: the resize before the crop; None: the stage's
     augment: str = "bl5"  # "bl5", or "fmix" where the stage's inputs allow it
     patches_per_image: int = PATCHES_PER_IMAGE  # inputs with patches: random patches per decoded original
+    # A codec's validation (val_loss, so the plateau scheduler and best.keras): "full", whole originals at
+    # their own size through the stored latent; "resize", image_size resizes (the paper's stage 2).
+    # None: the codec's own (its class's `validation`).
+    codec_validation: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,6 +177,7 @@ SECTIONS = {"data": DataConfig, "model": ModelConfig, "optimizer": OptimizerConf
 FLAGS = {
     "records_dir": "data.records_dir", "batch_size": "data.batch_size", "image_size": "data.image_size",
     "resize_size": "data.resize_size", "augment": "data.augment", "patches_per_image": "data.patches_per_image",
+    "codec_validation": "data.codec_validation",
     "backbone": "model.backbone", "weights": "model.weights", "codec": "model.codec.kind",
     "learning_rate": "optimizer.learning_rate",
     "epochs": "schedule.epochs", "steps_per_epoch": "schedule.steps_per_epoch", "val_steps": "schedule.val_steps",

@@ -38,6 +38,9 @@ flags.DEFINE_enum("augment", default("data.augment"), ["bl5", "fmix"], "stage 1 
 flags.DEFINE_integer("patches_per_image", default("data.patches_per_image"),
                      "stage 2 training: random patches cut from each decoded original (1: the paper's loader)",
                      lower_bound=1)
+flags.DEFINE_enum("codec_validation", None, ["full", "resize"],
+                  "stage 2 validation: whole originals at their own size through the stored latent (full), or "
+                  "--image_size resizes (resize, the paper's); default: the codec's own (residual full, paper resize)")
 # model
 flags.DEFINE_enum("backbone", default("model.backbone"), list(BACKBONES), "the classifier's trunk (models.BACKBONES)")
 flags.DEFINE_string("weights", default("model.weights"), "stage 1 DenseNet121 initialisation: imagenet, none or a local .h5")

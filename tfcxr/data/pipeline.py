@@ -14,7 +14,9 @@ Geometry (InputSpec.feature):
   original      train: random image_size crop (or patch) at full resolution; with
                 patches_per_image=K (InputSpec.patches), K patches of each decoded original,
                 mixed with other originals' patches in a shuffle buffer of PATCH_SHUFFLE patches
-                eval:  the whole original resized to image_size; tencrop: ten image_size crops of it
+                eval:  the whole original resized to image_size; tencrop: ten image_size crops of it;
+                with eval_geometry="full" each original at its own size, its sides cut to multiples
+                of COMPRESSION (the top-left part), in batches of one size
 
 Augmentation when training: the crop, a left-right flip (up-down too with vertical_flip), and
 with rotation the random rotation (and the contrast jitter with contrast) either here
@@ -37,7 +39,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from tfcxr.constants import CONTRAST, PATCHES_PER_IMAGE  # noqa: F401  (the trainer's K; see below)
+from tfcxr.constants import COMPRESSION, CONTRAST, PATCHES_PER_IMAGE  # noqa: F401  (the trainer's K; see below)
 from tfcxr.data import augment as augmentations
 from tfcxr.data import fmix as fmix_lib
 from tfcxr.data import schema
@@ -46,6 +48,7 @@ from tfcxr import storage
 AUTOTUNE = tf.data.AUTOTUNE
 FEATURES = (schema.SMALL, schema.ENCODED)  # what an InputSpec reads: image/small or the original
 ROTATIONS = (None, "pipeline", "device")  # where the training rotation runs (None: no rotation)
+EVAL_GEOMETRIES = ("resize", "full")  # an original when evaluating: resized to image_size, or at its own size
 INTERLEAVE_FILES = 8  # shards read at once when training
 # Stage 2 cuts K patches from each decoded 1024 original: the PNG decode, not the patch, is the cost
 # (benchmarks/results/pipeline.md). PATCHES_PER_IMAGE is the trainer's K (make_dataset's default is the
@@ -67,6 +70,8 @@ class InputSpec:
     fmix: augment="fmix" is allowed. tencrop: tta="tencrop" is allowed.
     patches: patches_per_image > 1 is allowed when training.
     shuffle_records: the training shuffle buffer, in records (~40 kB small PNGs, ~0.4-1 MB originals).
+    eval_geometry: originals when evaluating: "resize" (to image_size) or "full" (each at its own size,
+    cut to multiples of COMPRESSION: what a codec compresses).
     """
 
     feature: str
@@ -79,6 +84,7 @@ class InputSpec:
     tencrop: bool = False
     patches: bool = False
     shuffle_records: int = 512
+    eval_geometry: str = "resize"
 
     def __post_init__(self):
         if self.feature not in FEATURES:
@@ -87,6 +93,9 @@ class InputSpec:
             raise ValueError(f"InputSpec: resize_size is for {schema.SMALL} inputs (and they need one)")
         if self.rotation not in ROTATIONS or (self.contrast and self.rotation is None):
             raise ValueError(f"InputSpec.rotation={self.rotation!r}: one of {ROTATIONS}; contrast needs a rotation")
+        if self.eval_geometry not in EVAL_GEOMETRIES or (self.eval_geometry == "full" and self.feature != schema.ENCODED):
+            raise ValueError(f"InputSpec.eval_geometry={self.eval_geometry!r}: one of {EVAL_GEOMETRIES}; "
+                             f"'full' reads {schema.ENCODED}")
 
     @property
     def eval_size(self) -> int:
@@ -231,6 +240,9 @@ def _record_image(image, seed, inputs, training, augment, tta):
         return augmentations.random_flip(image, flip_seed, horizontal=True, vertical=inputs.vertical_flip)
     if tta == "tencrop":
         return augmentations.ten_crop(image, inputs.image_size)  # [10, size, size, 1]
+    if inputs.eval_geometry == "full":
+        size = tf.shape(image)[:2]
+        return image[: size[0] - size[0] % COMPRESSION, : size[1] - size[1] % COMPRESSION]  # [H - H % 4, W - W % 4, 1]
     return image if inputs.feature == schema.SMALL else resize_uint8(image, inputs.image_size)  # [size, size, 1]
 
 
@@ -267,6 +279,18 @@ def _check_args(inputs, training, augment, tta, patches_per_image):
         raise ValueError(f"augment={augment!r}: 'bl5', or 'fmix' for inputs that allow FMix")
     if tta not in ("none", "tencrop") or (tta == "tencrop" and (training or not inputs.tencrop)):
         raise ValueError(f"tta={tta!r}: 'none', or 'tencrop' when evaluating inputs that allow it")
+    if tta == "tencrop" and inputs.eval_geometry == "full":
+        raise ValueError("tta='tencrop' crops resized images; eval_geometry='full' reads originals at their own size")
+
+
+def batch_by_size(dataset, batch_size, drop_remainder):
+    """Examples whose "image" [H, W, 1] differ in size -> batches of one size (record order within a size)."""
+    def size_key(example):
+        size = tf.cast(tf.shape(example["image"])[:2], tf.int64)
+        return size[0] * (1 << 20) + size[1]
+
+    return dataset.group_by_window(size_key, lambda key, group: group.batch(batch_size, drop_remainder=drop_remainder),
+                                   window_size=batch_size)
 
 
 def make_dataset(
@@ -360,7 +384,10 @@ def make_dataset(
         dataset = dataset.skip(skip_batches * batch_size)
     else:  # skipped records are neither parsed nor decoded
         dataset = examples.skip(skip_batches * batch_size).map(load, num_parallel_calls=AUTOTUNE)
-    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    if inputs.eval_geometry == "full" and not training:
+        dataset = batch_by_size(dataset, batch_size, drop_remainder)  # [B, H, W, 1], one size per batch
+    else:
+        dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     dataset = dataset.map(finish, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = not training or seed is not None

@@ -5,8 +5,9 @@ gathers them over every replica and worker for one pass, and `result` turns them
 logged as val_<name> (log.csv, TensorBoard, the plateau scheduler's logs).
 
 - ClassificationAUC: ROC-AUC per label (sklearn's exact value) and their mean, as evaluation's Table 1;
-- ReconstructionQuality: PSNR and SSIM of the reconstruction from the float latent, from the latent
-  rounded to 8 bits (what a PNG stores), and of bicubic's round trip through the same size.
+- ReconstructionQuality: PSNR and SSIM of the reconstruction from the codec's latent, from the latent
+  rounded to 8 bits (what a PNG stores), and of bicubic's round trip through the same size (PSNR
+  also through an 8-bit thumbnail: the baseline a stored latent must beat).
 """
 
 from collections.abc import Mapping, Sequence
@@ -18,6 +19,8 @@ import tensorflow as tf
 from sklearn.metrics import roc_auc_score
 
 from tfcxr.models import compression
+from tfcxr.models.codecs.base import CODECS
+from tfcxr.models.described import codec_of
 from tfcxr.models.names import DECODER
 
 Batch = Mapping[str, tf.Tensor]  # "image" [B,H,W,1], "labels" [B,L], ...
@@ -57,26 +60,36 @@ class ClassificationAUC:
         return {"auc": mean, **{f"auc_{label}": float(auc) for label, auc in zip(self.label_names, aucs)}}
 
 
-class ReconstructionQuality:
-    """Mean PSNR / SSIM (suffix "", "_8bit", "_bicubic") of outputs["reconstruction"] against the input.
+def rounds_latent(model: keras.Model) -> bool:
+    """Whether the model's codec rounds its latent to 8 bits itself (its class's rounds_latent)."""
+    return bool(getattr(CODECS[codec_of(model).kind], "rounds_latent", False))
 
-    Bicubic's numbers repeat every epoch (same images): the gap is one glance in log.csv and
-    TensorBoard, at the cost of a resize, cheaper than a second pass over the decoded images.
+
+class ReconstructionQuality:
+    """Mean PSNR / SSIM (suffix "", "_8bit", "_bicubic") of outputs["reconstruction"] against the input,
+    and psnr_bicubic_8bit (bicubic through an 8-bit thumbnail, the stored baseline).
+
+    A codec that rounds its latent itself (the residual codec) has "_8bit" equal to "": it is copied,
+    not decoded twice. Bicubic's numbers repeat every epoch (same images): the gap is one glance in
+    log.csv and TensorBoard, at the cost of a resize, cheaper than a second pass over the decoded images.
     """
 
     def per_example(self, model, batch, outputs):
         images = tf.cast(batch["image"], tf.float32)  # [B,H,W,1]
         decoder = model.get_layer(DECODER)
-        candidates = {
-            "": outputs["reconstruction"],
-            "_8bit": decoder(compression.quantize(tf.cast(outputs["latent"], tf.float32)), training=False),
-            "_bicubic": compression.resize_round_trip(images, "bicubic"),
-        }
+        candidates = {"": outputs["reconstruction"]}
+        if not rounds_latent(model):
+            candidates["_8bit"] = decoder(compression.quantize(tf.cast(outputs["latent"], tf.float32)), training=False)
+        candidates["_bicubic"] = compression.resize_round_trip(images, "bicubic")
         values = {}
         for suffix, reconstruction in candidates.items():
             reconstruction = tf.cast(reconstruction, tf.float32)
             values[f"psnr{suffix}"] = tf.image.psnr(reconstruction, images, max_val=1.0)  # [B]
             values[f"ssim{suffix}"] = tf.image.ssim(reconstruction, images, max_val=1.0)  # [B]
+        if "_8bit" not in candidates:  # the latent is already the 8-bit one
+            values.update(psnr_8bit=values["psnr"], ssim_8bit=values["ssim"])
+        thumbnail = compression.resize_round_trip(images, "bicubic", quantized=True)
+        values["psnr_bicubic_8bit"] = tf.image.psnr(thumbnail, images, max_val=1.0)  # [B]
         return values
 
     def result(self, values):

@@ -428,6 +428,9 @@ def train_until_done(task, config, strategy, records, callbacks, flag):
         print(f"resuming from {latest}: epoch {state['epoch'] + 1}, step {state['step']}", flush=True)
 
     steps = config.schedule.steps_per_epoch or records.split_size("train") // config.data.batch_size
+    note = task.budget_note(config, steps)
+    if note and chief and not latest:
+        print(note, flush=True)
     callback_list = keras.callbacks.CallbackList(
         make_callbacks(task, config, chief, state["epoch"] if latest else None) + list(callbacks),
         model=model, epochs=config.schedule.epochs, steps=steps)

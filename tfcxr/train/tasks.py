@@ -48,6 +48,8 @@ class Task:
     derive: (config) -> {dotted field: value} the run takes from elsewhere (stage 3: its codec from init.codec).
     omits: the config fields that do not apply (left out of config.json).
     image_outputs: model outputs shown as images in TensorBoard, beside the input.
+    eval_geometry: (config) -> how validation reads originals: "resize" or "full" (InputSpec.eval_geometry).
+    recommended_steps: (config) -> the optimizer steps the model needs; a run far below them says so.
     """
 
     inputs: pipeline.InputSpec
@@ -59,10 +61,23 @@ class Task:
     derive: Callable[[RunConfig], dict[str, Any]] = nothing_derived
     omits: tuple[str, ...] = ()
     image_outputs: tuple[str, ...] = ()
+    eval_geometry: Callable[[RunConfig], str] = lambda config: "resize"
+    recommended_steps: Callable[[RunConfig], int | None] = lambda config: None
 
     def input_spec(self, config: RunConfig) -> pipeline.InputSpec:
-        """The task's inputs at the run's sizes."""
-        return self.inputs.with_sizes(config.data.image_size, config.data.resize_size)
+        """The task's inputs at the run's sizes and validation geometry."""
+        inputs = self.inputs.with_sizes(config.data.image_size, config.data.resize_size)
+        return dataclasses.replace(inputs, eval_geometry=self.eval_geometry(config))
+
+    def budget_note(self, config: RunConfig, steps_per_epoch: int) -> str | None:
+        """One line when the run's epochs x steps are far below (under half) the model's recommended_steps."""
+        recommended = self.recommended_steps(config)
+        budget = config.schedule.epochs * steps_per_epoch
+        if not recommended or budget * 2 >= recommended:
+            return None
+        return (f"note: this run trains {config.schedule.epochs} epochs x {steps_per_epoch} steps = {budget:,} steps, "
+                f"far below the ~{recommended:,} its model needs (batch 32); set --epochs / --steps_per_epoch "
+                f"(configs/stage2_residual.cfg states its budget in steps)")
 
     def dataset(self, config: RunConfig, split: str, *, training: bool,
                 input_context: tf.distribute.InputContext | None = None, seed: int | None = None,
@@ -138,6 +153,23 @@ def initialize_from_files(model: keras.Model, config: RunConfig) -> None:
     models.load_stage_weights(model, config.init.codec, config.init.classifier)
 
 
+def codec_validation(config: RunConfig) -> str:
+    """data.codec_validation, or the codec's own (its class's validation): "full" or "resize"."""
+    geometry = config.data.codec_validation or codec_class(config).validation
+    if geometry not in pipeline.EVAL_GEOMETRIES:
+        raise ValueError(f"--codec_validation={geometry}: one of {', '.join(pipeline.EVAL_GEOMETRIES)}")
+    return geometry
+
+
+def codec_recommended_steps(config: RunConfig) -> int | None:
+    return codec_class(config).recommended_steps
+
+
+def codec_class(config: RunConfig) -> type[models.Codec]:
+    """The class of the run's codec (one line naming an unknown kind or parameter)."""
+    return type(models.make_codec(config.model.codec))
+
+
 def codec_of_init(config: RunConfig) -> dict[str, Any]:
     """Stage 3 trains the codec of the run it starts from: init.codec's saved spec."""
     if not config.init.codec:
@@ -153,15 +185,15 @@ BASELINE = Task(
     pipeline.InputSpec(schema.SMALL, STAGE1_CROP, resize_size=SMALL_SIZE, rotation="device", contrast=True,
                        fmix=True, tencrop=True, shuffle_records=4096),
     build_baseline, classification_loss, metrics=classification_metrics, initialize=initialize_from_files,
-    omits=CLASSIFIER_ONLY + ("data.patches_per_image",))
+    omits=CLASSIFIER_ONLY + ("data.patches_per_image", "data.codec_validation"))
 AUTOENCODER = Task(
     pipeline.InputSpec(schema.ENCODED, STAGE2_PATCH, vertical_flip=True, patches=True),
     build_autoencoder, reconstruction_loss, metrics=reconstruction_metrics, initialize=initialize_from_files,
     derive=codec_of_init, omits=("model.backbone", "model.weights", "init.classifier", "data.resize_size", "data.augment"),
-    image_outputs=("reconstruction", "latent"))
+    image_outputs=("reconstruction", "latent"), eval_geometry=codec_validation, recommended_steps=codec_recommended_steps)
 AECNN = Task(
     pipeline.InputSpec(schema.ENCODED, STAGE3_CROP, rotation="device", tencrop=True),
     build_aecnn, joint_loss, metrics=joint_metrics, requires=("init.codec", "init.classifier"),
     initialize=initialize_from_files, derive=codec_of_init,
-    omits=("model.weights", "data.resize_size", "data.augment", "data.patches_per_image"),
+    omits=("model.weights", "data.resize_size", "data.augment", "data.patches_per_image", "data.codec_validation"),
     image_outputs=("reconstruction", "latent"))

@@ -33,6 +33,11 @@ class Codec:
     """A codec of `kind` with parameters `params` (an instance of its Params dataclass)."""
 
     kind: ClassVar[str]
+    # Stage 2's validation when --codec_validation is not given: "full" (whole originals at their own
+    # size through the stored latent: what the codec is used at) or "resize" (the paper's 128 resizes).
+    validation: ClassVar[str] = "resize"
+    # Optimizer steps (batch 32) the codec needs to converge; a stage-2 run far below them says so. None: no advice.
+    recommended_steps: ClassVar[int | None] = None
 
     @dataclasses.dataclass(frozen=True)
     class Params:

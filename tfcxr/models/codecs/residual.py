@@ -72,6 +72,8 @@ class ResidualCodec(Codec):
     """Bicubic + learned residuals; capacity in Params (--codec_width, --codec_encoder_depth, --codec_decoder_depth)."""
 
     kind = "residual"
+    validation = "full"  # used on whole radiographs, so judged, scheduled and picked on them (not 128 resizes)
+    recommended_steps = 40_000  # batch 32: benchmarks/results/codec_ablation.md
 
     @dataclasses.dataclass(frozen=True)
     class Params:
