@@ -147,8 +147,8 @@ def record_labels(records_dir, split):
     """filename -> labels, parsed straight from the split's full shards."""
     manifest = json.loads((records_dir / schema.MANIFEST).read_text())
     paths = [str(records_dir / shard["file"]) for shard in manifest["splits"][split]["shards"]]
-    records = tf.data.TFRecordDataset(paths).map(lambda r: schema.parse(r, [schema.FILENAME, schema.LABELS]))
-    return {r[schema.FILENAME].decode(): r[schema.LABELS] for r in records.as_numpy_iterator()}
+    records = tf.data.TFRecordDataset(paths).map(lambda r: schema.parse(r, [schema.FILENAME, schema.LABEL_VECTOR]))
+    return {r[schema.FILENAME].decode(): r[schema.LABEL_VECTOR] for r in records.as_numpy_iterator()}
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])

@@ -73,3 +73,55 @@ def test_shard_train_resume_evaluate_export_in_a_bucket(synthetic_dir, tmp_path,
     assert probabilities["probabilities"].shape == (1, 14)
     assert np.isfinite(model.get_weights()[0]).all()
     no_local_ram_folder(os.getcwd(), tmp_path, synthetic_dir, synthetic_dir.parent)
+
+
+TINY_STAGE = """
+import sys
+sys.path.insert(0, "tests")
+from tfcxr import stages
+from tfcxr.evaluate.evaluators import CLASSIFICATION
+from tfcxr.export.saved_model import ClassifierModule
+from tiny_models import tiny_task
+stages.STAGES.register(stages.Stage("tiny_baseline", None, tiny_task(), (CLASSIFICATION,), ClassifierModule,
+                                    "tfcxr_tiny"))
+"""
+
+
+@pytest.mark.slow
+def test_the_command_line_trains_resumes_evaluates_and_exports_in_a_bucket(synthetic_dir):
+    """python -m tfcxr.main's modes, one after another in one process (ram:// is per process), with
+    --records_dir, --model_dir and --export_dir all in ram://."""
+    from helpers import ROOT, run_python
+
+    script = TINY_STAGE + f"""
+import json
+import tensorflow as tf
+from absl import flags
+from tfcxr import main, storage
+from tfcxr.data import sharding
+
+sharding.shard(data_dir={str(synthetic_dir)!r}, out_dir="ram://bucket/records", seed=0, val_images=30, shard_mb=0.2,
+               workers=1, small_size=64, encoding="png")
+
+def run(*argv):
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["tfcxr.main", *argv])
+    main.main([])
+
+common = ["--model_dir=ram://bucket/run"]
+run("--stage=tiny_baseline", "--records_dir=ram://bucket/records", *common, "--batch_size=8", "--epochs=1",
+    "--steps_per_epoch=2", "--val_steps=2", "--image_size=32", "--resize_size=40", "--weights=none")
+run(*common, "--epochs=2")  # resumed from its config.json, in the bucket
+run("--mode=evaluate", *common, "--split=test", "--resamples=10")
+run("--mode=export", *common, "--export_dir=ram://bucket/export")
+log = storage.read_text("ram://bucket/run/log.csv").splitlines()
+summary = json.loads(storage.read_text("ram://bucket/run/eval/test/auc.json"))
+served = tf.saved_model.load("ram://bucket/export/tfcxr_tiny/1")
+probabilities = served.signatures["predict_images"](images=tf.zeros([1, 40, 40, 1]))["probabilities"]
+print("RESULT", len(log) - 1, summary["images"], probabilities.shape[-1])
+"""
+    result = run_python("-c", script, expect=0)
+    epochs, images, labels = result.stdout.split("RESULT")[-1].split()
+    assert (int(epochs), labels) == (2, "14") and int(images) > 0
+    assert "resuming from ram://bucket/run/checkpoints" in result.stdout
+    no_local_ram_folder(ROOT, synthetic_dir.parent)

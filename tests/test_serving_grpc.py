@@ -1,4 +1,4 @@
-"""The README's gRPC client code against tfcxr.export.grpc_standin (TF Serving's PredictionService.Predict).
+"""The gRPC client code of docs/serving.md against tfcxr.export.grpc_standin (TF Serving's PredictionService.Predict).
 
 Needs the `serving` extra (tensorflow-serving-api); skipped without it.
 """
@@ -23,7 +23,7 @@ SIZE = 64
 
 
 def predict(stub, signature_name, **inputs):
-    """The README's gRPC call: one PredictRequest, the outputs as numpy arrays."""
+    """docs/serving.md's gRPC call: one PredictRequest, the outputs as numpy arrays."""
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "tfcxr_aecnn"
     request.model_spec.signature_name = signature_name

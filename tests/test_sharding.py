@@ -79,7 +79,7 @@ def test_manifest_describes_what_was_written(tree, sharded):
             for example in records:
                 names.append(feature(example, schema.FILENAME)[0].decode())
                 patients.add(feature(example, schema.PATIENT_ID)[0])
-                labels += feature(example, schema.LABELS)
+                labels += feature(example, schema.LABEL_VECTOR)
         assert summary["planned"] == summary["written"] == len(names) == len(set(names))
         assert summary["patients"] == len(patients)
         assert summary["label_counts"] == dict(zip(LABELS, labels.tolist()))
@@ -107,7 +107,7 @@ def test_records_hold_the_source_pixels_labels_and_metadata(tree, sharded):
         assert feature(example, schema.FORMAT) == [b"png"]
         assert (feature(example, schema.HEIGHT), feature(example, schema.WIDTH)) == ([32], [32])
         expected = [int(label in row["Finding Labels"].split("|")) for label in LABELS]
-        assert feature(example, schema.LABELS) == expected
+        assert feature(example, schema.LABEL_VECTOR) == expected
         assert feature(example, schema.PATIENT_ID) == [row["Patient ID"]]
         assert feature(example, schema.FOLLOW_UP) == [row["Follow-up #"]]
         assert feature(example, schema.PATIENT_AGE) == [row["Patient Age"]]
@@ -383,5 +383,5 @@ def test_real_images(real_dir, tmp_path):
                 with Image.open(real_dir / row.file) as image:
                     np.testing.assert_array_equal(original[..., 0], np.asarray(image.convert("L")))
                 expected = [int(label in row.finding_labels.split("|")) for label in LABELS]
-                assert feature(example, schema.LABELS) == expected
+                assert feature(example, schema.LABEL_VECTOR) == expected
                 assert feature(example, schema.PATIENT_ID) == [row.patient_id]

@@ -1,7 +1,7 @@
 """Tiny stand-ins for DenseNet121 in the evaluation / export / codec / training tests (CPU seconds).
 
 `tiny_densenet` keeps the classifier's contract (ImageNet-normalized [B,H,W,3] -> logits
-[B,14], its last conv activation named models.FEATURES), so the real encoder, decoder,
+[B,14], its last conv activation named models.FEATURE_LAYER), so the real encoder, decoder,
 baseline and AECNN builders wrap it exactly as they wrap DenseNet121. `tiny_task` is stage 1
 training a smaller one still (test_train.py in this process, test_train_distributed.py in child
 processes).
@@ -21,12 +21,12 @@ SIZES = dict(image_size=32, resize_size=40)  # stage 1: the 64 px image/small re
 
 
 def tiny_densenet(seed=0):
-    """DenseNet121's stand-in: two strided convolutions, FEATURES, pooling, 14 logits; seeded."""
+    """DenseNet121's stand-in: two strided convolutions, FEATURE_LAYER, pooling, 14 logits; seeded."""
     keras.utils.set_random_seed(seed)
     image = keras.Input(shape=(None, None, 3), name="image")
     x = layers.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="conv1")(image)  # [B,H/2,W/2,8]
     x = layers.Conv2D(16, 3, strides=2, padding="same", name="conv2")(x)  # [B,H/4,W/4,16]
-    features = layers.ReLU(name=models.FEATURES)(x)
+    features = layers.ReLU(name=models.FEATURE_LAYER)(x)
     x = layers.GlobalAveragePooling2D(name="pool")(features)  # [B,16]
     logits = layers.Dense(NUM_LABELS, name="logits")(x)  # [B,14]
     return keras.Model(image, logits, name="classifier")

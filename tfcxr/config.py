@@ -160,7 +160,7 @@ class RunConfig:
             unknown = set(given) - known
             if unknown:
                 raise ValueError(f"{section}: unknown field(s) {', '.join(sorted(unknown))}")
-            if "codec" in given:
+            if section == "model" and "codec" in given:
                 given["codec"] = CodecConfig.from_dict(given["codec"])
             sections[section] = kind(**given)
         unknown = set(values) - set(SECTIONS) - {"stage"}

@@ -126,6 +126,10 @@ def main(argv):
     except loop.WorkersDisagree as error:  # every worker stops here; a normal exit can hang in collectives
         print(f"error: {error}", file=sys.stderr, flush=True)
         os._exit(1)
+    except loop.Preempted as stop:  # checkpointed; exit 128 + the signal at once (collectives can hang at exit)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(stop.code)
 
 
 if __name__ == "__main__":

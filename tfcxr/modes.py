@@ -117,11 +117,11 @@ def derived_fields(stage: Stage, config: RunConfig, given: dict) -> RunConfig:
     for path, value in stage.task.derive(config).items():
         if path == "model.codec":
             derived = config_lib.CodecConfig.from_dict(value)
-            wanted = complete_codec(config).model.codec
-            asked = [p for p in given if p.startswith("model.codec")]
-            if asked and derived != wanted:
+            contradicting = [p for p in given if p.startswith("model.codec.")
+                             and derived.to_dict().get(p.removeprefix("model.codec.")) != given[p]]
+            if contradicting:
                 source = config_lib.describe("init.codec") + "=" + str(config.init.codec)
-                raise ValueError(f"{', '.join(config_lib.describe(p) + '=' + str(given[p]) for p in asked)} "
+                raise ValueError(f"{', '.join(config_lib.describe(p) + '=' + str(given[p]) for p in contradicting)} "
                                  f"contradicts {source}: its codec is {derived.to_dict()}; drop the codec flags "
                                  "(the run trains the codec it starts from)")
             config = config.replace(**{"model.codec": derived})
@@ -188,12 +188,10 @@ def _records(config: RunConfig, needed_by: str):
     return Records.open(config.data.records_dir)
 
 
-def evaluation_inputs(stage: Stage, config: RunConfig, model, records_path):
-    """What evaluate and export feed `model`: the stage's inputs at the run's sizes, or a codec
-    alone's at full resolution (reconstruction.measured_inputs): one rule, so the two agree."""
-    from tfcxr.evaluate.reconstruction import measured_inputs
-
-    return measured_inputs(model, stage.task.input_spec(config), records_path, FLAGS.split)
+def evaluation_inputs(stage: Stage, config: RunConfig):
+    """What evaluate and export feed the model: the stage's inputs at the run's sizes (a codec alone
+    reads each original at its own size in both: reconstruction.originals, CodecModule.compress)."""
+    return stage.task.input_spec(config)
 
 
 def train():
@@ -234,6 +232,8 @@ def print_best(log_path):
 
 def evaluate():
     """Every evaluator of the run's stage, in order (classifiers: Table 1 with CIs; codecs: PSNR / SSIM)."""
+    from tfcxr.data import schema
+    from tfcxr.data.pipeline import naming_bad_shards
     from tfcxr.evaluate.evaluators import EvalRun
 
     model_dir = _model_dir()
@@ -242,11 +242,12 @@ def evaluate():
     if FLAGS.tta != "none" and not any(evaluator.tencrop for evaluator in stage.evaluators):
         raise app.UsageError(f"--tta=tencrop applies to classifiers, not to {stage.name}")
     model, checkpoint = _load(model_dir)
-    run = EvalRun(model, records, model_dir, FLAGS.split, evaluation_inputs(stage, config, model, records.path),
+    run = EvalRun(model, records, model_dir, FLAGS.split, evaluation_inputs(stage, config),
                   config.data.batch_size, stage.name, checkpoint, FLAGS.tta, FLAGS.resamples, config.runtime.seed)
-    for evaluator in stage.evaluators:
-        for line in evaluator.run(run):
-            print(line)
+    with naming_bad_shards(records.path, FLAGS.split, small=run.inputs.feature == schema.SMALL):
+        for evaluator in stage.evaluators:
+            for line in evaluator.run(run):
+                print(line)
 
 
 def explain():
@@ -292,7 +293,7 @@ def export():
         raise app.UsageError("--mode=export needs --export_dir")
     model, checkpoint = _load(model_dir)
     records = _records(config, "")
-    inputs = evaluation_inputs(stage, config, model, records.path)
+    inputs = evaluation_inputs(stage, config)
     # image/small inputs serve what evaluation reads: image/small as the sharder made it, then the resize
     small = records.small_size if inputs.feature == schema.SMALL else None
     label_names = spec_of(model).get("labels") or records.label_names

@@ -35,7 +35,7 @@ def random_crop(image, size, seed):
 
 
 def _reverse(images, axis):
-    """tf.reverse along H (-3) or W (-2); one channel reversed as [.., H, W], which Eigen does ~3x faster."""
+    """tf.reverse along H (-3) or W (-2); one channel reversed as [.., H, W], which Eigen does faster."""
     if images.shape[-1] != 1:
         return tf.reverse(images, [axis])
     return tf.reverse(tf.squeeze(images, -1), [axis + 1])[..., None]

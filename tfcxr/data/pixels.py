@@ -13,14 +13,10 @@ side by side, and tested equal (tests/test_pixels.py, on the real radiographs to
   horizontal first, so image/small is the same under every Pillow (for square images, such
   as ChestX-ray14's, it is what one `Image.resize` call gives).
 
-Why two implementations and not one (timing snippets on AMD EPYC, 2 cores, AVX-512, shared):
-with TensorFlow's resize called per image (a tf.function of pipeline.resize_uint8), the
-sharder's make_examples ran at 18-21 images/s against 27-34 with PIL (the 64 real radiographs,
-one TensorFlow thread, alternating, wall time at load average ~6); resize_tf is slower still
-(~20 ms a 1024 image against PIL's ~2-4). resize_pil costs what one Image.resize call did:
-1.87 against 1.86 ms of CPU time per 1024 -> 256 resize, and make_examples 15.0 ms of CPU time
-per image both ways (best of 5 alternating rounds; load average ~35, hence CPU time).
-TensorFlow's own antialiased resize differs from PIL's by one gray level on ~9% of pixels.
+Why two implementations and not one: the sharder resizes with PIL, several times faster per image
+than TensorFlow's resize called per image (docs/performance.md), while the serving graph needs a
+TensorFlow op; resize_tf reproduces PIL's pixels, which TensorFlow's own antialiased resize does
+not (it differs by one gray level on a fraction of the pixels).
 """
 
 import numpy as np

@@ -25,7 +25,7 @@ SMALL = "image/small"
 FILENAME = "image/filename"
 HEIGHT = "image/height"
 WIDTH = "image/width"
-LABELS = "labels"
+LABEL_VECTOR = "labels"
 PATIENT_ID = "patient_id"
 FOLLOW_UP = "meta/follow_up"
 PATIENT_AGE = "meta/patient_age"
@@ -36,14 +36,14 @@ ORIGINAL_HEIGHT = "meta/original_height"
 PIXEL_SPACING_X = "meta/pixel_spacing_x"
 PIXEL_SPACING_Y = "meta/pixel_spacing_y"
 
-FEATURES = {
+FEATURE_SPECS = {
     ENCODED: tf.io.FixedLenFeature([], tf.string),
     FORMAT: tf.io.FixedLenFeature([], tf.string, default_value=b"png"),
     SMALL: tf.io.FixedLenFeature([], tf.string),
     FILENAME: tf.io.FixedLenFeature([], tf.string),
     HEIGHT: tf.io.FixedLenFeature([], tf.int64),
     WIDTH: tf.io.FixedLenFeature([], tf.int64),
-    LABELS: tf.io.FixedLenFeature([NUM_LABELS], tf.int64),
+    LABEL_VECTOR: tf.io.FixedLenFeature([NUM_LABELS], tf.int64),
     PATIENT_ID: tf.io.FixedLenFeature([], tf.int64),
     FOLLOW_UP: tf.io.FixedLenFeature([], tf.int64, default_value=0),
     PATIENT_AGE: tf.io.FixedLenFeature([], tf.int64, default_value=0),
@@ -100,7 +100,7 @@ def make_example(
         FILENAME: _bytes(filename.encode()),
         HEIGHT: _ints([height]),
         WIDTH: _ints([width]),
-        LABELS: _ints(labels),
+        LABEL_VECTOR: _ints(labels),
         PATIENT_ID: _ints([patient_id]),
         FOLLOW_UP: _ints([follow_up]),
         PATIENT_AGE: _ints([patient_age]),
@@ -126,9 +126,9 @@ def parse(serialized, keys=None, num_labels=NUM_LABELS):
     Reading only the keys a stage needs skips the work of materialising the others.
     num_labels: the length of the label vector (the manifest's label names).
     """
-    spec = FEATURES if keys is None else {k: FEATURES[k] for k in keys}
-    if LABELS in spec:
-        spec = {**spec, LABELS: tf.io.FixedLenFeature([num_labels], tf.int64)}
+    spec = FEATURE_SPECS if keys is None else {k: FEATURE_SPECS[k] for k in keys}
+    if LABEL_VECTOR in spec:
+        spec = {**spec, LABEL_VECTOR: tf.io.FixedLenFeature([num_labels], tf.int64)}
     if serialized.shape.rank == 0:
         return tf.io.parse_single_example(serialized, spec)
     return tf.io.parse_example(serialized, spec)

@@ -7,7 +7,7 @@ reads our .keras files without custom_objects.
 
 from tfcxr.models.aecnn import (build_aecnn, build_autoencoder, build_codec, build_decoder, build_encoder, load_model,
                                 load_stage_weights)
-from tfcxr.models.classifier import (BACKBONES, FEATURES, NOTOP_WEIGHTS, Backbone, backbone_of, build_baseline,
+from tfcxr.models.classifier import (BACKBONES, FEATURE_LAYER, NOTOP_WEIGHTS, Backbone, backbone_of, build_baseline,
                                      build_classifier, torch_batchnorm)
 from tfcxr.models.codecs import CODECS, Codec, make_codec, register_codec
 from tfcxr.models.described import DescribedModel, classifies, codec_of, compresses, read_spec, spec_of
@@ -24,7 +24,7 @@ __all__ = [
     "DECODER",
     "DescribedModel",
     "ENCODER",
-    "FEATURES",
+    "FEATURE_LAYER",
     "NORMALIZATION",
     "NOTOP_WEIGHTS",
     "ImageNetNormalization",

@@ -22,7 +22,7 @@ from tfcxr.models.names import CLASSIFIER, NORMALIZATION
 # The file Keras caches in ~/.keras/models/ for DenseNet121(weights="imagenet", include_top=False).
 NOTOP_WEIGHTS = "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"
 # The last DenseNet121 activation, [B,H/32,W/32,1024]: the layer Grad-CAM looks at.
-FEATURES = "relu"
+FEATURE_LAYER = "relu"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,7 +125,7 @@ def build_baseline(classifier: keras.Model, backbone: str | None = None,
     return DescribedModel(image, {"logits": logits}, name="baseline", spec={"task": "baseline", **spec})
 
 
-BACKBONES = {"densenet121": Backbone(densenet121, ImageNetNormalization, FEATURES)}
+BACKBONES = {"densenet121": Backbone(densenet121, ImageNetNormalization, FEATURE_LAYER)}
 
 
 def backbone_of(model: keras.Model) -> Backbone:

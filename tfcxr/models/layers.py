@@ -72,8 +72,8 @@ class TorchBatchNormalization(layers.BatchNormalization):
     - the moving variance takes the unbiased batch variance (x n / (n - 1), n = values per channel
       in the batch, all replicas' when synchronized), as PyTorch's running_var; Keras takes the biased;
     - unsynchronized, normalization and statistics are one FusedBatchNormV3 op forward and one
-      backward (Keras 3 builds them from ~10 separate ops: DenseNet121's step is 1.25x faster fused on
-      a 2-core CPU, benchmarks/results/training_pytorch.md); synchronized, the batch moments are
+      backward (Keras 3 builds them from ~10 separate ops; docs/performance.md has the step times);
+      synchronized, the batch moments are
       all-reduced over replicas as Keras's.
     Inference, and every other input, is Keras's layer unchanged: y = (x - moving_mean) /
     sqrt(moving_variance + epsilon) * gamma + beta. Pass momentum=TORCH_BATCHNORM_MOMENTUM for

@@ -17,13 +17,12 @@ from tfcxr.models.layers import PixelShuffle, clipped_relu, torch_initializers
 # - The latent's bias starts around 0.5, the middle of the clip range, instead of PyTorch's 0. The
 #   reference clipped only its output in stage 2; we also clip the latent (../shared/SPEC.md). With
 #   PyTorch's bias the unclipped latent of a real radiograph sits at mean -0.3..+0.2 with a spread of
-#   only ~0.05 over the image, so on about half of the seeds every latent pixel starts at 0 and no
-#   gradient ever reaches the encoder (measured: 13 of 20 seeds with < 5% of the pixels inside (0, 1)).
+#   only ~0.05 over the image, so on many seeds every latent pixel starts at 0 and no gradient ever
+#   reaches the encoder (docs/fidelity.md has the measurements).
 # - The decoder's bias maps a mid-gray latent to mid-gray in each of its 16 sub-pixel phases:
 #   bias = 0.5 - 0.5 * sum(kernel). With PyTorch's bias, about 7 of the 16 phases start entirely
-#   outside (0, 1) on a real radiograph, and a phase that starts there never learns: stage 2 at the
-#   paper's settings stalled at 17.1 dB (benchmarks/results/stage2_real.md). Centred so, 19 of 20
-#   seeds start with every phase inside (0, 1) on every pixel (tests/test_models.py).
+#   outside (0, 1) on a real radiograph, and a phase that starts there never learns. Centred so, every
+#   phase starts inside (0, 1) on the pixels of a radiograph (tests/test_models.py; docs/fidelity.md).
 # The kernels stay exactly PyTorch's.
 MID_GRAY = 0.5
 
