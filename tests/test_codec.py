@@ -1,16 +1,21 @@
 """tools/cxr_codec.py and tfcxr.export.codec: image <-> 8-bit latent PNG, classify from the latent."""
 
+import io
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tfcxr import models
+from tfcxr import models, stages
+from tfcxr.config import RunConfig
 from tfcxr.constants import LABELS
+from tfcxr.data import image_limits
 from tfcxr.models.compression import quantize
 from tfcxr.export import codec
-from helpers import run_tool
+from helpers import encode, run_shard, run_tool, tfcxr_main, write_tree
 from tiny_models import box_codec, tiny_aecnn
 
 
@@ -46,7 +51,8 @@ def round_trip(aecnn_file, tmp_path_factory):
                cxr_codec("classify", out / "gray.latent.png", out / "rgba.latent.png", f"--model={aecnn_file}", f"--out_dir={out}")]
     for result in results:
         assert result.returncode == 0, result.stderr
-    kept = codec.fit(tf.constant(rgba[..., None])).numpy()[..., 0]  # 66x70 resized to 64x68, as compress does
+    kept = codec.fit(tf.constant(rgba[..., None])).numpy()[..., 0]  # 66x70 cropped to 64x68, as compress does
+    np.testing.assert_array_equal(kept, rgba[:64, :68])  # the top-left part: no resampling
     return {"gray": gray, "rgba": kept}, out, results
 
 
@@ -96,8 +102,7 @@ def test_codec_refuses_bad_input_in_one_line(tmp_path):
     result = cxr_codec("compress", tmp_path / "latent.png", f"--model={autoencoder_file}", f"--out_dir={tmp_path / 'out'}")
     assert result.returncode == 1 and "latent.png: not a readable PNG or JPEG image" in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
-        f"error: {tmp_path / 'latent.png'}: not a readable PNG or JPEG image (Unknown image file format. "
-        "One of JPEG, JPEG XL, PNG, GIF, BMP, WebP required.)")
+        f"error: {tmp_path / 'latent.png'}: not a readable PNG or JPEG image (the bytes are neither)")
     assert not (tmp_path / "out").exists()
 
 
@@ -114,3 +119,42 @@ def test_real_radiograph_round_trip(aecnn_file, real_dir, tmp_path):
     original = np.asarray(Image.open(source))[None, ..., None]
     reconstruction = np.asarray(Image.open(tmp_path / "00000002_000.png"))[None, ..., None]
     assert float(tf.image.psnr(original, reconstruction, 255)[0]) > 25  # the box codec on a real X-ray
+
+
+def test_a_codec_alone_exports_without_the_split_and_compresses_each_image_at_its_own_size(tmp_path):
+    """--mode=export of a stage-2 run reads no record of --split; its compress takes any image at its own
+    size, cropped to multiples of 4 (the top-left part), one size per request, within the size limits."""
+    records = tmp_path / "records"
+    run_shard(write_tree(tmp_path / "cxr14", num_patients=4, size=32), records, val_images=2)
+    for shard in records.glob("test-*.tfrecord"):
+        shard.unlink()  # the manifest lists them; export must not need them
+    run = tmp_path / "run"
+    run.mkdir()
+    config = RunConfig.from_flags("autoencoder", records_dir=str(records), codec="residual", codec_width=8)
+    config = config.replace(**{"model.codec": models.make_codec(config.model.codec).config()})
+    (run / "config.json").write_text(json.dumps(config.to_dict(omit=stages.STAGES["autoencoder"].task.omits)))
+    tf.keras.utils.set_random_seed(4)
+    autoencoder = models.build_autoencoder(*models.build_codec("residual", width=8))
+    autoencoder.save(run / "best.keras")
+    tfcxr_main("--mode=export", f"--model_dir={run}", f"--export_dir={tmp_path / 'export'}")  # --split=test
+    loaded = tf.saved_model.load(str(tmp_path / "export" / "tfcxr_autoencoder" / "1"))
+
+    compress = loaded.signatures["compress"]
+    tall, wide = smooth_image(37, 50), smooth_image(38, 51, 1)  # both 36x48 once cropped
+    compressed = compress(image_bytes=tf.constant([encode(tall), encode(wide)]))
+    assert compressed["latent"].shape == (2, 9, 12, 1)
+    for index, pixels in enumerate([tall, wide]):
+        expected = autoencoder.get_layer("encoder")(pixels[None, :36, :48, None] / np.float32(255))
+        np.testing.assert_allclose(compressed["latent"][index], expected[0], atol=1e-6)
+        stored = np.asarray(Image.open(io.BytesIO(compressed["latent_png_bytes"].numpy()[index])))
+        np.testing.assert_array_equal(stored, np.round(expected.numpy()[0, ..., 0] * 255))
+    square = loaded.signatures["serving_default"](image_bytes=tf.constant([encode(smooth_image(128, 128))]))
+    assert square["latent"].shape == (1, 32, 32, 1)  # serving_default is compress: any size
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"image_bytes: image 1 is 52x36 and image 0 48x36 once "
+                                                             r"cropped to multiples of 4: a request holds images of one size"):
+        compress(image_bytes=tf.constant([encode(tall), encode(smooth_image(36, 52))]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"image_bytes: image 1 declares 9000x100 pixels"):
+        compress(image_bytes=tf.constant([encode(tall), image_limits.blank_png(9000, 100)]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"image_bytes: image 0 is too small to compress"):
+        compress(image_bytes=tf.constant([encode(smooth_image(3, 40))]))
+    assert compress(image_bytes=tf.constant([encode(tall)]))["latent"].shape == (1, 9, 12, 1)  # and serves on

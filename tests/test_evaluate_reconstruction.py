@@ -1,17 +1,25 @@
 """Reconstruction quality (tfcxr.evaluate.reconstruction): PSNR / SSIM against plain resizing."""
 
+import dataclasses
 import json
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 from tfcxr import models
 from tfcxr.data.pipeline import make_dataset
 from tfcxr import stages
 from tfcxr.evaluate import reconstruction
 from tfcxr.models.compression import quantize, resize_round_trip
+from helpers import run_shard, write_tree
 from tiny_models import tiny_aecnn
+
+# (height, width) of the test split's originals in mixed_records: non-square, of several sizes, some not
+# multiples of 4 (cropped to 36x52, 36x48, 48x28, 36x52 once measured).
+MIXED_SIZES = [(36, 52), (37, 50), (48, 30), (39, 55)]
 
 
 def test_quantize_gives_the_256_levels_of_an_8bit_png():
@@ -83,7 +91,50 @@ def test_stage2_is_measured_at_the_records_full_resolution(records_dir, tmp_path
     inputs = stages.STAGES["autoencoder"].task.inputs
     summary = reconstruction.evaluate_reconstruction(autoencoder, records_dir, tmp_path, inputs=inputs, split="val",
                                                      stage="autoencoder", batch_size=8)
-    assert reconstruction.original_size(records_dir, "val") == (128, 128)  # the synthetic tree's size
-    assert "128x128" in summary["protocol"] and "full resolution" in summary["protocol"]
-    dataset = make_dataset(records_dir, "val", inputs.with_sizes(image_size=128), 8, training=False)
+    assert "128x128" in summary["protocol"] and "full resolution" in summary["protocol"]  # the synthetic originals
+    dataset = make_dataset(records_dir, "val", dataclasses.replace(inputs, eval_geometry="full"), 8, training=False)
     assert summary["methods"]["autoencoder_8bit"]["psnr"] == pytest.approx(_expected_psnr(autoencoder, dataset), rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def mixed_records(tmp_path_factory):
+    """Records whose test split holds non-square originals of several sizes (the sharder keeps each at its
+    own size) -> (records folder, {image name: uint8 [H, W] original})."""
+    tree = write_tree(tmp_path_factory.mktemp("mixed") / "cxr14", num_patients=4, images_per_patient=2, size=32)
+    test_names = (tree / "test_list.txt").read_text().split()
+    rng = np.random.default_rng(7)
+    originals = {}
+    for name, (height, width) in zip(test_names, MIXED_SIZES, strict=True):
+        y, x = np.mgrid[0:height, 0:width]
+        smooth = 128 + 90 * np.sin(x / 5 + rng.uniform(0, 6)) * np.cos(y / 7) + rng.normal(0, 4, (height, width))
+        originals[name] = np.clip(np.round(smooth), 0, 255).astype(np.uint8)
+        Image.fromarray(originals[name]).save(tree / "images" / name)
+    out = tmp_path_factory.mktemp("mixed_records")
+    run_shard(tree, out, val_images=2)
+    return out, originals
+
+
+def test_a_codec_alone_is_measured_on_each_original_at_its_own_size(mixed_records, tmp_path):
+    """Each original at its own size, cropped to multiples of 4 (the top-left part), never resized: what
+    compress serves; batches of 3 mix sizes in record order, so they are regrouped by size."""
+    records, originals = mixed_records
+    keras.utils.set_random_seed(0)
+    autoencoder = models.build_autoencoder(*models.build_codec("residual", width=8))
+    correction = autoencoder.get_layer("encoder").get_layer("encoder_correction")  # not plain bicubic
+    correction.set_weights([np.random.default_rng(2).normal(0, 0.05, w.shape).astype(np.float32)
+                            for w in correction.get_weights()])
+    summary = reconstruction.evaluate_reconstruction(autoencoder, records, tmp_path, stage="autoencoder",
+                                                     inputs=stages.STAGES["autoencoder"].task.inputs, batch_size=3)
+    encoder, decoder = autoencoder.get_layer("encoder"), autoencoder.get_layer("decoder")
+    expected = {name: [] for name in reconstruction.METHODS}
+    for pixels in originals.values():
+        height, width = pixels.shape
+        image = tf.constant(pixels[None, :height - height % 4, :width - width % 4, None] / np.float32(255))
+        for name, output in reconstruction.reconstructions(encoder, decoder, image).items():
+            expected[name].append((float(tf.image.psnr(output, image, 1.0)[0]), float(tf.image.ssim(output, image, 1.0)[0])))
+    assert summary["images"] == len(originals)
+    for name, values in expected.items():
+        psnr, ssim = np.mean(values, axis=0)
+        assert summary["methods"][name]["psnr"] == pytest.approx(psnr, rel=1e-5), name
+        assert summary["methods"][name]["ssim"] == pytest.approx(ssim, rel=1e-4, abs=1e-5), name
+    assert "own size" in summary["protocol"] and "3 sizes from 28x48 to 52x36" in summary["protocol"]

@@ -1,4 +1,4 @@
-"""The residual codec (issue 11): contract, bicubic start, straight-through 8-bit rounding, knobs,
+"""The residual codec: contract, bicubic start, straight-through 8-bit rounding, knobs,
 saving, training, and the stages / codec tool through --autoencoder=residual."""
 
 import json
@@ -46,25 +46,46 @@ def test_shapes_and_valid_images_at_any_multiple_of_4(codec, size):
         assert image.min() >= 0.0 and image.max() <= 1.0
 
 
-def test_untrained_codec_is_exactly_bicubic_resizing(codec):
-    """The zero-initialised last convolutions make it the evaluation's bicubic baseline, float and 8-bit."""
+def step_image(size=64):
+    """A sharp 0 / 1 step [1,size,size,1]: its antialiased bicubic thumbnail overshoots [0, 1]."""
+    image = np.zeros((1, size, size, 1), np.float32)
+    image[:, :, size // 2 + 1:] = 1.0
+    return image
+
+
+@pytest.mark.parametrize("images", [smooth_images(64), step_image()], ids=["smooth", "sharp_step"])
+def test_untrained_codec_is_exactly_bicubic_resizing_through_a_clipped_thumbnail(codec, images):
+    """Zero-initialised last convolutions: the untrained codec is the evaluation's bicubic_8bit, and
+    before its rounding (the clipped float thumbnail through the decoder) exactly its float bicubic."""
     encoder, decoder = codec
-    images = smooth_images(64)
-    latent = encoder(images)
-    np.testing.assert_allclose(decoder(quantize(latent)), resize_round_trip(images, "bicubic", quantized=True), atol=1e-6)
-    small = tf.image.resize(images, (16, 16), "bicubic", antialias=True)
-    np.testing.assert_allclose(latent, tf.clip_by_value(small, 0, 1), atol=1e-6)
+    np.testing.assert_allclose(decoder(encoder(images)), resize_round_trip(images, "bicubic", quantized=True), atol=1e-6)
+    thumbnail = tf.image.resize(images, (16, 16), "bicubic", antialias=True)  # [1,16,16,1], unclipped
+    np.testing.assert_allclose(encoder(images), quantize(thumbnail), atol=1e-6)
+    before_rounding = keras.Model(encoder.input, encoder.get_layer("latent_clip").output)(images)
+    np.testing.assert_allclose(before_rounding, tf.clip_by_value(thumbnail, 0, 1), atol=1e-6)
+    np.testing.assert_allclose(decoder(before_rounding), resize_round_trip(images, "bicubic"), atol=1e-6)
 
 
-def test_straight_through_rounding_in_training_only():
+def test_the_step_image_overshoots_and_the_reference_clips_its_thumbnail():
+    """What the sharp_step case above exercises: a thumbnail outside [0, 1] that the reference clips."""
+    image = step_image()
+    thumbnail = tf.image.resize(image, (16, 16), "bicubic", antialias=True)
+    assert float(tf.reduce_min(thumbnail)) < -0.01 and float(tf.reduce_max(thumbnail)) > 1.01
+    unclipped = tf.clip_by_value(tf.image.resize(thumbnail, (64, 64), "bicubic"), 0, 1)
+    assert np.abs(unclipped - resize_round_trip(image, "bicubic")).max() > 1e-3
+
+
+def test_straight_through_rounding_in_every_forward_pass():
+    """Training and inference alike: exactly the level a PNG stores forward, the identity backward."""
     layer = residual_codec.StraightThroughRound()
-    x = tf.constant([0.0, 0.1, 0.5001, 0.77, 1.0])
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        y = layer(x, training=True)
-    np.testing.assert_allclose(y.numpy() * 255, np.round(x.numpy() * 255), atol=1e-4)
-    np.testing.assert_array_equal(tape.gradient(y, x).numpy(), np.ones(5))  # straight through
-    np.testing.assert_array_equal(layer(x, training=False).numpy(), x.numpy())
+    x = tf.constant([0.0, 0.1, 0.5001, 0.77, 1.0, 0.30196])
+    stored = tf.cast(tf.round(x * 255), tf.uint8)  # what an 8-bit PNG holds
+    for training in (True, False):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=training)
+        np.testing.assert_array_equal(y.numpy(), (tf.cast(stored, tf.float32) / 255.0).numpy())  # bit for bit
+        np.testing.assert_array_equal(tape.gradient(y, x).numpy(), np.ones(6))  # straight through
 
 
 def test_training_latent_is_what_an_8bit_png_stores_and_gradients_reach_the_encoder(codec):
@@ -72,6 +93,7 @@ def test_training_latent_is_what_an_8bit_png_stores_and_gradients_reach_the_enco
     images = smooth_images(64)
     latent = encoder(images, training=True).numpy()
     np.testing.assert_allclose(latent * 255, np.round(latent * 255), atol=1e-4)
+    np.testing.assert_array_equal(encoder(images), latent)  # inference: the same 8-bit latent
     autoencoder = models.build_autoencoder(encoder, decoder)
     with tf.GradientTape() as tape:
         error = autoencoder(images, training=True)["reconstruction"] - images
@@ -260,3 +282,47 @@ def test_evaluation_names_the_codec_and_scores_an_untrained_residual_codec_as_bi
     assert "Codec: residual (--codec;" in (tmp_path / "eval" / "test" / "reconstruction.md").read_text()
     methods = summary["methods"]
     assert methods["autoencoder_8bit"]["psnr"] == pytest.approx(methods["bicubic_8bit"]["psnr"], abs=1e-3)
+    for metric in ("psnr", "ssim"):  # its latent is the 8-bit one
+        assert methods["autoencoder"][metric] == methods["autoencoder_8bit"][metric]
+    assert summary["latent"].startswith("8-bit")
+    paper = reconstruction.evaluate_reconstruction(models.build_autoencoder(), records_dir, tmp_path / "paper",
+                                                   stage="autoencoder", inputs=stages.STAGES[2].task.inputs)
+    assert paper["latent"].startswith("float")  # the paper's codec keeps the reference's float latent
+
+
+def test_serving_default_classifies_the_latent_png_that_compress_writes(tmp_path):
+    """One latent: the AECNN export's serving_default probabilities are cxr_codec classify's on the
+    latent PNG that cxr_codec compress writes (and that the compress signature returns)."""
+    import io
+
+    import pandas as pd
+    from PIL import Image
+
+    from tfcxr.export import saved_model
+    from tiny_models import tiny_densenet
+
+    keras.utils.set_random_seed(5)
+    encoder, decoder = models.build_codec("residual", width=8)
+    correction = encoder.get_layer("encoder_correction")  # not bicubic: a learned-looking correction
+    correction.set_weights([np.random.default_rng(1).normal(0, 0.05, w.shape).astype(np.float32)
+                            for w in correction.get_weights()])
+    aecnn = models.build_aecnn(encoder, decoder, tiny_densenet(2))
+    aecnn.save(tmp_path / "aecnn.keras")
+    size = 64  # the export's evaluation size; the image is resized to it the same way everywhere
+    loaded = tf.saved_model.load(str(saved_model.export(aecnn, tmp_path / "export", image_size=size,
+                                                        model_name="tfcxr_aecnn")))
+    pixels = np.round(smooth_images(72, batch=1, seed=3)[0, :70, :, 0] * 255).astype(np.uint8)  # 72x70
+    Image.fromarray(pixels).save(tmp_path / "x.png")
+    served = loaded.signatures["serving_default"](image_bytes=tf.constant([encode(pixels)]))["probabilities"]
+
+    out = tmp_path / "codec"
+    run_tool("cxr_codec.py", "compress", tmp_path / "x.png", f"--model={tmp_path / 'aecnn.keras'}",
+             f"--out_dir={out}", f"--size={size}", expect=0)
+    run_tool("cxr_codec.py", "classify", out / "x.latent.png", f"--model={tmp_path / 'aecnn.keras'}",
+             f"--out_dir={out}", expect=0)
+    classified = pd.read_csv(out / "classify.csv", index_col="file").loc["x.latent.png"].to_numpy()
+    np.testing.assert_allclose(classified, served.numpy()[0], atol=2e-6)  # the CSV's 6 decimals
+    compressed = loaded.signatures["compress"](image_bytes=tf.constant([encode(pixels)]))
+    stored = np.asarray(Image.open(io.BytesIO(compressed["latent_png_bytes"].numpy()[0])))
+    np.testing.assert_array_equal(stored, np.asarray(Image.open(out / "x.latent.png")))
+    np.testing.assert_allclose(compressed["latent"].numpy()[0, ..., 0], stored / np.float32(255), rtol=0, atol=1e-7)

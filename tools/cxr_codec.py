@@ -5,9 +5,10 @@
     python tools/cxr_codec.py classify    --model=runs/aecnn/best.keras --out_dir=codec/ codec/a.latent.png
 
 --model: a stage-3 best.keras (AECNN), or a stage-2 best.keras (autoencoder) for compress and
-reconstruct. compress reads any PNG / JPEG (converted to 8-bit gray) at its own size rounded
-down to a multiple of 4, or at --size x --size (e.g. 896, the stage-3 evaluation size), and
-writes <name>.latent.png; reconstruct writes <name>.png from <name>.latent.png; classify
+reconstruct. compress reads any PNG / JPEG (converted to 8-bit gray) at its own size cropped
+to multiples of 4 (the top-left part), or resized to --size x --size as evaluation resizes
+(e.g. 896, the stage-3 evaluation size: the latent the export's serving_default classifies),
+and writes <name>.latent.png; reconstruct writes <name>.png from <name>.latent.png; classify
 prints the 14 probabilities per latent PNG and writes classify.csv. Each reports bytes in and
 out; compress --report also the PSNR of each image's round trip (latent PNG -> decoder) beside a
 bicubic thumbnail of the same size. Either codec (--autoencoder=paper or residual) serves.
@@ -33,8 +34,8 @@ from tfcxr.models import CLASSIFIER, DECODER, ENCODER, NORMALIZATION, load_model
 from tfcxr.models.compression import resize_round_trip, to_uint8
 
 flags.DEFINE_string("model", None, "stage-3 (or, for the codec, stage-2) best.keras", required=True)
-flags.DEFINE_string("out_dir", None, "where the outputs go", required=True)
-flags.DEFINE_integer("size", None, "compress at size x size (a multiple of 4) instead of the own size")
+flags.DEFINE_string("out_dir", None, "where the outputs go: a folder or a URL (gs://...)", required=True)
+flags.DEFINE_integer("size", None, "compress resized to size x size (a multiple of 4) instead of at the own size")
 flags.DEFINE_bool("report", False, "compress: also the PSNR of each round trip (needs the decoder), beside bicubic")
 flags.DEFINE_integer("max_image_side", MAX_IMAGE_SIDE, "refuse wider or taller inputs")
 flags.DEFINE_integer("max_image_pixels", MAX_IMAGE_PIXELS, "refuse inputs of more pixels")

@@ -1,18 +1,22 @@
 """The compressed image as a product of its own: image <-> 8-bit latent PNG, and classification
 straight from the latent PNG, with a stage-3 AECNN (or a stage-2 autoencoder for the codec).
 
-Geometry (a choice): an image is compressed at its own resolution rounded down to a multiple
-of COMPRESSION (1024x1024 -> a 256x256 latent: 16x fewer pixels), or at size x size when
-asked. Own resolution is the scale stage 3 trains at (random 896 crops of the unresized
-1024 originals); size=896 gives the stage-3 evaluation geometry instead. The encoder and
-decoder are fully convolutional, and the classifier pools globally, so both work.
+Geometry (a choice): an image is compressed at its own size, cropped to multiples of
+COMPRESSION (compression.crop_to_codec: the top-left part, the last H % 4 rows and W % 4
+columns dropped, so every pixel keeps its coordinates; 1024x1024 -> a 256x256 latent: 16x
+fewer pixels), or resized to size x size when asked, exactly as evaluation and serving_default
+resize (pipeline.resize_uint8). Own size is the scale stage 3 trains at (random 896 crops of
+the unresized 1024 originals) and what a codec alone is evaluated and served at; size=896 gives
+the stage-3 evaluation geometry instead, the latent an AECNN's serving_default classifies. The
+encoder and decoder are fully convolutional, and the classifier pools globally, so both work.
 """
 
 import tensorflow as tf
 
 from tfcxr.constants import COMPRESSION
+from tfcxr.data import image_limits, pipeline, pixels
 from tfcxr.models import CLASSIFIER, NORMALIZATION
-from tfcxr.models.compression import to_uint8
+from tfcxr.models.compression import crop_to_codec, to_uint8
 
 
 class CodecError(ValueError):
@@ -28,14 +32,48 @@ def encode_png(pixels):
 
 
 def fit(image, size=None):
-    """uint8 [H, W, 1] -> [size, size, 1] or [H - H % 4, W - W % 4, 1] (antialiased, rounded)."""
+    """uint8 [H, W, 1] -> [size, size, 1] (pipeline.resize_uint8: the evaluation's resize), or
+    crop_to_codec's [H - H % 4, W - W % 4, 1]."""
     height, width = image.shape[:2]
     target = (size, size) if size else (height - height % COMPRESSION, width - width % COMPRESSION)
     if target[0] % COMPRESSION or min(target) < COMPRESSION:
         raise CodecError(f"cannot compress to {target[1]}x{target[0]}: sides must be multiples of {COMPRESSION}")
-    if target == (height, width):
-        return image
-    return to_uint8(tf.image.resize(tf.cast(image, tf.float32) / 255.0, target, antialias=True))
+    if size:
+        return pipeline.resize_uint8(image, size)
+    return crop_to_codec(image)
+
+
+def decode_at_own_size(image_bytes, max_side, max_pixels, name="image_bytes"):
+    """string [B] -> float32 [B, H, W, 1] in [0, 1]: each PNG / JPEG decoded to gray as the sharder does
+    (pixels.decode_gray_tf) at its own size, cropped to multiples of COMPRESSION (crop_to_codec).
+
+    In a graph (the compress signature). Bytes beyond the size limits (or not PNG / JPEG) fail with
+    InvalidArgumentError before decoding, as image_limits.assert_within_limits words it; so does an image
+    under COMPRESSION pixels a side, and a request whose images differ in size after the crop (a batch
+    holds one size: send such images in separate requests).
+    """
+    def decode(pair):
+        data, index = pair
+        within = image_limits.assert_within_limits(data, index, max_side, max_pixels, name=name)
+        with tf.control_dependencies([within]):
+            image = crop_to_codec(pixels.decode_gray_tf(data))  # uint8 [H - H % 4, W - W % 4, 1]
+        size = tf.shape(image)[:2]
+        large_enough = tf.debugging.Assert(tf.reduce_all(size >= COMPRESSION), [tf.strings.format(
+            f"{name}: image {{}} is too small to compress: under {COMPRESSION} pixels a side", [index])])
+        with tf.control_dependencies([large_enough]):
+            return tf.RaggedTensor.from_tensor(image, ragged_rank=1), size
+
+    indices = tf.range(tf.size(image_bytes))
+    images, sizes = tf.map_fn(decode, (image_bytes, indices), fn_output_signature=(
+        tf.RaggedTensorSpec([None, None, 1], tf.uint8, ragged_rank=1), tf.TensorSpec([2], tf.int32)))
+    differs = tf.reduce_any(sizes != sizes[:1], axis=1)  # [B]
+    first = tf.argmax(tf.cast(differs, tf.int32))  # the first image of another size than image 0
+    one_size = tf.debugging.Assert(tf.logical_not(tf.reduce_any(differs)), [tf.strings.format(
+        f"{name}: image {{}} is {{}}x{{}} and image 0 {{}}x{{}} once cropped to multiples of {COMPRESSION}: "
+        "a request holds images of one size; send the others separately",
+        [first, sizes[first, 1], sizes[first, 0], sizes[0, 1], sizes[0, 0]])])
+    with tf.control_dependencies([one_size]):
+        return pipeline.to_float(images.to_tensor())  # [B, H, W, 1]
 
 
 def compress(encoder, image):

@@ -8,7 +8,9 @@ Classifiers (baseline, AECNN):
 Codecs (autoencoder, AECNN):
   compress         image_bytes -> latent float32 [None, h, w, 1], latent_png_bytes string [None]
                    (the 8-bit latent as PNG; `_bytes`: TF Serving's REST API returns it as {"b64": ...});
-                   a codec alone serves it as serving_default too
+                   a codec alone serves it as serving_default too, each image at its own size
+                   cropped to multiples of 4 (one size per request); an AECNN at its evaluation
+                   size (the latent its serving_default classifies)
   reconstruct      latent float32 [None, h, w, 1] in [0, 1] -> reconstruction [None, 4h, 4w, 1]
 
 Images whose PNG / JPEG header declares more than max_image_side pixels a side or
@@ -17,10 +19,10 @@ and in assets.extra/image_limits.json) fail with InvalidArgumentError before any
 decoded (tfcxr/data/image_limits.py); so do bytes of any other format and PNGs whose first
 chunk is not IHDR. The float inputs are held to the same limits by their shape, before any
 work: predict_images' images, and reconstruct's latent by the reconstruction it asks for
-(4h x 4w). Bytes are decoded to one 8-bit gray channel as the sharder does, and resized to
-the run's evaluation size exactly as evaluation sees them: image/small inputs (small_size)
-first to image/small as the sharder made it (tfcxr/data/pixels.py), then the input pipeline's
-resize; originals the pipeline's resize.
+(4h x 4w). Bytes are decoded to one 8-bit gray channel as the sharder does, and (but for a
+codec alone's compress) resized to the run's evaluation size exactly as evaluation sees them:
+image/small inputs (small_size) first to image/small as the sharder made it
+(tfcxr/data/pixels.py), then the input pipeline's resize; originals the pipeline's resize.
 `labels` repeats the L label names (the records' manifest's) per image, so every output has the
 batch dimension TF Serving's row ("instances") format needs.
 """
@@ -32,6 +34,7 @@ import tensorflow as tf
 
 from tfcxr.constants import COMPRESSION, LABELS, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE
 from tfcxr.data import image_limits, pipeline, pixels
+from tfcxr.export import codec
 from tfcxr import storage
 from tfcxr.storage import atomic_directory
 from tfcxr.models import DECODER, ENCODER, spec_of
@@ -126,11 +129,23 @@ class ClassifierModule(ServingModule):
 
 
 class CodecModule(ServingModule):
-    """The compressed image as a product: compress (also serving_default of a codec alone) and reconstruct."""
+    """The compressed image as a product: compress (also serving_default of a codec alone) and reconstruct.
+
+    A codec alone compresses each image at its own size, cropped to multiples of COMPRESSION
+    (codec.decode_at_own_size: one size per request); an AECNN at its evaluation size, the latent
+    its serving_default classifies (own_size False)."""
+
+    own_size = True
+
+    def decode_to_compress(self, image_bytes):
+        """string [B] -> float32 [B, H, W, 1]: at each image's own size, or as self.decode (own_size False)."""
+        if self.own_size:
+            return codec.decode_at_own_size(image_bytes, self.max_image_side, self.max_image_pixels, IMAGE_BYTES)
+        return self.decode(image_bytes)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=IMAGE_BYTES)])
     def compress(self, image_bytes):
-        latent = self.model.get_layer(ENCODER)(self.decode(image_bytes), training=False)
+        latent = self.model.get_layer(ENCODER)(self.decode_to_compress(image_bytes), training=False)
         latent_png = tf.map_fn(encode_latent_png, latent, fn_output_signature=tf.TensorSpec([], tf.string))
         return {"latent": latent, "latent_png_bytes": latent_png}  # [B, h, w, 1], [B]
 
@@ -145,7 +160,9 @@ class CodecModule(ServingModule):
 
 
 class AECNNServingModule(ClassifierModule, CodecModule):
-    """Both: classification is the AECNN's serving_default."""
+    """Both: classification is the AECNN's serving_default; compress gives the latent it classifies."""
+
+    own_size = False
 
 
 # The serving module of each kind of model (its spec's task). A stage names its own (tfcxr/stages.py).

@@ -3,6 +3,8 @@
 to_uint8           [0, 1] image -> uint8: round(clip(x, 0, 1) * 255), what an 8-bit PNG stores
 quantize           the same 256 levels kept as floats in [0, 1]
 resize_round_trip  plain resizing to the latent's size and back: the baseline every codec must beat
+crop_to_codec      an image's top-left part whose sides are multiples of COMPRESSION: what a codec
+                   compresses of an image at its own size
 
 (tfcxr.storage.to_uint8 is the NumPy twin of to_uint8.)
 """
@@ -28,9 +30,19 @@ def quantize(latent):
 
 
 def resize_round_trip(images, method, quantized=False):
-    """[B,H,W,1] -> [B,H/4,W/4,1] (antialiased) -> [B,H,W,1] clipped to [0, 1]."""
+    """[B,H,W,1] -> [B,H/4,W/4,1] (antialiased) -> [B,H,W,1] clipped to [0, 1].
+
+    The small image is clipped to [0, 1] as a stored thumbnail is (a bicubic one overshoots at sharp
+    edges), and with `quantized` also rounded to 8 bits, before it is resized back.
+    """
     size = tf.shape(images)[1:3]
     small = tf.image.resize(images, size // COMPRESSION, method, antialias=True)  # [B,H/4,W/4,1]
-    if quantized:
-        small = quantize(small)
+    small = quantize(small) if quantized else tf.clip_by_value(small, 0.0, 1.0)
     return tf.clip_by_value(tf.image.resize(small, size, method), 0.0, 1.0)  # [B,H,W,1]
+
+
+def crop_to_codec(image):
+    """[H, W, C] -> [H - H % COMPRESSION, W - W % COMPRESSION, C]: the top-left part (the last H % 4
+    rows and W % 4 columns dropped), whose pixels keep their coordinates in the reconstruction."""
+    size = tf.shape(image)[:2]
+    return image[: size[0] - size[0] % COMPRESSION, : size[1] - size[1] % COMPRESSION]

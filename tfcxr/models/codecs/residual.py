@@ -9,10 +9,17 @@ The latent stays a bicubic thumbnail plus a small learned correction: a viewable
 All learned convolutions run at the latent's resolution (the encoder reads the image through
 a COMPRESSION x COMPRESSION stride-COMPRESSION convolution), so a 1024 image costs what a 256
 one does in the paper's encoder. The last convolution of each branch starts at zero: an
-untrained codec is exactly bicubic resizing (tfcxr.evaluate.reconstruction's baseline), and
-training can only move it from there. round8 is the straight-through 8-bit rounding, active
-in training only: the decoder learns from the latent a PNG stores, while inference returns
-the float latent (evaluation reports the float and the 8-bit latent separately).
+untrained codec is exactly bicubic resizing through an 8-bit thumbnail (the thumbnail clipped
+to [0, 1] and rounded as a PNG stores it: tfcxr.evaluate.reconstruction's bicubic_8bit), and
+training can only move it from there.
+
+One latent everywhere: round8 rounds the latent to 8 bits in every forward pass (training,
+evaluation, serving), with a straight-through gradient, so the float latent the encoder returns
+IS the 8-bit latent a PNG stores (k / 255; a graph optimiser may leave it one float32 ulp away,
+never another level). The decoder learns from it, stage 3's classifier trains and is evaluated
+on it, serving_default classifies it, and tools/cxr_codec.py classify reads the same levels back
+from the PNG (evaluation's autoencoder and autoencoder_8bit rows coincide). The paper's codec
+keeps the reference's float latent (no rounding: fidelity to the paper).
 """
 
 import dataclasses
@@ -55,16 +62,15 @@ class BicubicResize(layers.Layer):
 
 @keras.saving.register_keras_serializable(package="tfcxr")
 class StraightThroughRound(layers.Layer):
-    """Training: x -> round(x * 255) / 255 forward, identity gradient (straight-through). Inference: x."""
+    """x -> round(x * 255) / 255 (the 8-bit level an 8-bit PNG stores) in every forward pass; the
+    gradient passes straight through (identity), in training and at inference alike."""
 
     def __init__(self, **kwargs):
         super().__init__(dtype="float32", **{k: v for k, v in kwargs.items() if k != "dtype"})
 
-    def call(self, inputs, training=False):
-        if not training:
-            return inputs
+    def call(self, inputs):
         rounded = tf.round(inputs * LATENT_LEVELS) / LATENT_LEVELS
-        return inputs + tf.stop_gradient(rounded - inputs)
+        return rounded + (inputs - tf.stop_gradient(inputs))  # forward: `rounded` itself (x - x is 0)
 
 
 @register_codec
@@ -72,6 +78,7 @@ class ResidualCodec(Codec):
     """Bicubic + learned residuals; capacity in Params (--codec_width, --codec_encoder_depth, --codec_decoder_depth)."""
 
     kind = "residual"
+    rounds_latent = True  # its latent is 8-bit in every forward pass (StraightThroughRound)
     validation = "full"  # used on whole radiographs, so judged, scheduled and picked on them (not 128 resizes)
     recommended_steps = 40_000  # batch 32: benchmarks/results/codec_ablation.md
 
