@@ -302,7 +302,9 @@ def export():
                               max_image_side=FLAGS.max_image_side, max_image_pixels=FLAGS.max_image_pixels,
                               small_size=small, label_names=label_names, module=stage.serving)
     first = f"image/small {small}x{small}, then " if small else ""
-    print(f"exported {checkpoint} ({first}{inputs.eval_size}x{inputs.eval_size} inputs) to {path}")
+    size = ("each image at its own size, cut to multiples of 4" if getattr(stage.serving, "own_size", False)
+            else f"{first}{inputs.eval_size}x{inputs.eval_size} inputs")
+    print(f"exported {checkpoint} ({size}) to {path}")
     print(f"image_bytes refuses headers above {FLAGS.max_image_side} pixels a side or {FLAGS.max_image_pixels} pixels")
 
 

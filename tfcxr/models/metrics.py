@@ -62,7 +62,7 @@ class ClassificationAUC:
 
 def rounds_latent(model: keras.Model) -> bool:
     """Whether the model's codec rounds its latent to 8 bits itself (its class's rounds_latent)."""
-    return bool(getattr(CODECS[codec_of(model).kind], "rounds_latent", False))
+    return CODECS[codec_of(model).kind].rounds_latent
 
 
 class ReconstructionQuality:

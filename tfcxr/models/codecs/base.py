@@ -38,6 +38,9 @@ class Codec:
     validation: ClassVar[str] = "resize"
     # Optimizer steps (batch 32) the codec needs to converge; a stage-2 run far below them says so. None: no advice.
     recommended_steps: ClassVar[int | None] = None
+    # Whether the latent is rounded to 8 bits in every forward pass (what a PNG stores is what is decoded
+    # and classified); False: the float latent, as the reference's autoencoder has it.
+    rounds_latent: ClassVar[bool] = False
 
     @dataclasses.dataclass(frozen=True)
     class Params:
