@@ -87,3 +87,62 @@ def test_real_pytorch_checkpoint(tmp_path):
         autoencoder.get_layer("decoder").get_layer("decoder_conv").get_weights()[1],
         STATE["decoder.0.bias"].astype(np.float32),
     )
+
+
+# -- Adam: tfcxr trains with TorchAdam (loop.make_optimizer), torch.optim.Adam's update --
+
+# Gradients from 1e-10 to 1: around and far above Keras's effective epsilon (eps / sqrt(1 - 0.999^t)).
+GRADIENT_SCALES = 10.0 ** np.arange(-10, 1)
+
+
+def adam_runs(keras_optimizer, steps):
+    """(ours, PyTorch's parameters after each of `steps` Adam steps on the same gradients, the
+    gradients): float64 [steps, scales, 8] each; every parameter starts at 0 (float32 resolves any move)."""
+    import keras
+
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    gradients = rng.normal(1.0, 0.5, (steps, len(GRADIENT_SCALES), 8)) * GRADIENT_SCALES[None, :, None]
+    ours = keras.Variable(np.zeros(gradients.shape[1:], np.float32))
+    parameter = torch.nn.Parameter(torch.zeros(gradients.shape[1:]))
+    optimizer = torch.optim.Adam([parameter], lr=1e-4, betas=(0.9, 0.999), eps=1e-8)
+    keras_optimizer.build([ours])
+    trajectory = []
+    for gradient in gradients.astype(np.float32):
+        keras_optimizer.apply([gradient], [ours])
+        parameter.grad = torch.from_numpy(gradient)
+        optimizer.step()
+        trajectory.append((np.float64(ours.numpy()), parameter.detach().double().numpy()))
+    return [np.stack(values) for values in zip(*trajectory)] + [gradients]
+
+
+def test_torch_adam_steps_as_torch_optim_adam():
+    from tfcxr.train.optimizers import TorchAdam
+
+    ours, reference, _ = adam_runs(TorchAdam(1e-4), steps=5)
+    assert np.abs(reference).min() > 0  # every parameter moves, even at gradient 1e-10
+    np.testing.assert_allclose(ours, reference, rtol=1e-5)
+
+
+def test_keras_adam_moves_small_gradients_less_than_pytorch():
+    """Why TorchAdam: Keras's Adam, even with eps 1e-8, adds it before the second moment's bias
+    correction, an effective eps / sqrt(1 - 0.999^t) in PyTorch's formula (31.6x at step 1, 14.2x at 5)."""
+    import keras
+
+    ours, reference, gradients = adam_runs(keras.optimizers.Adam(1e-4, epsilon=1e-8), steps=5)
+    first_step = np.abs(ours[0]) / np.abs(reference[0])  # [scales, 8]
+    size = np.abs(gradients[0])  # step 1: both move by lr |g| / (|g| + epsilon), each with its epsilon
+    expected = (size + 1e-8) / (size + 1e-8 / np.sqrt(1 - 0.999))
+    np.testing.assert_allclose(first_step[GRADIENT_SCALES >= 1e-3], 1.0, atol=5e-3)  # large gradients: alike
+    np.testing.assert_allclose(first_step, expected, rtol=0.02, atol=2e-3)
+    assert first_step[GRADIENT_SCALES == 1e-7].mean() < 0.3  # a 1e-7 gradient moves its weight ~4x less
+
+
+def test_training_builds_torch_adam():
+    from tfcxr.config import RunConfig
+    from tfcxr.train import loop
+    from tfcxr.train.optimizers import TorchAdam
+
+    optimizer = loop.make_optimizer(RunConfig(stage="baseline"))
+    assert isinstance(optimizer, TorchAdam) and optimizer.epsilon == 1e-8
+    assert float(optimizer.learning_rate) == pytest.approx(1e-4)
