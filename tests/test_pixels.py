@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tfcxr.data import pipeline, pixels, sharding
+from tfcxr.data import image_limits, pipeline, pixels, sharding
 from tfcxr.data.records import Records
 from tfcxr.export import saved_model
 from helpers import encode, tfcxr_main
@@ -30,7 +30,7 @@ def test_resize_pil_of_a_square_image_is_one_pil_resize():
     np.testing.assert_array_equal(pixels.resize_pil(image, 30), once)
 
 
-def test_decode_gray_tf_equals_the_sharders_gray():
+def test_decode_gray_tf_and_read_gray_equal_the_sharders_gray(tmp_path):
     rng = np.random.default_rng(1)
     palette = Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).quantize(16)
     buffer = io.BytesIO()
@@ -49,6 +49,9 @@ def test_decode_gray_tf_equals_the_sharders_gray():
         with Image.open(io.BytesIO(data)) as image:
             expected = sharding.to_gray(image)
         np.testing.assert_array_equal(pixels.decode_gray_tf(data).numpy()[..., 0], expected, err_msg=name)
+        path = tmp_path / f"{name.replace(' ', '_').replace(';', '')}.img"
+        path.write_bytes(data)  # the tools' reader (cxr_codec, --images) gives the same pixels
+        np.testing.assert_array_equal(image_limits.read_gray(path).numpy()[..., 0], expected, err_msg=name)
 
 
 def served_pixels(data, size, small_size):

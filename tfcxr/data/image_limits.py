@@ -35,6 +35,7 @@ import zlib
 from PIL import Image, UnidentifiedImageError
 
 from tfcxr.constants import MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE
+from tfcxr.data import pixels
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
@@ -183,7 +184,8 @@ class ImageFileError(ValueError):
 
 
 def read_gray(path, max_side: int = MAX_IMAGE_SIDE, max_pixels: int = MAX_IMAGE_PIXELS):
-    """Any PNG / JPEG file (gray, RGB, RGBA, 8 or 16 bit) -> uint8 [H, W, 1], as tf.io.decode_image makes it gray.
+    """Any PNG / JPEG file (gray, RGB, RGBA, 8 or 16 bit) -> uint8 [H, W, 1]: the sharder's gray, as the
+    serving graph decodes it (pixels.decode_gray_tf), so the tools and a SavedModel read the same pixels.
 
     A header declaring more than max_side pixels a side or max_pixels in all is refused
     (ImageFileError) before decoding, whatever the format; so is a file that is not a readable PNG or JPEG.
@@ -195,7 +197,7 @@ def read_gray(path, max_side: int = MAX_IMAGE_SIDE, max_pixels: int = MAX_IMAGE_
         check_bytes(data, max_side, max_pixels)
         if not is_png_or_jpeg(data):
             raise ImageFileError(f"{path}: not a readable PNG or JPEG image (the bytes are neither)")
-        return tf.io.decode_image(data, channels=1, expand_animations=False)  # 16 bit -> 8 bit too
+        return pixels.decode_gray_tf(tf.constant(data))
     except ImageTooLarge as error:
         raise ImageFileError(f"{path}: {error}") from None
     except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as error:
