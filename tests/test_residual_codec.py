@@ -122,6 +122,28 @@ def test_capacity_knobs_and_parameter_counts():
         models.build_codec("paper", width=8)
 
 
+def test_skips_add_each_hidden_convolution_to_its_input_and_start_as_bicubic():
+    keras.utils.set_random_seed(0)
+    plain = models.build_codec("residual", encoder_depth=4, decoder_depth=5)
+    keras.utils.set_random_seed(0)
+    skipped = models.build_codec("residual", encoder_depth=4, decoder_depth=5, skips=1)
+    assert [m.count_params() for m in plain] == [m.count_params() for m in skipped]  # adds weigh nothing
+    names = [layer.name for model in skipped for layer in model.layers if layer.name.endswith("_skip")]
+    assert names == ["encoder_conv1_skip", "encoder_conv2_skip", "decoder_conv2_skip", "decoder_conv3_skip",
+                     "decoder_conv4_skip"]  # every hidden 3x3 convolution but the decoder's first (1 channel in)
+    decoder = skipped[1]
+    x = decoder.get_layer("decoder_conv1").output
+    hidden = keras.Model(decoder.input, [x, decoder.get_layer("decoder_conv2").output,
+                                         decoder.get_layer("decoder_conv2_skip").output])
+    first, conv, added = hidden(smooth_images(32)[:, ::4, ::4])
+    np.testing.assert_allclose(added, first + conv, atol=1e-6)
+    images = smooth_images(32)
+    np.testing.assert_allclose(skipped[1](skipped[0](images)), resize_round_trip(images, "bicubic", quantized=True),
+                               atol=1e-6)  # zero last convolutions: still exactly bicubic
+    with pytest.raises(ValueError, match="--codec_skips 0 or 1"):
+        models.build_codec("residual", skips=2)
+
+
 def test_saved_and_loaded_without_custom_objects(codec, tmp_path):
     autoencoder = models.build_autoencoder(*codec)
     autoencoder.save(tmp_path / "best.keras")

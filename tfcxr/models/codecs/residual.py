@@ -87,11 +87,17 @@ class ResidualCodec(Codec):
         width: int = 32  # channels of every hidden convolution
         encoder_depth: int = 2  # convolutions of the encoder's correction branch (>= 2)
         decoder_depth: int = 4  # 3x3 convolutions of the decoder's detail branch (>= 2)
+        skips: int = 0  # 1: each hidden 3x3 convolution whose input has `width` channels adds it (x + conv(x))
 
         def __post_init__(self):
-            if self.width < 1 or self.encoder_depth < 2 or self.decoder_depth < 2:
-                raise ValueError(f"--codec=residual needs --codec_width >= 1 and --codec_encoder_depth, "
-                                 f"--codec_decoder_depth >= 2; got {dataclasses.asdict(self)}")
+            if self.width < 1 or self.encoder_depth < 2 or self.decoder_depth < 2 or self.skips not in (0, 1):
+                raise ValueError(f"--codec=residual needs --codec_width >= 1, --codec_encoder_depth and "
+                                 f"--codec_decoder_depth >= 2, --codec_skips 0 or 1; got {dataclasses.asdict(self)}")
+
+    def hidden(self, x, name):
+        """A hidden 3x3 convolution of width channels, ReLU; with skips, x + it when x has width channels."""
+        y = layers.Conv2D(self.params.width, 3, padding="same", activation="relu", name=name)(x)
+        return layers.Add(name=f"{name}_skip")([x, y]) if self.params.skips and x.shape[-1] == y.shape[-1] else y
 
     def encode(self, image):
         width, depth = self.params.width, self.params.encoder_depth
@@ -99,7 +105,7 @@ class ResidualCodec(Codec):
         # Each latent pixel sees its own 4x4 block (a space_to_depth + 1x1 convolution), then 3x3 neighbours.
         x = layers.Conv2D(width, COMPRESSION, strides=COMPRESSION, activation="relu", name="encoder_patch")(image)
         for index in range(depth - 2):
-            x = layers.Conv2D(width, 3, padding="same", activation="relu", name=f"encoder_conv{index + 1}")(x)
+            x = self.hidden(x, f"encoder_conv{index + 1}")  # [B,H/4,W/4,W]
         correction = layers.Conv2D(1, 3, padding="same", kernel_initializer="zeros",
                                    name="encoder_correction")(x)  # [B,H/4,W/4,1]
         latent = layers.Add(dtype="float32", name="encoder_add")([bicubic, correction])  # float32 under mixed precision
@@ -111,7 +117,7 @@ class ResidualCodec(Codec):
         bicubic = BicubicResize("up", name="bicubic_up")(latent)  # [B,4h,4w,1]
         x = latent
         for index in range(depth - 1):
-            x = layers.Conv2D(width, 3, padding="same", activation="relu", name=f"decoder_conv{index + 1}")(x)  # [B,h,w,W]
+            x = self.hidden(x, f"decoder_conv{index + 1}")  # [B,h,w,W]
         x = layers.Conv2D(COMPRESSION**2, 3, padding="same", kernel_initializer="zeros",
                           name="decoder_detail")(x)  # [B,h,w,16]
         detail = PixelShuffle(COMPRESSION, dtype="float32", name="pixel_shuffle")(x)  # [B,4h,4w,1]

@@ -1,0 +1,144 @@
+"""Ranks residual-codec variants on real radiographs: capacity, receptive field, patch size, learning rate, length.
+
+    .venv/bin/python benchmarks/bench_codec_ablation.py --variants=base,dec8,... [--steps=1500]
+    .venv/bin/python benchmarks/bench_codec_ablation.py --report
+
+Each variant trains through `python -m tfcxr.main --flagfile=configs/stage2_residual.cfg` plus its
+flags on benchmarks/real_cxr14.py's 43 training radiographs (validation: its 4, whole 1024 originals),
+for the same number of optimizer steps, and its last weights are scored on the 17 held-out
+radiographs (official test list, patient-disjoint): PSNR of whole 1024 images through the 8-bit
+latent against the 8-bit bicubic thumbnail (tfcxr.evaluate.reconstruction.measure). Short runs only
+rank the variants (the winner then trains long). The decode time per 1024 image on this CPU is
+measured for each (tfcxr.export.codec.reconstruct, median of 5 after a warm-up). Results go to
+workspace/runs/codec_ablation/<variant>.json; --report writes benchmarks/results/codec_ablation.md.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import real_cxr14  # noqa: E402
+
+from tfcxr.evaluate import reconstruction  # noqa: E402
+from tfcxr.export import codec  # noqa: E402
+from tfcxr.models import DECODER, ENCODER, load_model  # noqa: E402
+from tfcxr.storage import write_json, write_text  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS_DIR = ROOT / "workspace" / "runs" / "codec_ablation"
+RESULTS = ROOT / "benchmarks" / "results" / "codec_ablation.md"
+# name: flags after the flagfile (its budget flags are replaced by --steps).
+VARIANTS = {
+    "base": [],  # width 32, encoder depth 2, decoder depth 4, 128 patches, batch 32, lr 1e-3
+    "lr3e-3": ["--learning_rate=3e-3"],
+    "dec8": ["--codec_decoder_depth=8"],
+    "enc4": ["--codec_encoder_depth=4"],
+    "w48_enc4_dec6": ["--codec_width=48", "--codec_encoder_depth=4", "--codec_decoder_depth=6"],
+    "patch256_b8": ["--image_size=256", "--batch_size=8"],
+    "dec8_skips": ["--codec_decoder_depth=8", "--codec_skips=1"],
+    "enc6": ["--codec_encoder_depth=6"],
+    "enc6_skips": ["--codec_encoder_depth=6", "--codec_skips=1"],
+    "enc4_dec8_skips": ["--codec_encoder_depth=4", "--codec_decoder_depth=8", "--codec_skips=1"],
+}
+
+flags.DEFINE_list("variants", [], f"of {', '.join(VARIANTS)}")
+flags.DEFINE_integer("steps", 1500, "optimizer steps of each variant")
+flags.DEFINE_integer("epochs", 5, "epochs the steps are cut into (validation, plateau scheduler)")
+flags.DEFINE_bool("report", False, "write benchmarks/results/codec_ablation.md from the variants run")
+FLAGS = flags.FLAGS
+
+
+def command_of(name, steps, epochs):
+    return [sys.executable, "-m", "tfcxr.main", "--flagfile=configs/stage2_residual.cfg", *VARIANTS[name],
+            f"--records_dir={real_cxr14.RECORDS_DIR.relative_to(ROOT)}",
+            f"--model_dir={(RUNS_DIR / name).relative_to(ROOT)}", f"--epochs={epochs}",
+            f"--steps_per_epoch={steps // epochs}", "--log_every=100"]
+
+
+def last_weights(model_dir):
+    """The run's latest weights (its last checkpoint), as a model."""
+    from tfcxr.config import RunConfig
+    from tfcxr.stages import STAGES
+
+    config = RunConfig.from_dict(json.loads((model_dir / "config.json").read_text()))
+    model = STAGES["autoencoder"].task.build_model(config, ())
+    tf.train.Checkpoint(model=model).restore(tf.train.latest_checkpoint(model_dir / "checkpoints")).expect_partial()
+    return model
+
+
+def decode_seconds(model, repeats=5):
+    """Median seconds of tfcxr.export.codec.reconstruct for one 1024 latent on this CPU."""
+    latent = codec.compress(model.get_layer(ENCODER), tf.zeros([1024, 1024, 1], tf.uint8) + 128)
+    times = []
+    for index in range(repeats + 1):
+        start = time.perf_counter()
+        codec.reconstruct(model.get_layer(DECODER), latent).numpy()
+        if index:
+            times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def run(name, steps, epochs):
+    model_dir = RUNS_DIR / name
+    command = command_of(name, steps, epochs)
+    start, load = time.time(), os.getloadavg()
+    with open(RUNS_DIR / f"{name}.log", "w") as log:
+        subprocess.run(command, cwd=ROOT, check=True, stdout=log, stderr=subprocess.STDOUT)
+    wall = time.time() - start
+    results = {"variant": name, "command": " ".join(["python -m tfcxr.main", *command[3:]]), "steps": steps,
+               "train_wall_s": wall, "loadavg_start": load, "loadavg_end": os.getloadavg()}
+    for weights, model in (("last", last_weights(model_dir)), ("best.keras", load_model(model_dir / "best.keras"))):
+        methods, count, _ = reconstruction.measure(model.get_layer(ENCODER), model.get_layer(DECODER),
+                                                   real_cxr14.held_out_dataset(real_cxr14.RECORDS_DIR, 1))
+        results[weights] = {"psnr_8bit": methods["autoencoder_8bit"]["psnr"], "ssim_8bit": methods["autoencoder_8bit"]["ssim"],
+                            "gain_db": methods["autoencoder_8bit"]["psnr"] - methods["bicubic_8bit"]["psnr"]}
+        results["images"], results["bicubic_8bit_psnr"] = count, methods["bicubic_8bit"]["psnr"]
+    results["params"] = int(model.get_layer(ENCODER).count_params() + model.get_layer(DECODER).count_params())
+    results["decode_s"] = decode_seconds(model)
+    write_json(RUNS_DIR / f"{name}.json", results)
+    print(json.dumps(results), flush=True)
+
+
+def report():
+    rows = [json.loads(path.read_text()) for path in sorted(RUNS_DIR.glob("*.json"))]
+    cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+               if line.startswith("model name"))
+    lines = ["# Residual codec: ablation on real radiographs", "",
+             f"Measured {time.strftime('%Y-%m-%d')} on {cpu} ({os.cpu_count()} cores, shared with other work: "
+             "load averages per row). `.venv/bin/python benchmarks/bench_codec_ablation.py --variants=NAME "
+             "--steps=N`; each row's own command below.", "",
+             f"Data: 43 training radiographs (random patches, flips), 4 validation originals (whole 1024), "
+             f"{rows[0]['images'] if rows else 17} held-out radiographs (official test list, patient-disjoint) scored "
+             "whole at 1024 through the 8-bit latent; gain = PSNR minus the 8-bit bicubic 256 thumbnail's "
+             f"({rows[0]['bicubic_8bit_psnr']:.2f} dB). Short runs rank variants; they are not converged.", "",
+             "| variant | parameters | steps | train wall min | load (start -> end) | gain last (dB) | gain best.keras (dB) "
+             "| SSIM 8-bit | decode s / 1024 image |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["steps"], -r["last"]["gain_db"])):
+        lines.append(f"| {r['variant']} | {r['params']:,} | {r['steps']:,} | {r['train_wall_s'] / 60:.1f} | "
+                     f"{r['loadavg_start'][0]:.1f} -> {r['loadavg_end'][0]:.1f} | {r['last']['gain_db']:+.2f} | "
+                     f"{r['best.keras']['gain_db']:+.2f} | {r['last']['ssim_8bit']:.4f} | {r['decode_s']:.3f} |")
+    lines += ["", "Commands:", ""] + [f"- {r['variant']}: `{r['command']}`" for r in rows]
+    write_text(RESULTS, "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main(argv):
+    del argv
+    RUNS_DIR.mkdir(parents=True, exist_ok=True)
+    real_cxr14.ensure_records(real_cxr14.RECORDS_DIR)
+    for name in FLAGS.variants:
+        run(name, FLAGS.steps, FLAGS.epochs)
+    if FLAGS.report:
+        report()
+
+
+if __name__ == "__main__":
+    app.run(main)

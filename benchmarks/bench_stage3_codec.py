@@ -1,0 +1,99 @@
+"""Does stage 3 keep the codec? A joint AECNN run from a stage-2 codec, its codec scored before and after.
+
+    .venv/bin/python benchmarks/bench_stage3_codec.py --codec=workspace/runs/residual_codec/best.keras
+        [--steps=200] [--batch_size=4] [--classification_weight=0.9]
+
+Stage 3 is tfcxr.train.tasks.AECNN run by the training loop (tfcxr.train.loop.train) on the real
+radiographs of benchmarks/real_cxr14.py: random 896 crops of the 1024 originals, 5-degree rotations,
+flips, L = w * BCE + (1 - w) * MSE (the paper's w = 0.9), Adam 1e-4, from the stage-2 codec. The
+classifier is a stand-in for DenseNet121, which is too slow to train at 896 on this CPU: two strided
+convolutions, pooling and 14 logits, untrained (a classifier that learns from scratch pulls on the
+latent at least as hard as a trained one). Before and after, the codec alone is scored on the 17
+held-out radiographs, whole 1024 images through the 8-bit latent (tfcxr.evaluate.reconstruction.measure).
+Writes workspace/runs/stage3_codec/<name>.json and prints it.
+"""
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import keras
+from absl import app, flags
+from keras import layers
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import real_cxr14  # noqa: E402
+
+from tfcxr import models  # noqa: E402
+from tfcxr.config import CodecConfig, RunConfig  # noqa: E402
+from tfcxr.constants import NUM_LABELS  # noqa: E402
+from tfcxr.evaluate import reconstruction  # noqa: E402
+from tfcxr.models import DECODER, ENCODER, load_model  # noqa: E402
+from tfcxr.storage import write_json  # noqa: E402
+from tfcxr.train import loop, strategy, tasks  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS_DIR = ROOT / "workspace" / "runs" / "stage3_codec"
+
+flags.DEFINE_string("codec", None, "the stage-2 .keras the run starts from", required=True)
+flags.DEFINE_string("name", "stage3", "the run's folder under workspace/runs/stage3_codec")
+flags.DEFINE_integer("steps", 200, "optimizer steps")
+flags.DEFINE_integer("batch_size", 4, "896 crops per step")
+flags.DEFINE_float("classification_weight", 0.9, "w in w * BCE + (1 - w) * MSE (the paper's 0.9)")
+FLAGS = flags.FLAGS
+
+
+def stand_in_classifier():
+    """DenseNet121's stand-in: [B,h,w,3] -> 14 logits, untrained, seeded."""
+    keras.utils.set_random_seed(0)
+    image = keras.Input(shape=(None, None, 3), name="image")
+    x = layers.Conv2D(16, 3, strides=2, padding="same", activation="relu", name="conv1")(image)  # [B,h/2,w/2,16]
+    x = layers.Conv2D(32, 3, strides=2, padding="same", activation="relu", name="conv2")(x)  # [B,h/4,w/4,32]
+    x = layers.GlobalAveragePooling2D(name="pool")(x)  # [B,32]
+    return keras.Model(image, layers.Dense(NUM_LABELS, dtype="float32", name="logits")(x), name="classifier")
+
+
+def weighted_loss(weight):
+    def loss(batch, outputs):
+        bce = tasks.classification_loss(batch, outputs)["loss"]
+        mse = tasks.reconstruction_loss(batch, outputs)["loss"]
+        return {"loss": weight * bce + (1.0 - weight) * mse, "bce": bce, "mse": mse}
+    return loss
+
+
+def score(model):
+    methods, count, _ = reconstruction.measure(model.get_layer(ENCODER), model.get_layer(DECODER),
+                                               real_cxr14.held_out_dataset(real_cxr14.RECORDS_DIR, 1))
+    return {"images": count, "psnr_8bit": methods["autoencoder_8bit"]["psnr"],
+            "bicubic_8bit": methods["bicubic_8bit"]["psnr"], "ssim_8bit": methods["autoencoder_8bit"]["ssim"]}
+
+
+def main(argv):
+    del argv
+    before = score(load_model(FLAGS.codec))
+    codec = CodecConfig.from_dict(models.read_spec(FLAGS.codec)["codec"])
+    task = dataclasses.replace(
+        tasks.AECNN, requires=("init.codec",), loss=weighted_loss(FLAGS.classification_weight),
+        build_model=lambda config, labels: models.build_aecnn(*models.build_codec(config.model.codec),
+                                                             stand_in_classifier(), label_names=labels))
+    model_dir = RUNS_DIR / FLAGS.name
+    config = RunConfig.from_flags(
+        "aecnn", records_dir=str(real_cxr14.RECORDS_DIR), model_dir=str(model_dir), init_codec=FLAGS.codec,
+        batch_size=FLAGS.batch_size, epochs=4, steps_per_epoch=FLAGS.steps // 4, log_every=25,
+        strategy="one_device").replace(**{"model.codec": codec})
+    start, load = time.time(), os.getloadavg()
+    model = loop.train(task, config, strategy.make_strategy("one_device"))
+    results = {"codec": FLAGS.codec, "steps": FLAGS.steps, "batch_size": FLAGS.batch_size,
+               "classification_weight": FLAGS.classification_weight, "train_wall_s": time.time() - start,
+               "loadavg_start": load, "loadavg_end": os.getloadavg(), "stage2": before, "stage3_last": score(model),
+               "command": " ".join(["benchmarks/bench_stage3_codec.py", *sys.argv[1:]])}
+    results["change_db"] = results["stage3_last"]["psnr_8bit"] - before["psnr_8bit"]
+    write_json(RUNS_DIR / f"{FLAGS.name}.json", results)
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    app.run(main)
