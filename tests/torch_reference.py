@@ -186,8 +186,9 @@ def state_dict_numpy(model):
 
 
 def nhwc(tensor):
-    """[B,C,H,W] torch -> [B,H,W,C] numpy."""
-    return tensor.detach().permute(0, 2, 3, 1).numpy()
+    """[B,C,H,W] torch -> [B,H,W,C] numpy (other ranks as they are)."""
+    value = tensor.detach()
+    return (value.permute(0, 2, 3, 1) if value.dim() == 4 else value).numpy()
 
 
 def nchw(array):
