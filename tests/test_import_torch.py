@@ -200,3 +200,41 @@ def test_an_imported_densenet_explains_and_exports(tmp_path, records_dir):
     images = gray_images(count=2, side=64, seed=6)
     probabilities = served.signatures["predict_images"](images=tf.constant(images))["probabilities"].numpy()
     np.testing.assert_allclose(probabilities, 1 / (1 + np.exp(-torch_eval(module, images))), atol=1e-5)
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_evaluation_of_an_imported_densenet_is_pytorch_eval_on_real_radiographs(real_dir, tmp_path):
+    """--mode=evaluate --checkpoint=<imported> on the 17 held-out real radiographs (the whole-image
+    resize protocol: image/small as the sharder made it, resized to 256): each probability is
+    PyTorch's eval on the same pixels, read by the project's own pipeline."""
+    import pandas as pd
+
+    from helpers import benchmark
+    from tfcxr.config import RunConfig
+    from tfcxr.data import pipeline
+    from tfcxr.stages import STAGES
+
+    real_cxr14 = benchmark("real_cxr14")
+    records = real_cxr14.ensure_records(real_dir=real_dir)  # shards once into workspace/, reused afterwards
+    module = random_densenet(seed=7)
+    checkpoint = tmp_path / "d121.pth"
+    torch.save(module.state_dict(), checkpoint)
+    out = tmp_path / "d121.keras"
+    run_tool("import_torch.py", f"--checkpoint={checkpoint}", "--architecture=densenet121", f"--out={out}", expect=0)
+    run = tmp_path / "run"
+    tfcxr_main("--stage=baseline", "--mode=evaluate", f"--records_dir={real_cxr14.RECORDS_DIR}", f"--model_dir={run}",
+               f"--checkpoint={out}", "--split=test", "--batch_size=4", "--resamples=10")
+    predictions = pd.read_csv(run / "eval" / "test" / "predictions.csv").set_index("filename")
+    assert len(predictions) == records["splits"]["test"]["written"] == 17
+    assert predictions["protocol"].iloc[0] == "resize: one 256x256 resize of the whole image"
+
+    inputs = STAGES["baseline"].task.input_spec(RunConfig(stage="baseline"))
+    dataset = pipeline.make_dataset(real_cxr14.RECORDS_DIR, "test", inputs, 4, training=False, include_metadata=True)
+    for batch in dataset:
+        images = batch["image"].numpy()  # [B,256,256,1] in [0, 1], the pixels evaluation fed the model
+        assert images.shape[1:] == (256, 256, 1) and images.std() > 0.05  # radiographs, not blanks
+        expected = 1 / (1 + np.exp(-torch_eval(module, images)))
+        names = [name.decode() for name in batch["filename"].numpy()]
+        ours = predictions.loc[names, [f"prob_{label}" for label in LABELS]].to_numpy()
+        np.testing.assert_allclose(ours, expected, atol=1e-5)
