@@ -35,24 +35,24 @@ from tfcxr.storage import write_json, write_text  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 RUNS_DIR = ROOT / "workspace" / "runs" / "codec_ablation"
 RESULTS = ROOT / "benchmarks" / "results" / "codec_ablation.md"
-# name: flags after the flagfile (its budget flags are replaced by --steps).
-VARIANTS = {
-    "base": [],  # width 32, encoder depth 2, decoder depth 4, 128 patches, batch 32, lr 1e-3
-    "lr3e-3": ["--learning_rate=3e-3"],
-    "dec8": ["--codec_decoder_depth=8"],
-    "enc4": ["--codec_encoder_depth=4"],
-    "w48_enc4_dec6": ["--codec_width=48", "--codec_encoder_depth=4", "--codec_decoder_depth=6"],
-    "patch256_b8": ["--image_size=256", "--batch_size=8"],
-    "dec8_skips": ["--codec_decoder_depth=8", "--codec_skips=1"],
+# name: flags after the flagfile (its budget, --epochs x --steps_per_epoch, replaced by --steps).
+VARIANTS = {  # every capacity flag the variant differs in from configs/stage2_residual.cfg (width 32, encoder 4, decoder 4)
+    "base": ["--codec_encoder_depth=2"],  # the codec's defaults: width 32, encoder depth 2, decoder depth 4
+    "lr3e-3": ["--codec_encoder_depth=2", "--learning_rate=3e-3"],
+    "dec8": ["--codec_encoder_depth=2", "--codec_decoder_depth=8"],
+    "dec8_skips": ["--codec_encoder_depth=2", "--codec_decoder_depth=8", "--codec_skips=1"],
+    "enc4": [],  # configs/stage2_residual.cfg's capacity
     "enc6": ["--codec_encoder_depth=6"],
     "enc6_skips": ["--codec_encoder_depth=6", "--codec_skips=1"],
-    "enc4_dec8_skips": ["--codec_encoder_depth=4", "--codec_decoder_depth=8", "--codec_skips=1"],
+    "w48_enc4_dec6": ["--codec_width=48", "--codec_decoder_depth=6"],
+    "patch256_b8": ["--codec_encoder_depth=2", "--image_size=256", "--batch_size=8"],
 }
 
 flags.DEFINE_list("variants", [], f"of {', '.join(VARIANTS)}")
 flags.DEFINE_integer("steps", 1500, "optimizer steps of each variant")
 flags.DEFINE_integer("epochs", 5, "epochs the steps are cut into (validation, plateau scheduler)")
 flags.DEFINE_bool("report", False, "write benchmarks/results/codec_ablation.md from the variants run")
+flags.DEFINE_list("stopped", [], "variants stopped early: score their last checkpoint at the steps they reached")
 FLAGS = flags.FLAGS
 
 
@@ -92,9 +92,24 @@ def run(name, steps, epochs):
     start, load = time.time(), os.getloadavg()
     with open(RUNS_DIR / f"{name}.log", "w") as log:
         subprocess.run(command, cwd=ROOT, check=True, stdout=log, stderr=subprocess.STDOUT)
-    wall = time.time() - start
     results = {"variant": name, "command": " ".join(["python -m tfcxr.main", *command[3:]]), "steps": steps,
-               "train_wall_s": wall, "loadavg_start": load, "loadavg_end": os.getloadavg()}
+               "train_wall_s": time.time() - start, "loadavg_start": load, "loadavg_end": os.getloadavg()}
+    score(name, results)
+
+
+def stopped(name, steps, epochs):
+    """A variant stopped by hand after some epochs: scored at the steps its last checkpoint holds."""
+    command = command_of(name, steps, epochs)
+    epochs_done = len((RUNS_DIR / name / "log.csv").read_text().strip().splitlines()) - 1
+    results = {"variant": name, "command": " ".join(["python -m tfcxr.main", *command[3:]]),
+               "steps": epochs_done * (steps // epochs), "stopped_of": steps, "train_wall_s": None,
+               "loadavg_start": None, "loadavg_end": None}
+    score(name, results)
+
+
+def score(name, results):
+    """Held-out scores of the run's last weights and best.keras, parameters and decode time -> <name>.json."""
+    model_dir = RUNS_DIR / name
     for weights, model in (("last", last_weights(model_dir)), ("best.keras", load_model(model_dir / "best.keras"))):
         methods, count, _ = reconstruction.measure(model.get_layer(ENCODER), model.get_layer(DECODER),
                                                    real_cxr14.held_out_dataset(real_cxr14.RECORDS_DIR, 1))
@@ -121,9 +136,11 @@ def report():
              f"({rows[0]['bicubic_8bit_psnr']:.2f} dB). Short runs rank variants; they are not converged.", "",
              "| variant | parameters | steps | train wall min | load (start -> end) | gain last (dB) | gain best.keras (dB) "
              "| SSIM 8-bit | decode s / 1024 image |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (r["steps"], -r["last"]["gain_db"])):
-        lines.append(f"| {r['variant']} | {r['params']:,} | {r['steps']:,} | {r['train_wall_s'] / 60:.1f} | "
-                     f"{r['loadavg_start'][0]:.1f} -> {r['loadavg_end'][0]:.1f} | {r['last']['gain_db']:+.2f} | "
+    for r in sorted(rows, key=lambda r: (-r["steps"], -r["last"]["gain_db"])):
+        steps = f"{r['steps']:,}" + (f" (stopped, of {r['stopped_of']:,})" if "stopped_of" in r else "")
+        wall = "-" if r["train_wall_s"] is None else f"{r['train_wall_s'] / 60:.1f}"
+        load = "-" if r["loadavg_start"] is None else f"{r['loadavg_start'][0]:.1f} -> {r['loadavg_end'][0]:.1f}"
+        lines.append(f"| {r['variant']} | {r['params']:,} | {steps} | {wall} | {load} | {r['last']['gain_db']:+.2f} | "
                      f"{r['best.keras']['gain_db']:+.2f} | {r['last']['ssim_8bit']:.4f} | {r['decode_s']:.3f} |")
     lines += ["", "Commands:", ""] + [f"- {r['variant']}: `{r['command']}`" for r in rows]
     write_text(RESULTS, "\n".join(lines) + "\n")
@@ -136,6 +153,8 @@ def main(argv):
     real_cxr14.ensure_records(real_cxr14.RECORDS_DIR)
     for name in FLAGS.variants:
         run(name, FLAGS.steps, FLAGS.epochs)
+    for name in FLAGS.stopped:
+        stopped(name, FLAGS.steps, FLAGS.epochs)
     if FLAGS.report:
         report()
 

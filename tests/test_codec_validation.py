@@ -14,7 +14,7 @@ from tfcxr.data import pipeline, schema
 from tfcxr.models.compression import crop_to_codec, quantize
 from tfcxr.stages import STAGES
 from tfcxr.train import loop, strategy
-from helpers import run_shard, write_tree
+from helpers import ROOT, run_shard, write_tree
 
 
 @pytest.fixture(autouse=True)
@@ -113,7 +113,7 @@ def test_residual_stage2_validates_whole_originals_through_the_8bit_latent(recor
     assert not np.isclose(log["val_loss"], mse_through_8bit_latent(model, resized), rtol=1e-2)
     assert log["val_psnr_8bit"] == log["val_psnr"]  # one latent: the stored one
     assert log["val_psnr_bicubic_8bit"] < log["val_psnr_bicubic"] + 1e-3
-    assert "note: this run trains 1 epochs x 3 steps = 3 steps, far below the ~40,000" in capsys.readouterr().out
+    assert "note: this run trains 1 epochs x 3 steps = 3 steps, far below the ~10,000" in capsys.readouterr().out
 
 
 def test_the_paper_protocol_stays_selectable(records_dir, tmp_path):
@@ -125,9 +125,13 @@ def test_the_paper_protocol_stays_selectable(records_dir, tmp_path):
 
 def test_budget_note_only_far_below_the_codecs_steps():
     task = STAGES["autoencoder"].task
-    residual = RunConfig.from_flags("autoencoder", codec="residual", epochs=10)
-    note = task.budget_note(residual, 1000)
-    assert note.startswith("note: this run trains 10 epochs x 1000 steps = 10,000 steps, far below the ~40,000")
-    assert task.budget_note(residual, 2000) is None  # half of it or more: no note
+    residual = RunConfig.from_flags("autoencoder", codec="residual", epochs=20)
+    note = task.budget_note(residual, 200)
+    assert note.startswith("note: this run trains 20 epochs x 200 steps = 4,000 steps, far below the ~10,000")
+    assert task.budget_note(residual, 250) is None  # half of it or more: no note
+    shipped = dict(line.removeprefix("--").split("=", 1) for line in (ROOT / "configs" / "stage2_residual.cfg")
+                   .read_text().splitlines() if line.startswith("--"))
+    assert {"epochs", "steps_per_epoch"} <= set(shipped)  # the flagfile states its budget in steps
+    assert task.budget_note(residual.replace(epochs=int(shipped["epochs"])), int(shipped["steps_per_epoch"])) is None
     assert task.budget_note(RunConfig.from_flags("autoencoder", codec="paper", epochs=1), 1) is None
     assert STAGES["baseline"].task.budget_note(RunConfig("baseline"), 1) is None
