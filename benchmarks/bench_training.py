@@ -20,16 +20,15 @@ writes benchmarks/results/training.md (the table and the command; a "## Notes" p
 
 measures instead, in the same run, the same train steps in PyTorch (torch from the optional `bench`
 extra: pip install -e '.[bench]'; without it the run says so and skips): DenseNet121 (torchvision's
-definition, written out below: the torchvision wheel of the index does not load with the CPU torch
-wheel) with BCE on 14 logits at stage 1's size, the autoencoder of tfcxr/models/torch_port.py with
-MSE at stage 2's, Adam, channels_last, float32 (bfloat16 autocast only where the CPU has native
+definition with its names, from tests/torch_reference.py: the modules the parity tests hold tfcxr's
+stages equal to) with BCE on 14 logits at stage 1's size, the reproduction's autoencoder with MSE at
+stage 2's, its AECNN with 0.9 BCE + 0.1 MSE at stage 3's, Adam, channels_last, float32 (bfloat16 autocast only where the CPU has native
 bfloat16: avx512_bf16 or amx_bf16), and reports tfcxr / PyTorch. --levers adds the stage-1 step
 under each setting that could close the gap (threads, oneDNN, the device augmentation, XLA, Keras's
 unfused BatchNormalization instead of ours), each
 in a process of its own. Writes benchmarks/results/training_pytorch.md.
 """
 
-import collections
 import importlib.util
 import json
 import os
@@ -56,7 +55,7 @@ flags.DEFINE_list("stages", ["1", "2", "3"], "stages to measure")
 flags.DEFINE_integer("repeats", 2, "runs of each case, alternating; the fastest counts (the machine is shared)")
 flags.DEFINE_string("case", None, "internal: measure one case (stage,implementation,precision) in this process")
 flags.DEFINE_string("out", None, "Markdown results (default: results/training.md, with --pytorch results/training_pytorch.md)")
-flags.DEFINE_bool("pytorch", False, "compare the tfcxr loop with the PyTorch reference instead (stages 1 and 2)")
+flags.DEFINE_bool("pytorch", False, "compare the tfcxr loop with the PyTorch reference instead (stages 1, 2, 3)")
 flags.DEFINE_bool("sync_batchnorm", False, "measure instead stage 1's loop on 2 CPU replicas with BatchNorm "
                   "synchronized across them (--sync_batchnorm, the default there) and without")
 flags.DEFINE_bool("levers", False, "with --pytorch: the stage-1 step under each lever (threads, oneDNN, augmentation, XLA)")
@@ -107,10 +106,10 @@ def loop_steps(stage_number, batch, distribution, lever="default", sync_batchnor
         model = build_model(stage_number)
         for layer in loop.batchnorm_layers(model):  # as loop.build does
             layer.synchronized = sync_batchnorm
-        optimizer = keras.optimizers.Adam(LEARNING_RATE)
+        config = RunConfig.from_flags(STAGES[stage_number].name, batch_size=SIZES[stage_number][1])
+        optimizer = loop.make_optimizer(config)  # TorchAdam, as training builds it
         optimizer.build(model.trainable_variables)
-        augmentation = stage.augmentation(RunConfig.from_flags(STAGES[stage_number].name,
-                                                               batch_size=SIZES[stage_number][1]))
+        augmentation = stage.augmentation(config)
     if lever == "no_augmentation":
         augmentation = None
     train_step = loop.make_train_step(stage, model, optimizer, augmentation, distribution, jit_compile=lever == "xla")
@@ -119,7 +118,7 @@ def loop_steps(stage_number, batch, distribution, lever="default", sync_batchnor
 
     def run(steps):
         for _ in range(steps):
-            train_step(next(batches))["loss"].numpy()  # the loop reads the loss every step, too
+            train_step(next(batches), tf.constant(0.0))["loss"].numpy()  # the loop reads the loss every step, too
 
     return run
 
@@ -140,48 +139,26 @@ def fit_steps(stage_number, batch, distribution):
 
 # -- the PyTorch reference (torch imported only in its own case processes) --
 
+def torch_reference():
+    """tests/torch_reference.py: the PyTorch modules the parity tests hold tfcxr's stages equal to
+    (torchvision's DenseNet121 with its names, the reproduction's autoencoder and AECNN)."""
+    folder = str(Path(__file__).resolve().parents[1] / "tests")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    import torch_reference as reference
+
+    return reference
+
+
 def torch_densenet121(num_classes):
     """torchvision.models.densenet121(num_classes=...): growth 32, blocks (6, 12, 24, 16), bottleneck 4 x 32,
     64 initial features, compression 0.5, then ReLU, global average pooling and a linear head."""
-    import torch
-    from torch import nn
-
-    class DenseLayer(nn.Module):
-        def __init__(self, channels):
-            super().__init__()
-            self.body = nn.Sequential(
-                nn.BatchNorm2d(channels), nn.ReLU(inplace=True), nn.Conv2d(channels, 128, 1, bias=False),
-                nn.BatchNorm2d(128), nn.ReLU(inplace=True), nn.Conv2d(128, 32, 3, padding=1, bias=False))
-
-        def forward(self, x):
-            return torch.cat([x, self.body(x)], 1)
-
-    layers, channels = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
-                        nn.MaxPool2d(3, 2, 1)], 64
-    for index, count in enumerate((6, 12, 24, 16)):
-        for _ in range(count):
-            layers.append(DenseLayer(channels))
-            channels += 32
-        if index < 3:  # transition: halve channels and side
-            layers += [nn.BatchNorm2d(channels), nn.ReLU(inplace=True), nn.Conv2d(channels, channels // 2, 1, bias=False),
-                       nn.AvgPool2d(2, 2)]
-            channels //= 2
-    layers += [nn.BatchNorm2d(channels), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-               nn.Linear(channels, num_classes)]
-    return nn.Sequential(*layers)
+    return torch_reference().DenseNet121(num_classes)
 
 
 def torch_autoencoder():
-    """The reference autoencoder of tfcxr/models/torch_port.py: [B,1,H,W] -> reconstruction [B,1,H,W]."""
-    from torch import nn
-
-    class ClippedReLU(nn.Module):
-        def forward(self, x):
-            return x.clamp(0.0, 1.0)
-
-    encoder = nn.Sequential(nn.Conv2d(1, 32, 5, stride=4, padding=2), nn.ELU(), nn.Conv2d(32, 1, 1), ClippedReLU())
-    decoder = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.PixelShuffle(4), ClippedReLU())
-    return nn.Sequential(collections.OrderedDict(encoder=encoder, decoder=decoder))  # torch_port's state_dict names
+    """The reproduction's autoencoder: [B,1,H,W] -> (latent [B,1,H/4,W/4], reconstruction [B,1,H,W])."""
+    return torch_reference().Autoencoder()
 
 
 def native_bfloat16():
@@ -191,35 +168,42 @@ def native_bfloat16():
 
 
 def torch_steps(stage, precision, channels_last=True):
-    """A function (n) -> None running n PyTorch train steps: the stage's model, loss and Adam, as the
+    """A function (n) -> the n losses of n PyTorch train steps: the stage's model, loss and Adam, as the
     paper's code trains (images are 3 channels for DenseNet121: the paper's loader converts to RGB)."""
     import torch
-    from torch import nn
 
+    reference = torch_reference()
     torch.manual_seed(0)
     size, batch_size, _ = SIZES[stage]
-    if stage == 1:
-        model, loss_fn = torch_densenet121(NUM_LABELS), nn.BCEWithLogitsLoss()
-        images = torch.rand(batch_size, 3, size, size)
-        targets = (torch.rand(batch_size, NUM_LABELS) < 0.2).float()
-    else:
-        model, loss_fn = torch_autoencoder(), nn.MSELoss()
-        images = torch.rand(batch_size, 1, size, size)
-        targets = images
+    labels = (torch.rand(batch_size, NUM_LABELS) < 0.2).float()
+    images = torch.rand(batch_size, 3 if stage == 1 else 1, size, size)
+    model = {1: lambda: reference.DenseNet121(NUM_LABELS), 2: reference.Autoencoder,
+             3: lambda: reference.AECNN(NUM_LABELS)}[stage]()
+
+    def loss_of(outputs):
+        if stage == 1:
+            return reference.bce(outputs.float(), labels)
+        if stage == 2:
+            return reference.mse(outputs[1].float(), images)
+        latent, reconstruction, logits = outputs
+        return reference.joint_loss(logits.float(), labels, reconstruction.float(), images)[0]
+
     if channels_last:
         model, images = model.to(memory_format=torch.channels_last), images.contiguous(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
     model.train()
 
     def run(steps):
+        losses = []
         for _ in range(steps):
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16"):
                 outputs = model(images)
-            loss = loss_fn(outputs.float(), targets)
+            loss = loss_of(outputs)
             loss.backward()
             optimizer.step()
-            loss.item()
+            losses.append(loss.item())
+        return losses
 
     return run
 
@@ -311,7 +295,7 @@ def compare_pytorch(out, stages, steps=None, repeats=2, levers=False):
 
     bfloat16 = native_bfloat16()
     precisions = ["none", "bfloat16"] if bfloat16 else ["none"]
-    implementations = {1: ("loop", "torch", "torch_channels_first"), 2: ("loop", "torch", "torch_channels_first")}
+    implementations = {stage: ("loop", "torch", "torch_channels_first") for stage in (1, 2, 3)}
     load_start = os.getloadavg()[0]
     results, lever_lines = {}, []
     for stage, precision in [(stage, precision) for stage in map(int, stages) if stage in implementations
@@ -336,7 +320,8 @@ def write_comparison(out, results, lever_lines, torch, bfloat16, steps, repeats,
         f"`{' '.join(['python', 'benchmarks/bench_training.py', *sys.argv[1:]])}`", "",
         f"{cpu_description()}; TensorFlow {tf.__version__}, PyTorch {torch.__version__} ({torch.get_num_threads()} "
         f"intra-op threads); the fastest of {repeats} alternating runs per case, each in a process of its own; "
-        f"timed steps after one untimed step (stage 1: {steps or SIZES[1][2]}, stage 2: {steps or SIZES[2][2]}); "
+        f"timed steps after one untimed step (stage 1: {steps or SIZES[1][2]}, stage 2: {steps or SIZES[2][2]}, "
+        f"stage 3: {steps or SIZES[3][2]}); "
         f"synthetic in-memory batches, random weights. Load average (1 min) at the start: {load_start:.1f}.",
         "bfloat16: " + ("measured (the CPU has native bfloat16)." if bfloat16 else
                         "not measured: this CPU has no native bfloat16 (no avx512_bf16 / amx_bf16 in /proc/cpuinfo)."), "",
@@ -390,7 +375,9 @@ def cpu_description():
             model = value.strip()
         elif key.strip() == "flags":
             flags = value
-    return f"{model}, {os.cpu_count()} cores, AVX-512: {'yes' if 'avx512f' in flags.split() else 'no'}"
+    bfloat16 = "yes" if {"avx512_bf16", "amx_bf16"} & set(flags.split()) else "no"
+    return (f"{model}, {os.cpu_count()} cores, AVX-512: {'yes' if 'avx512f' in flags.split() else 'no'}, "
+            f"bfloat16 (avx512_bf16 / amx_bf16): {bfloat16}")
 
 
 def compare_sync_batchnorm(out, steps=None, repeats=2):
