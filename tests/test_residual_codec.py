@@ -1,6 +1,7 @@
 """The residual codec: contract, bicubic start, straight-through 8-bit rounding, knobs,
 saving, training, and the stages / codec tool through --autoencoder=residual."""
 
+import dataclasses
 import json
 import re
 
@@ -144,6 +145,25 @@ def test_skips_add_each_hidden_convolution_to_its_input_and_start_as_bicubic():
         models.build_codec("residual", skips=2)
 
 
+def test_a_codec_saved_before_a_parameter_existed_reads_as_its_default(tmp_path):
+    """A stage-2 file whose spec lacks a later parameter (skips) starts stage 3 with that parameter's default."""
+    from tiny_models import tiny_densenet
+    from tfcxr.train.tasks import codec_of_init
+
+    autoencoder = models.build_autoencoder(*models.build_codec("residual", encoder_depth=3))
+    for model in (autoencoder, autoencoder.get_layer("encoder"), autoencoder.get_layer("decoder")):
+        model.spec["codec"].pop("skips")
+    autoencoder.save(tmp_path / "old.keras")
+    expected = models.make_codec({"kind": "residual", "encoder_depth": 3}).config()
+    assert models.codec_of(models.load_model(tmp_path / "old.keras")) == expected
+    assert codec_of_init(RunConfig("aecnn", init=dataclasses.replace(RunConfig("aecnn").init, codec=str(
+        tmp_path / "old.keras")))) == {"model.codec": expected.to_dict()}
+    aecnn = models.build_aecnn(*models.build_codec(expected), tiny_densenet())
+    models.load_stage_weights(aecnn, codec_path=tmp_path / "old.keras")
+    np.testing.assert_array_equal(aecnn.get_layer("encoder").get_weights()[0],
+                                  autoencoder.get_layer("encoder").get_weights()[0])
+
+
 def test_saved_and_loaded_without_custom_objects(codec, tmp_path):
     autoencoder = models.build_autoencoder(*codec)
     autoencoder.save(tmp_path / "best.keras")
@@ -190,7 +210,7 @@ def test_stage_config_builds_the_chosen_codec():
     config = RunConfig.from_flags("autoencoder", codec="residual", codec_width=8, codec_decoder_depth=2)
     autoencoder = stages.STAGES[2].task.build_model(config, ())
     assert models.codec_of(autoencoder).to_dict() == {"kind": "residual", "width": 8, "encoder_depth": 2,
-                                                      "decoder_depth": 2}
+                                                      "decoder_depth": 2, "skips": 0}
     assert autoencoder.get_layer("decoder").count_params() == (9 * 8 + 8) + (9 * 8 * 16 + 16)
     paper = stages.STAGES[2].task.build_model(RunConfig("autoencoder"), ())
     assert paper.count_params() == 865 + 160  # the paper's stays the default
@@ -208,7 +228,7 @@ def stage2_residual(records_dir, tmp_path_factory):
 
 @pytest.mark.slow
 def test_stage2_then_stage3_on_the_residual_codec(stage2_residual, records_dir, tmp_path):
-    codec = {"kind": "residual", "width": 8, "encoder_depth": 2, "decoder_depth": 4}
+    codec = {"kind": "residual", "width": 8, "encoder_depth": 4, "decoder_depth": 4, "skips": 0}  # the flagfile's depths
     config = json.loads((stage2_residual / "config.json").read_text())
     assert config["model"] == {"codec": codec} and "backbone" not in config["model"]
     stage1 = tmp_path / "stage1" / "best.keras"
@@ -300,7 +320,7 @@ def test_evaluation_names_the_codec_and_scores_an_untrained_residual_codec_as_bi
     autoencoder = models.build_autoencoder(*models.build_codec("residual", width=8))
     summary = reconstruction.evaluate_reconstruction(autoencoder, records_dir, tmp_path, stage="autoencoder",
                                                      inputs=stages.STAGES["autoencoder"].task.inputs, batch_size=16)
-    assert summary["codec"] == {"kind": "residual", "width": 8, "encoder_depth": 2, "decoder_depth": 4}
+    assert summary["codec"] == {"kind": "residual", "width": 8, "encoder_depth": 2, "decoder_depth": 4, "skips": 0}
     assert "Codec: residual (--codec;" in (tmp_path / "eval" / "test" / "reconstruction.md").read_text()
     methods = summary["methods"]
     assert methods["autoencoder_8bit"]["psnr"] == pytest.approx(methods["bicubic_8bit"]["psnr"], abs=1e-3)

@@ -47,9 +47,12 @@ def spec_of(model: keras.Model, path=None) -> dict:
 
 
 def codec_of(model: keras.Model) -> CodecConfig | None:
-    """The model's codec (kind and parameters), None for a model without one."""
+    """The model's codec (kind and every parameter: one saved before a parameter existed has its
+    default), None for a model without one."""
+    from tfcxr.models.codecs.base import make_codec  # the registry imports this module
+
     codec = spec_of(model).get("codec")
-    return CodecConfig.from_dict(codec) if codec is not None else None
+    return make_codec(codec).config() if codec is not None else None
 
 
 def classifies(model: keras.Model) -> bool:

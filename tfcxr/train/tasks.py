@@ -177,7 +177,7 @@ def codec_of_init(config: RunConfig) -> dict[str, Any]:
     codec = models.read_spec(config.init.codec).get("codec")
     if codec is None:
         raise ValueError(f"--init_codec={config.init.codec}: holds no codec (expected a codec run's best.keras)")
-    return {"model.codec": codec}
+    return {"model.codec": models.make_codec(codec).config().to_dict()}  # every parameter, defaults included
 
 
 CLASSIFIER_ONLY = ("model.codec", "init.codec")
