@@ -5,8 +5,9 @@
 tfcxr: the probabilities evaluation and the export's predict_images compute (sigmoid of the model's
 logits in a tf.function, training=False) on gray [B,H,W,1] images; the baseline (DenseNet121 BL5)
 at its evaluation size 256, the AECNN at 896. PyTorch: the same modules from tests/torch_reference.py
-(the parity tests' references) in eval mode under torch.inference_mode, channels_last, on the same
-pixels replicated and ImageNet-normalized. Random weights; every case in a process of its own, the
+(the parity tests' references) in eval mode under torch.inference_mode, channels_first (faster than
+channels_last for these modules here), denormals flushed to zero (as TensorFlow's CPU kernels do), on
+the same pixels replicated and ImageNet-normalized. Random weights; every case in a process of its own, the
 fastest of --repeats alternating runs. Writes benchmarks/results/inference_pytorch.md.
 """
 
@@ -19,8 +20,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_training  # noqa: E402  (cpu_description, torch_reference)
+ROOT = Path(__file__).resolve().parents[1]
 
 flags.DEFINE_list("models", ["baseline", "aecnn"], "baseline (256 px) and / or aecnn (896 px)")
 flags.DEFINE_list("batches", ["1", "16"], "batch sizes")
@@ -31,6 +31,23 @@ FLAGS = flags.FLAGS
 
 SIDE = {"baseline": 256, "aecnn": 896}
 SECONDS = 8.0  # timed seconds per case (at least 2 batches), after 2 untimed batches
+
+
+def torch_reference():
+    """tests/torch_reference.py, the parity tests' PyTorch modules (bench_training.py reads the same)."""
+    if str(ROOT / "tests") not in sys.path:
+        sys.path.insert(0, str(ROOT / "tests"))
+    import torch_reference as reference
+
+    return reference
+
+
+def cpu_description():
+    """bench_training.cpu_description (its module defines flags of the same names, so it is run, not imported)."""
+    result = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, 'benchmarks'); import bench_training; "
+                             "print(bench_training.cpu_description())"], cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    return result.stdout.strip().splitlines()[-1]
 
 
 def tfcxr_predict(model_name, batch_size):
@@ -53,17 +70,14 @@ def tfcxr_predict(model_name, batch_size):
 def torch_predict(model_name, batch_size):
     import torch
 
-    reference = bench_training.torch_reference()
+    torch.set_flush_denormal(True)
+    reference = torch_reference()
     model = (reference.DenseNet121(14) if model_name == "baseline" else reference.AECNN(14)).eval()
-    model = model.to(memory_format=torch.channels_last)
     images = torch.rand(batch_size, 1, SIDE[model_name], SIDE[model_name])
 
     def run():
         with torch.inference_mode():
-            if model_name == "baseline":
-                logits = model(reference.imagenet_normalize(images).contiguous(memory_format=torch.channels_last))
-            else:
-                logits = model(images.contiguous(memory_format=torch.channels_last))[2]
+            logits = model(reference.imagenet_normalize(images)) if model_name == "baseline" else model(images)[2]
             return torch.sigmoid(logits).numpy()
 
     return run
@@ -116,7 +130,7 @@ def main(argv):
             print(rows[-1], flush=True)
     command = " ".join(["python", "benchmarks/bench_inference.py", *sys.argv[1:]])
     write_text(out, f"# Inference throughput: tfcxr against PyTorch eval, float32\n\n`{command}`\n\n"
-               f"{bench_training.cpu_description()}; {time.strftime('%Y-%m-%d')}; TensorFlow {tf.__version__}, "
+               f"{cpu_description()}; {time.strftime('%Y-%m-%d')}; TensorFlow {tf.__version__}, "
                f"PyTorch {torch.__version__} ({torch.get_num_threads()} threads); random weights, gray images; "
                f"each case in a process of its own, timed for {SECONDS:.0f} s after 2 untimed batches; the fastest "
                f"of {FLAGS.repeats} alternating runs. Load average (1 min) at start / end: {load_start:.1f} / "

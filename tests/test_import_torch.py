@@ -161,7 +161,8 @@ def test_densenet_refusals_name_the_tensor():
                        match=r"missing tensor features\.denseblock3\.denselayer7\.norm2\.running_var "
                              r"\(expected shape \[128\]\)"):
         torch_port.import_state(state, "densenet121")
-    with pytest.raises(torch_port.CheckpointError, match=r"not a autoencoder state dict: no encoder\.0\.weight"):
+    with pytest.raises(torch_port.CheckpointError,
+                       match=r"holds none of the 6 autoencoder tensors \(first: encoder\.0\.weight\) but features\."):
         torch_port.import_state(state, "autoencoder")
 
 

@@ -65,7 +65,6 @@ AUTOENCODER_NAMES = {
     "decoder.0.weight": (DECODER, "decoder_conv", 0),
     "decoder.0.bias": (DECODER, "decoder_conv", 1),
 }
-TORCH_NAMES = AUTOENCODER_NAMES  # the name tests and benchmarks have used
 # keras.applications' DenseNet121 layer name -> torchvision's module name (groups: block, layer).
 DENSENET_MODULES = [
     (re.compile(r"conv1_conv"), lambda m: "features.conv0"),
@@ -237,8 +236,8 @@ def check_fits(state: dict[str, np.ndarray], original: dict[str, str], targets: 
     counts = f"({len(missing)} of {len(targets)} {architecture} tensors missing, {len(unexpected)} unexpected)"
     if len(missing) == len(targets):
         held = ", ".join(original[name] for name in list(state)[:3]) or "nothing"
-        raise CheckpointError(f"{source}: not a {architecture} state dict: no {next(iter(targets))} nor any other "
-                              f"of its {len(targets)} tensors; it holds {held}, ... (--architecture={architecture}?)")
+        raise CheckpointError(f"{source}: holds none of the {len(targets)} {architecture} tensors (first: "
+                              f"{next(iter(targets))}) but {held}, ...: another --architecture?")
     for name, variable in targets.items():
         expected = torch_shape(variable)
         if name not in state:
