@@ -20,7 +20,7 @@ def run_dir(tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "aecnn"
     run.mkdir()
     box_codec(tiny_aecnn()).save(run / "best.keras")
-    (run / "config.json").write_text(json.dumps({"stage": 3, "image_size": SIZE, "resize_size": None}))
+    (run / "config.json").write_text(json.dumps({"stage": "aecnn", "data": {"image_size": SIZE}}))
     return run
 
 

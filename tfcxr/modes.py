@@ -27,7 +27,7 @@ from absl import app, flags
 from tfcxr import config as config_lib
 from tfcxr import storage
 from tfcxr.config import CONFIG_FILE, RunConfig
-from tfcxr.constants import BOOTSTRAP_RESAMPLES, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE
+from tfcxr.constants import BOOTSTRAP_RESAMPLES, LABELS, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE
 from tfcxr.stages import STAGES, Stage
 
 FLAGS = flags.FLAGS
@@ -292,11 +292,12 @@ def export():
     if not FLAGS.export_dir:
         raise app.UsageError("--mode=export needs --export_dir")
     model, checkpoint = _load(model_dir)
-    records = _records(config, "")
     inputs = evaluation_inputs(stage, config)
-    # image/small inputs serve what evaluation reads: image/small as the sharder made it, then the resize
-    small = records.small_size if inputs.feature == schema.SMALL else None
-    label_names = spec_of(model).get("labels") or records.label_names
+    # image/small inputs serve what evaluation reads: image/small as the sharder made it (its size is in
+    # the records' manifest), then the resize; originals need no records
+    records = _records(config, " (image/small's size)") if inputs.feature == schema.SMALL else None
+    small = records.small_size if records else None
+    label_names = spec_of(model).get("labels") or (records.label_names if records else LABELS)
     path = saved_model.export(model, FLAGS.export_dir, image_size=inputs.eval_size, version=FLAGS.version,
                               model_name=FLAGS.model_name or stage.export_name,
                               max_image_side=FLAGS.max_image_side, max_image_pixels=FLAGS.max_image_pixels,
