@@ -42,7 +42,7 @@ flags.DEFINE_string("codec", None, "the stage-2 .keras the run starts from", req
 flags.DEFINE_string("name", "stage3", "the run's folder under workspace/runs/stage3_codec")
 flags.DEFINE_integer("steps", 200, "optimizer steps")
 flags.DEFINE_integer("batch_size", 4, "896 crops per step")
-flags.DEFINE_float("classification_weight", 0.9, "w in w * BCE + (1 - w) * MSE (the paper's 0.9)")
+flags.DEFINE_float("classification_weight", 0.9, "--classification_weight: w in w * BCE + (1 - w) * MSE (the paper's 0.9)")
 FLAGS = flags.FLAGS
 
 
@@ -54,14 +54,6 @@ def stand_in_classifier():
     x = layers.Conv2D(32, 3, strides=2, padding="same", activation="relu", name="conv2")(x)  # [B,h/4,w/4,32]
     x = layers.GlobalAveragePooling2D(name="pool")(x)  # [B,32]
     return keras.Model(image, layers.Dense(NUM_LABELS, dtype="float32", name="logits")(x), name="classifier")
-
-
-def weighted_loss(weight):
-    def loss(batch, outputs):
-        bce = tasks.classification_loss(batch, outputs)["loss"]
-        mse = tasks.reconstruction_loss(batch, outputs)["loss"]
-        return {"loss": weight * bce + (1.0 - weight) * mse, "bce": bce, "mse": mse}
-    return loss
 
 
 def score(model):
@@ -76,13 +68,13 @@ def main(argv):
     before = score(load_model(FLAGS.codec))
     codec = CodecConfig.from_dict(models.read_spec(FLAGS.codec)["codec"])
     task = dataclasses.replace(
-        tasks.AECNN, requires=("init.codec",), loss=weighted_loss(FLAGS.classification_weight),
+        tasks.AECNN, requires=("init.codec",),
         build_model=lambda config, labels: models.build_aecnn(*models.build_codec(config.model.codec),
                                                              stand_in_classifier(), label_names=labels))
     model_dir = RUNS_DIR / FLAGS.name
     config = RunConfig.from_flags(
         "aecnn", records_dir=str(real_cxr14.RECORDS_DIR), model_dir=str(model_dir), init_codec=FLAGS.codec,
-        batch_size=FLAGS.batch_size, epochs=4, steps_per_epoch=FLAGS.steps // 4, log_every=25,
+        batch_size=FLAGS.batch_size, classification_weight=FLAGS.classification_weight, epochs=4, steps_per_epoch=FLAGS.steps // 4, log_every=25,
         strategy="one_device").replace(**{"model.codec": codec})
     start, load = time.time(), os.getloadavg()
     model = loop.train(task, config, strategy.make_strategy("one_device"))

@@ -135,3 +135,19 @@ def test_budget_note_only_far_below_the_codecs_steps():
     assert task.budget_note(residual.replace(epochs=int(shipped["epochs"])), int(shipped["steps_per_epoch"])) is None
     assert task.budget_note(RunConfig.from_flags("autoencoder", codec="paper", epochs=1), 1) is None
     assert STAGES["baseline"].task.budget_note(RunConfig("baseline"), 1) is None
+
+
+def test_stage3_classification_weight_is_a_config_field_the_loop_trains_with():
+    from tfcxr.train import tasks
+
+    batch = {"image": tf.fill([2, 8, 8, 1], 0.5), "labels": tf.constant([[1.0] * 14, [0.0] * 14])}
+    outputs = {"logits": tf.fill([2, 14], 0.3), "reconstruction": tf.fill([2, 8, 8, 1], 0.4)}
+    bce, mse = [tasks.joint_loss(batch, outputs)[name] for name in ("bce", "mse")]
+    paper = STAGES["aecnn"].task.configured(RunConfig("aecnn"))
+    np.testing.assert_allclose(paper.loss(batch, outputs)["loss"], 0.9 * bce + 0.1 * mse, rtol=1e-6)  # the paper's
+    light = STAGES["aecnn"].task.configured(RunConfig.from_flags("aecnn", classification_weight=0.01))
+    np.testing.assert_allclose(light.loss(batch, outputs)["loss"], 0.01 * bce + 0.99 * mse, rtol=1e-6)
+    assert RunConfig.from_flags("aecnn", classification_weight=0.01).optimizer.classification_weight == 0.01
+    assert "classification_weight" not in RunConfig("autoencoder").to_dict(omit=STAGES["autoencoder"].task.omits)["optimizer"]
+    with pytest.raises(ValueError, match="--classification_weight=1.5: a weight in"):
+        STAGES["aecnn"].task.configured(RunConfig.from_flags("aecnn", classification_weight=1.5))

@@ -4,7 +4,7 @@
       stage       the stage's name (tfcxr.stages.STAGES)
       data        records_dir, batch_size, image_size, resize_size, augment, patches_per_image, codec_validation
       model       backbone, weights, codec (CodecConfig: kind + the codec's own parameters)
-      optimizer   learning_rate (Adam, PyTorch's betas and epsilon)
+      optimizer   learning_rate (Adam, PyTorch's betas and epsilon), classification_weight (stage 3's loss)
       schedule    epochs, steps_per_epoch, val_steps
       init        classifier, codec: the .keras files a stage starts from
       runtime     model_dir, strategy, replicas, precision, seed, logging, checkpoints, previews
@@ -21,7 +21,7 @@ import types
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from tfcxr.constants import EPOCHS, LEARNING_RATE, PATCHES_PER_IMAGE
+from tfcxr.constants import CLASSIFICATION_WEIGHT, EPOCHS, LEARNING_RATE, PATCHES_PER_IMAGE
 
 CONFIG_FILE = "config.json"  # model_dir/config.json
 
@@ -75,6 +75,8 @@ class ModelConfig:
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
     learning_rate: float = LEARNING_RATE
+    # Stage 3's objective: w * BCE + (1 - w) * MSE; the paper's w = 0.9 (constants.CLASSIFICATION_WEIGHT).
+    classification_weight: float = CLASSIFICATION_WEIGHT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,7 +181,7 @@ FLAGS = {
     "resize_size": "data.resize_size", "augment": "data.augment", "patches_per_image": "data.patches_per_image",
     "codec_validation": "data.codec_validation",
     "backbone": "model.backbone", "weights": "model.weights", "codec": "model.codec.kind",
-    "learning_rate": "optimizer.learning_rate",
+    "learning_rate": "optimizer.learning_rate", "classification_weight": "optimizer.classification_weight",
     "epochs": "schedule.epochs", "steps_per_epoch": "schedule.steps_per_epoch", "val_steps": "schedule.val_steps",
     "init_classifier": "init.classifier", "init_codec": "init.codec",
     **{name: f"runtime.{name}" for name in (field.name for field in dataclasses.fields(RuntimeConfig))},

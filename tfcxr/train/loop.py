@@ -410,6 +410,7 @@ def train(task: Task, config: RunConfig, strategy: tf.distribute.Strategy, recor
 
 
 def train_until_done(task, config, strategy, records, callbacks, flag):
+    task = task.configured(config)  # its loss at the run's weights
     check_init_files(task, config)
     records = records or Records.open(config.data.records_dir)
     chief = is_chief(strategy)

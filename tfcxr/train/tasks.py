@@ -48,6 +48,7 @@ class Task:
     derive: (config) -> {dotted field: value} the run takes from elsewhere (stage 3: its codec from init.codec).
     omits: the config fields that do not apply (left out of config.json).
     image_outputs: model outputs shown as images in TensorBoard, beside the input.
+    loss_for: (config) -> the loss at the run's settings (stage 3: its classification_weight); None: `loss`.
     eval_geometry: (config) -> how validation reads originals: "resize" or "full" (InputSpec.eval_geometry).
     recommended_steps: (config) -> the optimizer steps the model needs; a run far below them says so.
     """
@@ -61,8 +62,13 @@ class Task:
     derive: Callable[[RunConfig], dict[str, Any]] = nothing_derived
     omits: tuple[str, ...] = ()
     image_outputs: tuple[str, ...] = ()
+    loss_for: Callable[[RunConfig], Callable[[Batch, Outputs], dict[str, tf.Tensor]]] | None = None
     eval_geometry: Callable[[RunConfig], str] = lambda config: "resize"
     recommended_steps: Callable[[RunConfig], int | None] = lambda config: None
+
+    def configured(self, config: RunConfig) -> "Task":
+        """This task with the loss of the run's settings (loss_for), what the loop trains."""
+        return dataclasses.replace(self, loss=self.loss_for(config)) if self.loss_for else self
 
     def input_spec(self, config: RunConfig) -> pipeline.InputSpec:
         """The task's inputs at the run's sizes and validation geometry."""
@@ -107,11 +113,19 @@ def reconstruction_loss(batch: Batch, outputs: Outputs) -> dict[str, tf.Tensor]:
     return {"loss": tf.reduce_mean(tf.square(error), axis=[1, 2, 3])}
 
 
-def joint_loss(batch: Batch, outputs: Outputs) -> dict[str, tf.Tensor]:
-    """AECNN: CLASSIFICATION_WEIGHT * BCE + (1 - CLASSIFICATION_WEIGHT) * MSE, with both terms: [B]."""
+def joint_loss(batch: Batch, outputs: Outputs, weight: float = CLASSIFICATION_WEIGHT) -> dict[str, tf.Tensor]:
+    """AECNN: weight * BCE + (1 - weight) * MSE (the paper's weight 0.9), with both terms: [B]."""
     bce = classification_loss(batch, outputs)["loss"]
     mse = reconstruction_loss(batch, outputs)["loss"]
-    return {"loss": CLASSIFICATION_WEIGHT * bce + (1.0 - CLASSIFICATION_WEIGHT) * mse, "bce": bce, "mse": mse}
+    return {"loss": weight * bce + (1.0 - weight) * mse, "bce": bce, "mse": mse}
+
+
+def joint_loss_for(config: RunConfig) -> Callable[[Batch, Outputs], dict[str, tf.Tensor]]:
+    """joint_loss at optimizer.classification_weight."""
+    weight = config.optimizer.classification_weight
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"--classification_weight={weight}: a weight in [0, 1]")
+    return lambda batch, outputs: joint_loss(batch, outputs, weight)
 
 
 def classification_metrics(label_names: LabelNames) -> list[metrics_lib.ValidationMetric]:
@@ -185,15 +199,16 @@ BASELINE = Task(
     pipeline.InputSpec(schema.SMALL, STAGE1_CROP, resize_size=SMALL_SIZE, rotation="device", contrast=True,
                        fmix=True, tencrop=True, shuffle_records=4096),
     build_baseline, classification_loss, metrics=classification_metrics, initialize=initialize_from_files,
-    omits=CLASSIFIER_ONLY + ("data.patches_per_image", "data.codec_validation"))
+    omits=CLASSIFIER_ONLY + ("data.patches_per_image", "data.codec_validation", "optimizer.classification_weight"))
 AUTOENCODER = Task(
     pipeline.InputSpec(schema.ENCODED, STAGE2_PATCH, vertical_flip=True, patches=True),
     build_autoencoder, reconstruction_loss, metrics=reconstruction_metrics, initialize=initialize_from_files,
-    derive=codec_of_init, omits=("model.backbone", "model.weights", "init.classifier", "data.resize_size", "data.augment"),
+    derive=codec_of_init, omits=("model.backbone", "model.weights", "init.classifier", "data.resize_size", "data.augment",
+                                 "optimizer.classification_weight"),
     image_outputs=("reconstruction", "latent"), eval_geometry=codec_validation, recommended_steps=codec_recommended_steps)
 AECNN = Task(
     pipeline.InputSpec(schema.ENCODED, STAGE3_CROP, rotation="device", tencrop=True),
     build_aecnn, joint_loss, metrics=joint_metrics, requires=("init.codec", "init.classifier"),
-    initialize=initialize_from_files, derive=codec_of_init,
+    initialize=initialize_from_files, derive=codec_of_init, loss_for=joint_loss_for,
     omits=("model.weights", "data.resize_size", "data.augment", "data.patches_per_image", "data.codec_validation"),
     image_outputs=("reconstruction", "latent"))
