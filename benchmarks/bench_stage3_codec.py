@@ -32,13 +32,14 @@ from tfcxr.config import CodecConfig, RunConfig  # noqa: E402
 from tfcxr.constants import NUM_LABELS  # noqa: E402
 from tfcxr.evaluate import reconstruction  # noqa: E402
 from tfcxr.models import DECODER, ENCODER, load_model  # noqa: E402
-from tfcxr.storage import write_json  # noqa: E402
+from tfcxr.storage import write_json, write_text  # noqa: E402
 from tfcxr.train import loop, strategy, tasks  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS_DIR = ROOT / "workspace" / "runs" / "stage3_codec"
 
-flags.DEFINE_string("codec", None, "the stage-2 .keras the run starts from", required=True)
+flags.DEFINE_string("codec", None, "the stage-2 .keras the run starts from")
+flags.DEFINE_bool("report", False, "write benchmarks/results/codec_stage3.md from the runs so far instead")
 flags.DEFINE_string("name", "stage3", "the run's folder under workspace/runs/stage3_codec")
 flags.DEFINE_integer("steps", 200, "optimizer steps")
 flags.DEFINE_integer("batch_size", 4, "896 crops per step")
@@ -63,8 +64,43 @@ def score(model):
             "bicubic_8bit": methods["bicubic_8bit"]["psnr"], "ssim_8bit": methods["autoencoder_8bit"]["ssim"]}
 
 
+def report():
+    """benchmarks/results/codec_stage3.md from workspace/runs/stage3_codec/*.json (runs of 50 steps or more)."""
+    runs = [json.loads(path.read_text()) for path in sorted(RUNS_DIR.glob("*.json"))]
+    runs = sorted((run for run in runs if run["steps"] >= 50), key=lambda run: (run["codec"], -run["classification_weight"]))
+    cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+               if line.startswith("model name"))
+    lines = ["# Stage 3 and the codec's PSNR", "",
+             f"Measured {time.strftime('%Y-%m-%d')} on {cpu} ({os.cpu_count()} cores, shared with other work: load "
+             "averages per row). `.venv/bin/python benchmarks/bench_stage3_codec.py --codec=CODEC "
+             "--classification_weight=W --steps=200 --batch_size=4` (this file: `--report`).", "",
+             "Stage 3's task (random 896 crops of the 1024 originals, 5-degree rotations, flips, Adam 1e-4) on "
+             "the 43 training radiographs of benchmarks/real_cxr14.py, from a stage-2 residual codec and a stand-in "
+             "classifier (two strided convolutions, pooling, 14 logits, untrained: DenseNet121 at 896 is too slow to "
+             "train on this CPU). The codec alone is scored before and after on the 17 held-out radiographs, whole "
+             "1024 images through the 8-bit latent. Loss: w * BCE + (1 - w) * MSE (--classification_weight; the "
+             "paper's w = 0.9).", "",
+             "| stage-2 codec | w | steps x batch | train wall min | load (start -> end) | PSNR before (dB) "
+             "| PSNR after (dB) | change | train BCE, first -> last epoch |", "|---|---|---|---|---|---|---|---|---|"]
+    for run in runs:
+        log = (RUNS_DIR / Path(run["name"]) / "log.csv") if "name" in run else None
+        bce = "-"
+        if log and log.is_file():
+            rows = log.read_text().strip().splitlines()
+            column = rows[0].split(",").index("bce")
+            bce = f"{float(rows[1].split(',')[column]):.3f} -> {float(rows[-1].split(',')[column]):.3f}"
+        lines.append(f"| {run['codec']} | {run['classification_weight']:g} | {run['steps']} x {run['batch_size']} | "
+                     f"{run['train_wall_s'] / 60:.1f} | {run['loadavg_start'][0]:.1f} -> {run['loadavg_end'][0]:.1f} | "
+                     f"{run['stage2']['psnr_8bit']:.2f} | {run['stage3_last']['psnr_8bit']:.2f} | "
+                     f"{run['change_db']:+.2f} dB | {bce} |")
+    write_text(ROOT / "benchmarks" / "results" / "codec_stage3.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main(argv):
     del argv
+    if FLAGS.report:
+        return report()
     before = score(load_model(FLAGS.codec))
     codec = CodecConfig.from_dict(models.read_spec(FLAGS.codec)["codec"])
     task = dataclasses.replace(
@@ -78,7 +114,7 @@ def main(argv):
         strategy="one_device").replace(**{"model.codec": codec})
     start, load = time.time(), os.getloadavg()
     model = loop.train(task, config, strategy.make_strategy("one_device"))
-    results = {"codec": FLAGS.codec, "steps": FLAGS.steps, "batch_size": FLAGS.batch_size,
+    results = {"name": FLAGS.name, "codec": FLAGS.codec, "steps": FLAGS.steps, "batch_size": FLAGS.batch_size,
                "classification_weight": FLAGS.classification_weight, "train_wall_s": time.time() - start,
                "loadavg_start": load, "loadavg_end": os.getloadavg(), "stage2": before, "stage3_last": score(model),
                "command": " ".join(["benchmarks/bench_stage3_codec.py", *sys.argv[1:]])}
