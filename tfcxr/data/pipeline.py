@@ -46,7 +46,7 @@ from tfcxr.data import schema
 from tfcxr import storage
 
 AUTOTUNE = tf.data.AUTOTUNE
-FEATURES = (schema.SMALL, schema.ENCODED)  # what an InputSpec reads: image/small or the original
+IMAGE_FEATURES = (schema.SMALL, schema.ENCODED)  # what an InputSpec reads: image/small or the original
 ROTATIONS = (None, "pipeline", "device")  # where the training rotation runs (None: no rotation)
 EVAL_GEOMETRIES = ("resize", "full")  # an original when evaluating: resized to image_size, or at its own size
 INTERLEAVE_FILES = 8  # shards read at once when training
@@ -87,8 +87,8 @@ class InputSpec:
     eval_geometry: str = "resize"
 
     def __post_init__(self):
-        if self.feature not in FEATURES:
-            raise ValueError(f"InputSpec.feature={self.feature!r}: one of {FEATURES}")
+        if self.feature not in IMAGE_FEATURES:
+            raise ValueError(f"InputSpec.feature={self.feature!r}: one of {IMAGE_FEATURES}")
         if (self.resize_size is None) != (self.feature == schema.ENCODED):
             raise ValueError(f"InputSpec: resize_size is for {schema.SMALL} inputs (and they need one)")
         if self.rotation not in ROTATIONS or (self.contrast and self.rotation is None):
@@ -216,7 +216,7 @@ def resize_uint8(image, size):
 
 def _feature_keys(inputs, include_metadata):
     keys = [schema.SMALL] if inputs.feature == schema.SMALL else [schema.ENCODED, schema.FORMAT, schema.HEIGHT, schema.WIDTH]
-    return keys + [schema.LABELS] + ([schema.FILENAME, schema.PATIENT_ID] if include_metadata else [])
+    return keys + [schema.LABEL_VECTOR] + ([schema.FILENAME, schema.PATIENT_ID] if include_metadata else [])
 
 
 def _decode(features, inputs):
@@ -352,7 +352,7 @@ def make_dataset(
         features = schema.parse(serialized, keys, num_labels)
         record_seed, batch_seed = augmentations.split_seed(seed, 2)
         image = _record_image(_decode(features, inputs), record_seed, inputs, training, augment, tta)
-        example = {"image": image, "labels": tf.cast(features[schema.LABELS], tf.float32)}
+        example = {"image": image, "labels": tf.cast(features[schema.LABEL_VECTOR], tf.float32)}
         if include_metadata:
             example.update(filename=features[schema.FILENAME], patient_id=features[schema.PATIENT_ID])
         return {**example, "seed": batch_seed} if training else example
@@ -362,7 +362,7 @@ def make_dataset(
         features = schema.parse(serialized, keys, num_labels)
         record_seed, batch_seed = augmentations.split_seed(seed, 2)
         patches = _random_patches(_decode(features, inputs), inputs, patches_per_image, record_seed)
-        example = {"image": patches, "labels": tf.cast(features[schema.LABELS], tf.float32),
+        example = {"image": patches, "labels": tf.cast(features[schema.LABEL_VECTOR], tf.float32),
                    "seed": tf.random.experimental.stateless_split(batch_seed, patches_per_image)}
         if include_metadata:
             example.update(filename=features[schema.FILENAME], patient_id=features[schema.PATIENT_ID])
