@@ -1,12 +1,13 @@
 # make demo : set up .venv, generate a ChestX-ray14-shaped dataset, shard it, train the three
 #             stages at toy sizes, evaluate, export and query the SavedModel (CPU, minutes).
-# make test : set up .venv and run the test suite.
+# make test : set up .venv and run the test suite (everything; what CI runs).
+# make test-fast : the tests not marked slow, for development (a few minutes on 2 cores).
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= demo_workspace
 
-.PHONY: venv test demo clean
+.PHONY: venv test test-fast demo clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +19,9 @@ venv: $(VENV)/.installed
 
 test: venv
 	$(PY) -m pytest -q tests
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow" tests
 
 demo: venv
 	$(PY) tools/demo.py --workspace=$(DEMO_DIR)

@@ -56,6 +56,7 @@ def round_trip(aecnn_file, tmp_path_factory):
     return {"gray": gray, "rgba": kept}, out, results
 
 
+@pytest.mark.slow
 def test_compress_writes_8bit_latents_with_16x_fewer_pixels(round_trip):
     images, out, (compressed, _, _) = round_trip
     assert np.asarray(Image.open(out / "gray.latent.png")).shape == (16, 16)
@@ -93,6 +94,7 @@ def test_classify_from_latent_png_equals_the_aecnn_with_an_8bit_latent(aecnn_fil
     assert "Atelectasis" in classified.stdout and "gray.latent.png" in classified.stdout
 
 
+@pytest.mark.slow
 def test_codec_refuses_bad_input_in_one_line(tmp_path):
     autoencoder_file = tmp_path / "autoencoder.keras"
     models.build_autoencoder().save(autoencoder_file)
@@ -106,6 +108,7 @@ def test_codec_refuses_bad_input_in_one_line(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_real_radiograph_round_trip(aecnn_file, real_dir, tmp_path):
     """A real 1024x1024 PNG -> 256x256 latent PNG (fewer bytes) -> 1024x1024 reconstruction."""
     source = real_dir / "images" / "00000002_000.png"
@@ -121,6 +124,7 @@ def test_real_radiograph_round_trip(aecnn_file, real_dir, tmp_path):
     assert float(tf.image.psnr(original, reconstruction, 255)[0]) > 25  # the box codec on a real X-ray
 
 
+@pytest.mark.slow
 def test_a_codec_alone_exports_without_the_split_and_compresses_each_image_at_its_own_size(tmp_path):
     """--mode=export of a stage-2 run reads no record of --split; its compress takes any image at its own
     size, cropped to multiples of 4 (the top-left part), one size per request, within the size limits."""

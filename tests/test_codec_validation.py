@@ -104,6 +104,7 @@ def mse_through_8bit_latent(model, images):
     return float(np.mean(errors))
 
 
+@pytest.mark.slow
 def test_residual_stage2_validates_whole_originals_through_the_8bit_latent(records_dir, tmp_path, capsys):
     model, log = residual_run(records_dir, tmp_path)
     images = [whole(image) for image in originals(records_dir, "val")]
@@ -116,6 +117,7 @@ def test_residual_stage2_validates_whole_originals_through_the_8bit_latent(recor
     assert "note: this run trains 1 epochs x 3 steps = 3 steps, far below the ~10,000" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_the_paper_protocol_stays_selectable(records_dir, tmp_path):
     model, log = residual_run(records_dir, tmp_path, codec_validation="resize")
     resized = [image.numpy() for batch in pipeline.make_dataset(

@@ -97,6 +97,7 @@ class BoxCodec(Codec):
 '''
 
 
+@pytest.mark.slow
 def test_a_new_codec_is_one_class_that_trains_evaluates_and_exports(records_dir, tmp_path):
     run, export_dir = tmp_path / "run", tmp_path / "export"
     run_mode("--stage=2", "--codec=box", f"--records_dir={records_dir}", f"--model_dir={run}", "--image_size=32",

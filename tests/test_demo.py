@@ -17,7 +17,7 @@ def test_demo_runs_every_step_and_ends_with_table1_psnr_export_and_tensorboard(t
     titles = re.findall(r"^=== (.+): done in \d+ s$", out, flags=re.MULTILINE)
     assert titles == ["generate a ChestX-ray14-shaped dataset", "shard it into TFRecords",
                       "stage 1: DenseNet121 baseline (BL5)", "stage 2: autoencoder head start",
-                      "stage 2: residual codec (--autoencoder=residual)", "stage 3: joint AECNN",
+                      "stage 2: residual codec (--codec=residual)", "stage 3: joint AECNN",
                       "evaluate stage 1 on the test split", "evaluate stage 3 on the test split",
                       "evaluate the paper autoencoder (stage 2) on the test split",
                       "evaluate the residual codec (stage 2) on the test split",

@@ -189,6 +189,7 @@ def compare_runs(*args):
     return run_tool("compare_runs.py", *args, timeout=120)
 
 
+@pytest.mark.slow
 def test_compare_runs_puts_runs_beside_the_papers_columns(tmp_path):
     d121 = _fake_run(tmp_path / "d121", 0.81, protocol="resize: one 256x256 resize of the whole image")
     aecnn = _fake_run(tmp_path / "aecnn", 0.82)
@@ -202,6 +203,7 @@ def test_compare_runs_puts_runs_beside_the_papers_columns(tmp_path):
     assert (tmp_path / "table.md").read_text() == result.stdout
 
 
+@pytest.mark.slow
 def test_compare_runs_warns_when_runs_differ_and_fails_on_a_missing_run(tmp_path):
     old = _fake_run(tmp_path / "old", 0.8, label_version="2017")
     new = _fake_run(tmp_path / "new", 0.8, tta="tencrop", protocol="tencrop: mean probability of 10 crops of 896x896")

@@ -24,6 +24,7 @@ def run_dir(tmp_path_factory):
     return run
 
 
+@pytest.mark.slow
 def test_evaluate_mode(run_dir, records_dir):
     """No --stage, no --image_size: both from the run's config.json."""
     result = tfcxr_main("--mode=evaluate", f"--records_dir={records_dir}", f"--model_dir={run_dir}",
@@ -38,6 +39,7 @@ def test_evaluate_mode(run_dir, records_dir):
     assert "bicubic" in result.stdout and (run_dir / "eval" / "test" / "table1.md").is_file()
 
 
+@pytest.mark.slow
 def test_explain_mode(run_dir, tmp_path):
     files = []
     for k in range(2):
@@ -54,6 +56,7 @@ def test_explain_mode(run_dir, tmp_path):
     assert "00000001_000.png: 2." in result.stdout
 
 
+@pytest.mark.slow
 def test_export_mode(run_dir, tmp_path):
     result = tfcxr_main("--mode=export", f"--model_dir={run_dir}", f"--export_dir={tmp_path}")
     assert (tmp_path / "tfcxr_aecnn" / "1" / "saved_model.pb").is_file()
@@ -66,12 +69,14 @@ def test_export_mode(run_dir, tmp_path):
     assert "version 1 already exported" in again.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_a_missing_model_is_one_clear_line(tmp_path, records_dir):
     result = tfcxr_main("--stage=1", "--mode=evaluate", f"--records_dir={records_dir}", f"--model_dir={tmp_path}",
                         expect=1)
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'best.keras'}")
 
 
+@pytest.mark.slow
 def test_a_stage_that_contradicts_the_run_is_one_line(run_dir, records_dir):
     result = tfcxr_main("--stage=baseline", "--mode=evaluate", f"--records_dir={records_dir}",
                         f"--model_dir={run_dir}", expect=1)
@@ -80,6 +85,7 @@ def test_a_stage_that_contradicts_the_run_is_one_line(run_dir, records_dir):
         "drop --stage or pick another --model_dir")
 
 
+@pytest.mark.slow
 def test_a_stage_that_contradicts_the_flagfile_is_one_line(tmp_path):
     """--stage=1 with the AECNN's flagfile stops before anything runs (it once trained a baseline into runs/aecnn)."""
     result = tfcxr_main("--stage=1", "--flagfile=configs/stage3.cfg", f"--model_dir={tmp_path / 'run'}", expect=1)

@@ -101,6 +101,7 @@ def trained(planted):
     return baseline
 
 
+@pytest.mark.slow
 def test_heatmaps_light_up_the_planted_findings(planted, trained):
     images, _, boxes = planted
     planted_boxes = [(image, LABELS.index(label), (x * SIZE / width, y * SIZE / height, w * SIZE / width, h * SIZE / height))

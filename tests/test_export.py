@@ -28,6 +28,7 @@ def test_tf_serving_layout_and_versions(aecnn, exported):
     assert saved_model.next_version(path.parent) == 2
 
 
+@pytest.mark.slow
 def test_saved_model_cli_lists_the_signatures(exported):
     path, _ = exported
     shown = subprocess.run([str(Path(sys.executable).parent / "saved_model_cli"), "show", "--dir", str(path), "--all"],
@@ -121,6 +122,7 @@ def assert_probability_table(lines, aecnn, seeds):
         np.testing.assert_allclose([float(v) for v in values], expected[:, k], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_query_saved_model_calls_serving_default_in_process(aecnn, exported, tmp_path):
     path, _ = exported
     files = write_noise_pngs(tmp_path, (3, 4), SIZE)

@@ -70,6 +70,7 @@ def test_find_damage_names_a_truncated_shard_and_the_records_before_the_cut(own_
     assert (path, count) == (str(cut), records - 1) and words.startswith("truncated record at byte ")
 
 
+@pytest.mark.slow
 def test_verify_names_every_bad_shard_and_exits_non_zero(own_records):
     assert sharding.verify(own_records)[1] == []
     ok = run_tool("shard_cxr14.py", "--verify", f"--out_dir={own_records}", expect=0)

@@ -46,6 +46,7 @@ def torch_eval(module, images):
         return module(ref.imagenet_normalize(ref.nchw(images))).numpy()
 
 
+@pytest.mark.slow
 def test_densenet121_returns_pytorch_eval_logits():
     module = random_densenet()
     model = torch_port.import_state(ref.state_dict_numpy(module), "densenet121")
@@ -55,6 +56,7 @@ def test_densenet121_returns_pytorch_eval_logits():
     assert model.spec["labels"] == list(LABELS) and model.spec["task"] == "baseline"
 
 
+@pytest.mark.slow
 def test_chexnet_checkpoint_through_the_tool(tmp_path):
     """.pth.tar, nested under "state_dict" beside other entries, DataParallel + wrapper prefixes,
     pre-0.4 names, a Linear + Sigmoid head of 5 labels named on the command line."""
@@ -79,6 +81,7 @@ def test_chexnet_checkpoint_through_the_tool(tmp_path):
     assert sorted(p.name for p in out.parent.iterdir()) == ["chexnet.keras"]  # no temporary left
 
 
+@pytest.mark.slow
 def test_autoencoder_and_aecnn_compute_what_pytorch_does():
     torch.manual_seed(3)
     autoencoder = ref.Autoencoder().eval()
@@ -152,6 +155,7 @@ def test_a_checkpoint_that_does_not_fit_is_one_line(change, message):
     assert "\n" not in str(error.value) and str(error.value).startswith("ae.pth: ")
 
 
+@pytest.mark.slow
 def test_densenet_refusals_name_the_tensor():
     state = ref.state_dict_numpy(ref.DenseNet121(14))
     with pytest.raises(torch_port.CheckpointError, match=r"its head has 14 labels, not the 15 of --num_labels"):
@@ -166,6 +170,7 @@ def test_densenet_refusals_name_the_tensor():
         torch_port.import_state(state, "autoencoder")
 
 
+@pytest.mark.slow
 def test_the_tool_refuses_with_one_line_and_writes_nothing(tmp_path):
     state = ref.Autoencoder().state_dict()
     del state["encoder.2.bias"]

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 import tensorflow as tf
 
 from tfcxr.data import schema
@@ -36,6 +37,7 @@ def write_records(records_dir, images_per_split=8):
     (records_dir / schema.MANIFEST).write_text(json.dumps(manifest))
 
 
+@pytest.mark.slow
 def test_records_with_three_labels_train_evaluate_and_export(tmp_path):
     records, run, export_dir = tmp_path / "records", tmp_path / "run", tmp_path / "export"
     records.mkdir()

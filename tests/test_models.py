@@ -208,6 +208,7 @@ def test_saved_and_loaded_models_give_identical_outputs(encoder, decoder, classi
         np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.slow
 def test_load_stage_weights(encoder, decoder, classifier, tmp_path):
     autoencoder_path, baseline_path = tmp_path / "stage2.keras", tmp_path / "stage1.keras"
     models.build_autoencoder(encoder, decoder).save(autoencoder_path)

@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 import tensorflow as tf
 from tfcxr.data import InputSpec, schema
 from tfcxr import stages
@@ -37,6 +38,7 @@ def toy_mode(*argv, expect=0):
     return run_mode(*argv, setup=setup, expect=expect)
 
 
+@pytest.mark.slow
 def test_a_toy_fourth_stage_trains_evaluates_and_exports(records_dir, tmp_path):
     run, export_dir = tmp_path / "run", tmp_path / "export"
     toy_mode("--stage=thumbnail_codec", f"--records_dir={records_dir}", f"--model_dir={run}", "--batch_size=8",
@@ -60,6 +62,7 @@ def test_a_toy_fourth_stage_trains_evaluates_and_exports(records_dir, tmp_path):
     assert reconstruction.shape == (1, 88, 68, 1)
 
 
+@pytest.mark.slow
 def test_modes_that_a_stage_lacks_stop_with_one_line(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"stage": "thumbnail_codec"}))
     result = toy_mode("--mode=explain", f"--model_dir={tmp_path}", "--images=x.png", expect=1)
@@ -69,6 +72,7 @@ def test_modes_that_a_stage_lacks_stop_with_one_line(tmp_path):
         f"error: {tmp_path / 'config.json'}: --stage=thumbnail_codec: no such stage; one of baseline (1)")
 
 
+@pytest.mark.slow
 def test_plain_training_loads_no_evaluation_code():
     """--mode=train imports the stage records (their evaluator and serving module names), not the evaluation
     itself (matplotlib figures, sklearn tables, Grad-CAM): each evaluator imports its module when it runs."""

@@ -251,6 +251,7 @@ def check(ours, pytorch, where, floor, cap):
 
 
 @pytest.mark.parametrize("stage", ["baseline", "autoencoder", "aecnn"])
+@pytest.mark.slow
 def test_stage_trains_as_pytorch_step_for_step(stage, tmp_path):
     module = reference_module(stage)
     exact_module = copy.deepcopy(module).double()

@@ -394,6 +394,7 @@ def test_missing_split(toy_records, tmp_path):
         make_dataset(tmp_path, "test", INPUTS[1], 2, False)
 
 
+@pytest.mark.slow
 def test_public_entry_point_is_lazy():
     """tfcxr.data.make_dataset is the pipeline's; the TensorFlow-free data modules do not load TensorFlow."""
     import tfcxr.data

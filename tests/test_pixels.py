@@ -96,11 +96,12 @@ def test_stage1_export_through_main_reads_small_size_from_the_manifest(tmp_path)
     run.mkdir()
     records.mkdir()
     baseline.save(run / "best.keras")
-    (run / "config.json").write_text(json.dumps({"stage": 1, "resize_size": 32, "records_dir": str(records)}))
+    (run / "config.json").write_text(json.dumps({"stage": "baseline", "data": {"resize_size": 32,
+                                                                                "records_dir": str(records)}}))
     export = ["--stage=1", "--mode=export", f"--model_dir={run}", f"--export_dir={tmp_path}"]
     missing = tfcxr_main(*export, expect=1)
-    assert missing.stderr.strip().splitlines()[-1] == (f"error: {records / 'manifest.json'}: no manifest.json; stage 1 "
-                                                       f"reads image/small's size from the records' manifest (pass --records_dir)")
+    assert missing.stderr.strip().splitlines()[-1] == (f"error: {records / 'manifest.json'}: no manifest.json; "
+                                                       "shard the data with tools/shard_cxr14.py")
     (records / "manifest.json").write_text(json.dumps({"small_size": 48}))
     result = tfcxr_main(*export)
     assert "(image/small 48x48, then 32x32 inputs)" in result.stdout

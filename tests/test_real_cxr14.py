@@ -19,6 +19,7 @@ def records(real_dir, tmp_path_factory):
     return tmp_path_factory.mktemp("real") / "records"
 
 
+@pytest.mark.slow
 def test_records_split_patient_disjoint_and_reused(real_dir, records):
     manifest = real_cxr14.ensure_records(records, real_dir)
     splits = manifest["splits"]

@@ -38,6 +38,7 @@ def no_local_ram_folder(*folders):
         assert not (Path(folder) / "ram:").exists(), folder
 
 
+@pytest.mark.slow
 def test_shard_train_resume_evaluate_export_in_a_bucket(synthetic_dir, tmp_path, capsys):
     records_dir, model_dir, export_dir = f"{BUCKET}/records", f"{BUCKET}/run", f"{BUCKET}/exports"
     manifest = sharding.shard(data_dir=synthetic_dir, out_dir=records_dir, seed=0, val_images=30, shard_mb=0.2,

@@ -332,6 +332,7 @@ def test_evaluation_names_the_codec_and_scores_an_untrained_residual_codec_as_bi
     assert paper["latent"].startswith("float")  # the paper's codec keeps the reference's float latent
 
 
+@pytest.mark.slow
 def test_serving_default_classifies_the_latent_png_that_compress_writes(tmp_path):
     """One latent: the AECNN export's serving_default probabilities are cxr_codec classify's on the
     latent PNG that cxr_codec compress writes (and that the compress signature returns)."""

@@ -292,6 +292,7 @@ def test_bad_crc_in_a_passed_through_png_is_caught(tmp_path):
         run_shard(data_dir, tmp_path / "records")
 
 
+@pytest.mark.slow
 def test_cli_prints_one_error_line_and_exits_1(tmp_path):
     data_dir = write_tree(tmp_path / "cxr14")
     edit(data_dir / "Data_Entry_2017.csv", "00000002_001.png,", "00000002_001.png,Flu|")
@@ -304,6 +305,7 @@ def test_cli_prints_one_error_line_and_exits_1(tmp_path):
     assert not (tmp_path / "records").exists()
 
 
+@pytest.mark.slow
 def test_kill_9_at_a_random_moment_then_rerun_gives_the_same_bytes(tmp_path):
     data_dir = write_tree(tmp_path / "cxr14", num_patients=50, images_per_patient=4, size=128)
     options = dict(val_images=40, shard_mb=0.1, small_size=32)
@@ -354,6 +356,7 @@ def test_synthetic_tree_quirks_are_converted(synthetic_dir, records_dir):
         assert sizes[not_square] == (image.height, image.width) and image.width != image.height
 
 
+@pytest.mark.slow
 def test_real_images(real_dir, tmp_path):
     manifest = sharding.shard(real_dir, tmp_path, allow_missing=True, small_size=64, workers=1)
     index = pd.read_csv(real_dir / "images_index.csv").set_index("image_index")

@@ -280,6 +280,7 @@ def test_a_failure_midway_leaves_nothing_behind(tmp_path, monkeypatch):
     assert len(written) == 4 and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_cli_writes_the_same_tree_in_parallel_and_refuses_a_busy_dir(tmp_path):
     flags = [f"--out_dir={tmp_path / 'cli'}", "--num_patients=8", "--image_size=64", "--layout=nih", "--seed=5",
              "--workers=2"]

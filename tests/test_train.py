@@ -90,6 +90,7 @@ def test_missing_earlier_stage_file_stops_before_anything_is_built(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_plateau_divides_the_learning_rate_after_patience_epochs_without_improvement(records_dir, tmp_path):
     # So small a learning rate that val_loss never improves by the relative threshold (1e-4), yet a cut
     # larger than PyTorch's eps (1e-8, below which a cut is skipped).
@@ -120,7 +121,7 @@ def test_plateau_threshold_is_relative_as_in_pytorch():
     """A stage-2 MSE improving 2% an epoch: Keras's absolute min_delta 1e-4 cuts at epochs 6 and 13, PyTorch never."""
     improving = 8e-4 * 0.98 ** np.arange(30)
     np.testing.assert_allclose(plateau_rates(improving), 1e-4)
-    # The Keras default, for contrast (what the loop used before): the 7th epoch trains at 1e-5.
+    # Keras's ReduceLROnPlateau, for contrast: its absolute min_delta has the 7th epoch train at 1e-5.
     keras_plateau = keras.callbacks.ReduceLROnPlateau(factor=PLATEAU_FACTOR, patience=PLATEAU_PATIENCE)
     assert np.argmax(plateau_rates(improving, keras_plateau) < 5e-5) == 6
 

@@ -18,6 +18,7 @@ import types
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tfcxr.constants import PLATEAU_FACTOR, PLATEAU_PATIENCE
@@ -46,7 +47,7 @@ def overflow_step(spec):
     batch = {"image": tf.ones([2, 1]), "x": tf.constant(spec["x"], tf.float32)}  # row i -> replica i
     dataset = distribution.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch))
     scale_before = float(optimizer.dynamic_scale.numpy())
-    step(next(iter(dataset)))
+    step(next(iter(dataset)), tf.constant(0.0))  # no preemption signal
     np.savez(spec["weights_out"], np.array([float(model.get_weights()[0][0, 0]), scale_before,
                                             float(optimizer.dynamic_scale.numpy())]))
 
@@ -160,6 +161,7 @@ def config(records_dir, model_dir, **overrides):
             "steps_per_epoch": 1, "val_steps": 1, **overrides}
 
 
+@pytest.mark.slow
 def test_two_replicas_step_equals_one_replica(records_dir, tmp_path):
     """One step of global batch 8 on 2 CPU replicas (4 each) == on 1 replica; the update is not zero."""
     processes = {
@@ -179,6 +181,7 @@ def test_two_replicas_step_equals_one_replica(records_dir, tmp_path):
         assert min(np.abs(a - b).max() for a, b in zip(one, initial)) > 1e-3  # every weight moved
 
 
+@pytest.mark.slow
 def test_float16_overflow_on_any_replica_skips_the_step_on_every_replica(tmp_path):
     """x = 1e36 overflows the float16 step on one replica: w stays 1 (not NaN) and the scale halves."""
     runs = {"replica1": [1.0, 1e36], "replica0": [1e36, 1.0], "none": [1.0, 1.0]}
@@ -194,6 +197,7 @@ def test_float16_overflow_on_any_replica_skips_the_step_on_every_replica(tmp_pat
     assert np.isfinite(weight) and weight < 1.0 and scale_after == scale_before  # a normal step
 
 
+@pytest.mark.slow
 def test_synchronized_batchnorm_sees_the_global_batch(records_dir, tmp_path):
     """One step of global batch 8: the moving statistics on 2 replicas equal 1 replica's with
     --sync_batchnorm (the default with 2 replicas), and differ without it."""
@@ -224,6 +228,7 @@ def free_ports(count):
     return ports
 
 
+@pytest.mark.slow
 def test_multi_worker_trains_in_step_and_only_the_chief_writes(records_dir, tmp_path):
     """Two MultiWorkerMirroredStrategy processes on localhost: identical weights, one set of files."""
     cluster = {"worker": [f"localhost:{port}" for port in free_ports(2)]}
@@ -260,6 +265,7 @@ def start_workers(tmp_path, model_dirs, spec):
     return processes
 
 
+@pytest.mark.slow
 def test_multi_worker_killed_and_restarted_resumes_every_worker_at_the_same_point(records_dir, tmp_path):
     """Both workers killed mid-epoch after a checkpoint and restarted: both resume at the same epoch
     and step and end with the same weights. With model_dirs that are not shared, both stop at once."""
@@ -289,6 +295,7 @@ def checkpoint_tensors(model_dir):
     return {name: reader.get_tensor(name) for name in names}
 
 
+@pytest.mark.slow
 def test_kill_9_and_rerun_ends_where_an_uninterrupted_run_ends(records_dir, tmp_path):
     """Killed at an epoch end (log row written, checkpoint not) and mid-epoch (after a mid-epoch
     checkpoint), rerun each time: the same weights, optimizer state and log.csv as no kill.
@@ -342,6 +349,7 @@ def signal_when_ready(process, number):
     raise AssertionError("the run ended before it asked for a signal:\n" + "".join(lines)[-3000:])
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_the_step_and_the_same_command_ends_as_an_uninterrupted_run(records_dir, tmp_path):
     """SIGTERM at a random step (no mid-epoch checkpoints): the run finishes that step and the next (which
     carries the flag), checkpoints there, says so in one line and exits 143 within 60 s; rerun, it ends with
@@ -374,6 +382,7 @@ def test_sigterm_checkpoints_the_step_and_the_same_command_ends_as_an_uninterrup
     assert (tmp_path / "stopped" / "log.csv").read_text() == (tmp_path / "uninterrupted" / "log.csv").read_text()
 
 
+@pytest.mark.slow
 def test_sigterm_on_one_worker_stops_both_at_the_same_step_and_both_resume_there(records_dir, tmp_path):
     """Two workers on localhost; only the second gets SIGTERM. Both checkpoint the same step (the chief
     writes it), both exit 143, and both resume from it with the same weights."""
@@ -393,6 +402,7 @@ def test_sigterm_on_one_worker_stops_both_at_the_same_step_and_both_resume_there
     assert len((tmp_path / "run" / "log.csv").read_text().splitlines()) == 1 + 2
 
 
+@pytest.mark.slow
 def test_nan_loss_on_one_replica_stops_both_and_keeps_the_last_good_checkpoint(records_dir, tmp_path):
     """2 CPU replicas, the loss NaN on replica 1's examples from the third step (epoch 2): one line, exit 1,
     the epoch-1 checkpoint kept as it was (finite, epoch 2 step 0) and nothing of epoch 2 saved."""

@@ -18,7 +18,7 @@ def test_stage3_without_the_earlier_stages_stops_with_one_line(records_dir, tmp_
     missing = tmp_path / "stage2" / "best.keras"
     result = tfcxr_main("--stage=3", f"--records_dir={records_dir}", f"--model_dir={tmp_path / 'stage3'}",
                         f"--init_autoencoder={missing}", f"--init_classifier={missing}", expect=1)
-    assert result.stderr.splitlines()[-1] == f"error: --init_autoencoder={missing}: file not found (train the earlier stage first)"
+    assert result.stderr.splitlines()[-1] == f"error: --init_codec={missing}: file not found (train the earlier stage first)"
     assert not (tmp_path / "stage3" / "checkpoints").exists()
 
 

@@ -6,7 +6,8 @@ evaluate, export, tools and benchmarks all write and read through it.
 Paths: a local path or a URL that tf.io.gfile takes (gs://bucket/run, s3://, hdfs://, and
 ram:// in memory, which the tests use: the same code path as gs://). pathlib collapses the `//`
 of a URL (`Path("gs://b/r")` is `gs:/b/r`), so a path that may be remote is a string, joined
-with join() and read / written / listed with the functions here (tf.io.gfile underneath).
+with join() and read / written / listed with the functions here: tf.io.gfile for URLs (TensorFlow is
+imported on first use), plain files for local paths.
 
 Atomic writes: a file is written under a hidden temporary name beside its own
 (`.<name>.<random>.tmp`), then renamed into place, so a reader (or a rerun after a kill) finds
@@ -29,14 +30,32 @@ import tempfile
 import uuid
 from pathlib import Path
 
+import glob as globbing
+
 import numpy as np
-import tensorflow as tf
 
 from tfcxr.constants import LATENT_LEVELS
 
 MANIFEST = "manifest.json"  # a records folder's description, written by tfcxr.data.sharding
 TEMPORARY_SUFFIX = ".tmp"
 CHUNK_BYTES = 1 << 22  # 4 MiB: sha256 and copies stream in pieces this size
+
+
+def _gfile():
+    """tf.io.gfile, imported on first use: local paths never load TensorFlow (the sharder's metadata
+    and synthetic modules stay TensorFlow-free)."""
+    import tensorflow as tf
+
+    return tf.io.gfile
+
+
+def _url_errors(path) -> tuple[type[Exception], ...]:
+    """TensorFlow's file errors for a URL (what gfile raises), nothing more for a local path."""
+    if not is_url(path):
+        return ()
+    import tensorflow as tf
+
+    return (tf.errors.OpError,)
 
 
 def is_url(path) -> bool:
@@ -60,11 +79,11 @@ def name(path) -> str:
 
 
 def exists(path) -> bool:
-    return tf.io.gfile.exists(str(path))
+    return _gfile().exists(str(path)) if is_url(path) else os.path.exists(path)
 
 
 def isdir(path) -> bool:
-    return tf.io.gfile.isdir(str(path))
+    return _gfile().isdir(str(path)) if is_url(path) else os.path.isdir(path)
 
 
 def isfile(path) -> bool:
@@ -72,31 +91,49 @@ def isfile(path) -> bool:
 
 
 def makedirs(path) -> None:
-    tf.io.gfile.makedirs(str(path))
+    if is_url(path):
+        _gfile().makedirs(str(path))
+    else:
+        os.makedirs(path, exist_ok=True)
 
 
 def glob(pattern) -> list[str]:
     """Paths matching `pattern`, sorted."""
-    return sorted(tf.io.gfile.glob(str(pattern)))
+    return sorted(_gfile().glob(str(pattern)) if is_url(pattern) else globbing.glob(str(pattern)))
 
 
 def size(path) -> int:
-    return tf.io.gfile.stat(str(path)).length
+    return _gfile().stat(str(path)).length if is_url(path) else os.path.getsize(path)
 
 
 def remove(path) -> None:
     """Deletes a file; nothing when it is not there."""
+    if not is_url(path):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+        return
+    import tensorflow as tf
+
     with contextlib.suppress(tf.errors.NotFoundError):
-        tf.io.gfile.remove(str(path))
+        _gfile().remove(str(path))
+
+
+def open_file(path, mode="rb"):
+    """A file object on a local path (open) or a URL (tf.io.gfile.GFile)."""
+    return _gfile().GFile(str(path), mode) if is_url(path) else open(path, mode)
 
 
 def read_bytes(path) -> bytes:
     """The file's bytes; a missing file raises FileNotFoundError naming it."""
     try:
-        with tf.io.gfile.GFile(str(path), "rb") as file:
+        with open_file(path, "rb") as file:
             return file.read()
-    except tf.errors.NotFoundError:
+    except FileNotFoundError:
         raise FileNotFoundError(f"{path}: not found") from None
+    except _url_errors(path) as error:
+        if type(error).__name__ == "NotFoundError":
+            raise FileNotFoundError(f"{path}: not found") from None
+        raise
 
 
 def read_text(path) -> str:
@@ -106,7 +143,7 @@ def read_text(path) -> str:
 def sha256(path) -> str:
     """The file's sha256, streamed."""
     digest = hashlib.sha256()
-    with tf.io.gfile.GFile(str(path), "rb") as file:
+    with open_file(path, "rb") as file:
         while chunk := file.read(CHUNK_BYTES):
             digest.update(chunk)
     return digest.hexdigest()
@@ -114,12 +151,15 @@ def sha256(path) -> str:
 
 def copy_tree(source, target) -> None:
     """Copies every file under folder `source` to the same place under `target` (either may be a URL)."""
-    for folder, _, files in tf.io.gfile.walk(str(source)):
+    if not (is_url(source) or is_url(target)):
+        shutil.copytree(source, target, dirs_exist_ok=True)
+        return
+    for folder, _, files in _gfile().walk(str(source)):
         relative = os.path.relpath(folder, str(source)) if folder != str(source) else ""
         makedirs(join(target, relative) if relative else target)
         for file in files:
             if exists(join(folder, file)):  # ram:// also lists `assets.extra/x` as `assets/.extra`: not there
-                tf.io.gfile.copy(join(folder, file), join(target, relative, file), overwrite=True)
+                _gfile().copy(join(folder, file), join(target, relative, file), overwrite=True)
 
 
 def rmtree(path) -> None:
@@ -129,11 +169,11 @@ def rmtree(path) -> None:
         return
     if not exists(path):
         return
-    for folder, _, files in tf.io.gfile.walk(str(path)):
+    for folder, _, files in _gfile().walk(str(path)):
         for file in files:
             remove(join(folder, file))
-    with contextlib.suppress(tf.errors.OpError):
-        tf.io.gfile.rmtree(str(path))
+    with contextlib.suppress(*_url_errors(path)):
+        _gfile().rmtree(str(path))
 
 
 def temporaries(folder) -> list[str]:
@@ -155,7 +195,7 @@ def atomic_path(path, suffix=TEMPORARY_SUFFIX):
         makedirs(parent(path))
         try:
             yield temporary
-            tf.io.gfile.rename(temporary, str(path), overwrite=True)
+            _gfile().rename(temporary, str(path), overwrite=True)
         finally:
             remove(temporary)
         return
@@ -210,7 +250,7 @@ def write_bytes(path, data: bytes) -> None:
     if not isinstance(data, bytes):
         raise TypeError(f"{path}: write_bytes takes bytes, not {type(data).__name__}")
     with atomic_path(path) as temporary:
-        with tf.io.gfile.GFile(str(temporary), "wb") as file:
+        with open_file(temporary, "wb") as file:
             file.write(data)
 
 
@@ -242,7 +282,7 @@ def read_manifest(records_dir) -> dict:
         data = read_bytes(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no {MANIFEST}; shard the data with tools/shard_cxr14.py") from None
-    except (OSError, tf.errors.OpError) as error:
+    except (OSError, *_url_errors(path)) as error:
         raise ValueError(f"{path}: cannot read {MANIFEST} ({getattr(error, 'strerror', None) or error})") from None
     try:
         return json.loads(data)

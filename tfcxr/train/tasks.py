@@ -16,7 +16,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from tfcxr import models
+from tfcxr import models, storage
 from tfcxr.config import RunConfig
 from tfcxr.constants import CLASSIFICATION_WEIGHT, SMALL_SIZE, STAGE1_CROP, STAGE2_PATCH, STAGE3_CROP
 from tfcxr.data import pipeline, schema
@@ -188,6 +188,8 @@ def codec_of_init(config: RunConfig) -> dict[str, Any]:
     """Stage 3 trains the codec of the run it starts from: init.codec's saved spec."""
     if not config.init.codec:
         return {}
+    if not storage.isfile(config.init.codec):
+        raise FileNotFoundError(f"--init_codec={config.init.codec}: file not found (train the earlier stage first)")
     codec = models.read_spec(config.init.codec).get("codec")
     if codec is None:
         raise ValueError(f"--init_codec={config.init.codec}: holds no codec (expected a codec run's best.keras)")
