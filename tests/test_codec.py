@@ -98,10 +98,13 @@ def test_classify_from_latent_png_equals_the_aecnn_with_an_8bit_latent(aecnn_fil
 def test_codec_refuses_bad_input_in_one_line(tmp_path):
     autoencoder_file = tmp_path / "autoencoder.keras"
     models.build_autoencoder().save(autoencoder_file)
-    (tmp_path / "latent.png").write_bytes(b"\x89PNG but broken")
-    result = cxr_codec("classify", tmp_path / "latent.png", f"--model={autoencoder_file}", f"--out_dir={tmp_path / 'out'}")
+    (tmp_path / "gray.latent.png").write_bytes(encode(np.full((8, 8), 100, np.uint8)))
+    result = cxr_codec("classify", tmp_path / "gray.latent.png", f"--model={autoencoder_file}",
+                       f"--out_dir={tmp_path / 'out'}")
     assert result.returncode == 1 and "has no imagenet_normalization, classifier" in result.stderr
-    result = cxr_codec("compress", tmp_path / "latent.png", f"--model={autoencoder_file}", f"--out_dir={tmp_path / 'out'}")
+    (tmp_path / "latent.png").write_bytes(b"\x89PNG but broken")
+    result = cxr_codec("compress", tmp_path / "latent.png", f"--model={tmp_path / 'no_model.keras'}",
+                       f"--out_dir={tmp_path / 'out'}")  # every input is checked before the model loads
     assert result.returncode == 1 and "latent.png: not a readable PNG or JPEG image" in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: {tmp_path / 'latent.png'}: not a readable PNG or JPEG image (the bytes are neither)")

@@ -26,7 +26,7 @@ import tensorflow as tf
 from absl import app, flags
 
 from tfcxr.constants import LABELS, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE
-from tfcxr.data.image_limits import ImageFileError, read_gray
+from tfcxr.data.image_limits import ImageFileError, checked_bytes, read_gray
 from tfcxr.export import codec
 from tfcxr import storage
 from tfcxr.storage import write_bytes, write_text
@@ -107,6 +107,8 @@ def main(argv):
     if not inputs:
         raise app.UsageError(f"{command}: give one or more images (compress) or latent PNGs")
     try:
+        for path in inputs:  # every input's header first: a bad file is refused before the model loads
+            checked_bytes(path, FLAGS.max_image_side, FLAGS.max_image_pixels)
         sizes = list(COMMANDS[command](load_model(Path(FLAGS.model)), [Path(path) for path in inputs]))
     except (codec.CodecError, ImageFileError, FileNotFoundError) as error:
         sys.exit(f"error: {error}")

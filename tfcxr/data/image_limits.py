@@ -183,6 +183,24 @@ class ImageFileError(ValueError):
     """An image file refused: not a readable PNG / JPEG, or above the limits. The message starts with its path."""
 
 
+def checked_bytes(path, max_side: int = MAX_IMAGE_SIDE, max_pixels: int = MAX_IMAGE_PIXELS) -> bytes:
+    """The bytes of a PNG / JPEG file whose header declares no more than the limits; ImageFileError naming
+    the file otherwise. Nothing is decoded: what a tool checks of every input before it loads a model."""
+    import tensorflow as tf
+
+    try:
+        data = tf.io.read_file(str(path)).numpy()
+    except tf.errors.NotFoundError as error:
+        raise ImageFileError(f"{path}: not a readable PNG or JPEG image ({_reason(error)})") from None
+    try:
+        check_bytes(data, max_side, max_pixels)
+    except ImageTooLarge as error:
+        raise ImageFileError(f"{path}: {error}") from None
+    if not is_png_or_jpeg(data):
+        raise ImageFileError(f"{path}: not a readable PNG or JPEG image (the bytes are neither)")
+    return data
+
+
 def read_gray(path, max_side: int = MAX_IMAGE_SIDE, max_pixels: int = MAX_IMAGE_PIXELS):
     """Any PNG / JPEG file (gray, RGB, RGBA, 8 or 16 bit) -> uint8 [H, W, 1]: the sharder's gray, as the
     serving graph decodes it (pixels.decode_gray_tf), so the tools and a SavedModel read the same pixels.
@@ -192,17 +210,16 @@ def read_gray(path, max_side: int = MAX_IMAGE_SIDE, max_pixels: int = MAX_IMAGE_
     """
     import tensorflow as tf
 
+    data = checked_bytes(path, max_side, max_pixels)
     try:
-        data = tf.io.read_file(str(path)).numpy()
-        check_bytes(data, max_side, max_pixels)
-        if not is_png_or_jpeg(data):
-            raise ImageFileError(f"{path}: not a readable PNG or JPEG image (the bytes are neither)")
         return pixels.decode_gray_tf(tf.constant(data))
-    except ImageTooLarge as error:
-        raise ImageFileError(f"{path}: {error}") from None
-    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as error:
-        reason = re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:.*", "", error.message.splitlines()[0])  # TF's op decoration
-        raise ImageFileError(f"{path}: not a readable PNG or JPEG image ({reason})") from None
+    except tf.errors.InvalidArgumentError as error:
+        raise ImageFileError(f"{path}: not a readable PNG or JPEG image ({_reason(error)})") from None
+
+
+def _reason(error) -> str:
+    """A TensorFlow error's first line without its op decoration."""
+    return re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:.*", "", error.message.splitlines()[0])
 
 
 def _graph_header(image_bytes):
