@@ -66,6 +66,7 @@ def test_compress_writes_8bit_latents_with_16x_fewer_pixels(round_trip):
     assert f"{(out / 'gray.latent.png').stat().st_size:,} bytes" in compressed.stdout and "total:" in compressed.stdout
 
 
+@pytest.mark.slow
 def test_reconstruct_equals_the_in_model_8bit_latent_reconstruction(aecnn_file, round_trip):
     aecnn = models.load_model(aecnn_file)
     images, out, _ = round_trip

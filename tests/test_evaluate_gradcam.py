@@ -119,6 +119,7 @@ def test_heatmaps_light_up_the_planted_findings(planted, trained):
     assert np.mean(masses) > 4 * np.mean(fractions), (np.mean(masses), np.mean(fractions))
 
 
+@pytest.mark.slow
 def test_explain_writes_overlays_and_the_heat_inside_the_boxes(planted, trained, tmp_path):
     images, _, boxes = planted
     chosen = [image for image in images if image[0] in boxes][:3]

@@ -38,6 +38,7 @@ def test_records_split_patient_disjoint_and_reused(real_dir, records):
     assert (records / "manifest.json").stat().st_mtime_ns == mtime
 
 
+@pytest.mark.slow
 def test_held_out_images_are_the_pngs(real_dir, records):
     real_cxr14.ensure_records(records, real_dir)
     images, names = real_cxr14.held_out_images(records)
