@@ -1,7 +1,7 @@
 # make demo : set up .venv, generate a ChestX-ray14-shaped dataset, shard it, train the three
 #             stages at toy sizes, evaluate, export and query the SavedModel (CPU, minutes).
 # make test : set up .venv and run the test suite (everything; what CI runs).
-# make test-fast : the tests not marked slow, for development (a few minutes on 2 cores).
+# make test-fast : the tests not marked slow, for development (under 3 minutes on 2 cores).
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
