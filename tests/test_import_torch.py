@@ -185,17 +185,23 @@ def test_the_tool_refuses_with_one_line_and_writes_nothing(tmp_path):
     assert not out.exists() and not (out.parent.exists() and any(out.parent.iterdir()))
 
 
+def imported_densenet(tmp_path, seed):
+    """A random torchvision-style DenseNet121 saved as .pth and imported through the tool: (module, .keras path)."""
+    module = random_densenet(seed=seed)
+    checkpoint = tmp_path / "d121.pth"
+    torch.save(module.state_dict(), checkpoint)
+    out = tmp_path / "d121.keras"
+    run_tool("import_torch.py", f"--checkpoint={checkpoint}", "--architecture=densenet121", f"--out={out}", expect=0)
+    return module, out
+
+
 @pytest.mark.slow
 def test_an_imported_densenet_explains_and_exports(tmp_path, records_dir):
     """--checkpoint of --mode=explain and --mode=export takes the imported file; the export's
     predict_images serves PyTorch's eval probabilities."""
     import tensorflow as tf
 
-    module = random_densenet(seed=5)
-    checkpoint = tmp_path / "d121.pth"
-    torch.save(module.state_dict(), checkpoint)
-    out = tmp_path / "d121.keras"
-    run_tool("import_torch.py", f"--checkpoint={checkpoint}", "--architecture=densenet121", f"--out={out}", expect=0)
+    module, out = imported_densenet(tmp_path, seed=5)
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"stage": "baseline", "data": {"records_dir": str(records_dir)}}))
@@ -223,11 +229,7 @@ def test_evaluation_of_an_imported_densenet_is_pytorch_eval_on_real_radiographs(
 
     real_cxr14 = benchmark("real_cxr14")
     records = real_cxr14.ensure_records(real_dir=real_dir)  # shards once into workspace/, reused afterwards
-    module = random_densenet(seed=7)
-    checkpoint = tmp_path / "d121.pth"
-    torch.save(module.state_dict(), checkpoint)
-    out = tmp_path / "d121.keras"
-    run_tool("import_torch.py", f"--checkpoint={checkpoint}", "--architecture=densenet121", f"--out={out}", expect=0)
+    module, out = imported_densenet(tmp_path, seed=7)
     run = tmp_path / "run"
     tfcxr_main("--stage=baseline", "--mode=evaluate", f"--records_dir={real_cxr14.RECORDS_DIR}", f"--model_dir={run}",
                f"--checkpoint={out}", "--split=test", "--batch_size=4", "--resamples=10")
