@@ -1,9 +1,9 @@
 """The label set is data: records whose manifest names 3 labels train a 3-logit baseline, log and
 evaluate 3 per-label AUCs and export the 3 names; ChestX-ray14's 14 are only the default.
 
-The baseline's trunk does not take part in the label set, so the run uses a toy backbone registered
-in tfcxr.main's child process (one BACKBONES entry and --backbone, as a new backbone is added):
-the same stage, head, loop, evaluation and export, seconds instead of DenseNet121's minutes.
+The baseline's trunk takes no part in the label set, so the run uses tiny_models' toy backbone,
+registered in tfcxr.main's child process (one BACKBONES entry and --backbone, as a new backbone is
+added): the same stage, head, loop, evaluation and export as DenseNet121's, in seconds.
 """
 
 import json
@@ -16,24 +16,10 @@ import tensorflow as tf
 from tfcxr.data import schema
 from tfcxr.data.pipeline import label_names
 from helpers import encode, run_mode
+from tiny_models import TOY_BACKBONE_SETUP
 
 LABELS = ("Opacity", "Device", "Fracture")
 ORIGINAL, SMALL = 128, 64
-
-TOY_BACKBONE = '''
-import keras
-from keras import layers
-from tfcxr.models import BACKBONES, Backbone, ImageNetNormalization
-
-def toy_trunk(image, weights):
-    """Two strided convolutions: [B,H,W,3] -> [B,H/4,W/4,8], its last activation "toy_features"."""
-    assert weights is None, weights
-    x = layers.Conv2D(4, 3, strides=2, padding="same", activation="relu", name="toy_conv1")(image)
-    x = layers.Conv2D(8, 3, strides=2, padding="same", name="toy_conv2")(x)
-    return keras.Model(image, layers.ReLU(name="toy_features")(x), name="toy_trunk")
-
-BACKBONES["toy"] = Backbone(toy_trunk, ImageNetNormalization, "toy_features")
-'''
 
 
 def write_records(records_dir, images_per_split=8):
@@ -65,18 +51,18 @@ def test_records_with_three_labels_train_evaluate_and_export(tmp_path):
     assert label_names(records) == LABELS
     run_mode("--stage=baseline", f"--records_dir={records}", f"--model_dir={run}", "--backbone=toy", "--weights=none",
              "--resize_size=40", "--image_size=32", "--batch_size=4", "--epochs=1", "--steps_per_epoch=1",
-             setup=TOY_BACKBONE)
+             setup=TOY_BACKBONE_SETUP)
     log = pd.read_csv(run / "log.csv")
     assert sorted(c for c in log if c.startswith("val_auc_")) == sorted(f"val_auc_{label}" for label in LABELS)
     assert json.loads((run / "config.json").read_text())["model"]["backbone"] == "toy"
 
-    run_mode("--mode=evaluate", f"--model_dir={run}", "--resamples=10", setup=TOY_BACKBONE)
+    run_mode("--mode=evaluate", f"--model_dir={run}", "--resamples=10", setup=TOY_BACKBONE_SETUP)
     summary = json.loads((run / "eval" / "test" / "auc.json").read_text())
     assert list(summary["auc"]) == [*LABELS, "Mean"]
     table = (run / "eval" / "test" / "table1.md").read_text()
     assert "| Opacity | n/a | n/a | n/a | n/a | n/a |" in table  # not one of the paper's labels
 
-    run_mode("--mode=export", f"--model_dir={run}", f"--export_dir={export_dir}", setup=TOY_BACKBONE)
+    run_mode("--mode=export", f"--model_dir={run}", f"--export_dir={export_dir}", setup=TOY_BACKBONE_SETUP)
     served = tf.saved_model.load(str(export_dir / "tfcxr_d121" / "1")).signatures["serving_default"]
     answer = served(image_bytes=tf.constant([encode(np.full((80, 80), 128, np.uint8))]))
     assert answer["probabilities"].shape == (1, 3)

@@ -18,7 +18,8 @@ from tfcxr import stages
 from tfcxr.config import RunConfig
 from tfcxr.constants import LABELS
 from tfcxr.train import callbacks
-from helpers import encode, run_tool, tfcxr_main
+from helpers import encode, run_mode, run_tool, tfcxr_main
+from tiny_models import TOY_BACKBONE, TOY_BACKBONE_SETUP
 
 
 def smooth_images(size, batch=2, seed=0):
@@ -227,33 +228,39 @@ def stage2_residual(records_dir, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_stage2_then_stage3_on_the_residual_codec(stage2_residual, records_dir, tmp_path):
+def test_stage2_then_stage3_on_the_residual_codec(stage2_residual, records_dir, tmp_path, monkeypatch):
+    """Stage 3 takes the stage-2 residual codec and holds it. The classifier, whose trunk takes no part
+    in that, is tiny_models' toy backbone (stage 3 with DenseNet121: test_train_stages.py, test_demo.py)."""
+    monkeypatch.setitem(models.BACKBONES, "toy", TOY_BACKBONE)
     codec = {"kind": "residual", "width": 8, "encoder_depth": 4, "decoder_depth": 4, "skips": 0}  # the flagfile's depths
     config = json.loads((stage2_residual / "config.json").read_text())
     assert config["model"] == {"codec": codec} and "backbone" not in config["model"]
     stage1 = tmp_path / "stage1" / "best.keras"
     stage1.parent.mkdir()
     callbacks.save_model_atomic(
-        stages.STAGES[1].task.build_model(RunConfig("baseline").replace(weights="none"), LABELS), stage1)
-    common = [f"--records_dir={records_dir}", "--image_size=128", "--batch_size=4", "--epochs=1",
+        stages.STAGES[1].task.build_model(RunConfig("baseline").replace(weights="none", backbone="toy"), LABELS), stage1)
+    common = [f"--records_dir={records_dir}", "--backbone=toy", "--image_size=128", "--batch_size=4", "--epochs=1",
               "--steps_per_epoch=2", "--val_steps=1", f"--init_classifier={stage1}",
               f"--init_codec={stage2_residual / 'best.keras'}"]
 
-    wrong = tfcxr_main("--stage=3", *common, "--codec=paper", f"--model_dir={tmp_path / 'wrong'}", expect=1)
+    wrong = run_mode("--stage=3", *common, "--codec=paper", f"--model_dir={tmp_path / 'wrong'}", expect=1,
+                     setup=TOY_BACKBONE_SETUP)
     assert re.fullmatch(rf"error: --codec=paper contradicts --init_codec={re.escape(str(stage2_residual))}/best.keras: "
                         r"its codec is \{'kind': 'residual', 'width': 8, .*", wrong.stderr.splitlines()[-1])
     assert not (tmp_path / "wrong").exists()  # refused before anything is written
-    wider = tfcxr_main("--stage=3", *common, "--codec_width=16", f"--model_dir={tmp_path / 'wider'}", expect=1)
+    wider = run_mode("--stage=3", *common, "--codec_width=16", f"--model_dir={tmp_path / 'wider'}", expect=1,
+                     setup=TOY_BACKBONE_SETUP)
     assert wider.stderr.splitlines()[-1].startswith("error: --codec_width=16 contradicts --init_codec=")
 
     # No codec flag: the run takes the stage-2 codec. Learning rate 0: the AECNN holds it exactly.
-    result = tfcxr_main("--stage=3", "--flagfile=configs/stage3_residual.cfg", *common,
-                        f"--model_dir={tmp_path / 'aecnn'}", "--learning_rate=0")
+    result = run_mode("--stage=3", "--flagfile=configs/stage3_residual.cfg", *common,
+                      f"--model_dir={tmp_path / 'aecnn'}", "--learning_rate=0", setup=TOY_BACKBONE_SETUP)
     assert "val mean AUC" in result.stdout
     saved = json.loads((tmp_path / "aecnn" / "config.json").read_text())
     assert saved["model"]["codec"] == codec and saved["init"]["codec"] == str(stage2_residual / "best.keras")
     assert "patches_per_image" not in saved["data"]
-    evaluated = tfcxr_main("--mode=evaluate", f"--model_dir={tmp_path / 'aecnn'}", "--split=val", "--resamples=10")
+    evaluated = run_mode("--mode=evaluate", f"--model_dir={tmp_path / 'aecnn'}", "--split=val", "--resamples=10",
+                         setup=TOY_BACKBONE_SETUP)
     assert "mean ROC-AUC" in evaluated.stdout
     report = json.loads((tmp_path / "aecnn" / "eval" / "val" / "reconstruction.json").read_text())
     assert report["codec"] == codec

@@ -63,6 +63,27 @@ def box_codec(model):
     return model
 
 
+def toy_trunk(image, weights):
+    """BACKBONES["toy"]'s trunk: two strided convolutions on `image` ([B,H,W,3] -> [B,H/4,W/4,8]), its
+    last activation "toy_features"; random weights only."""
+    if weights is not None:
+        raise ValueError(f"--backbone=toy has no pretrained weights (got {weights})")
+    x = layers.Conv2D(4, 3, strides=2, padding="same", activation="relu", name="toy_conv1")(image)  # [B,H/2,W/2,4]
+    x = layers.Conv2D(8, 3, strides=2, padding="same", name="toy_conv2")(x)  # [B,H/4,W/4,8]
+    return keras.Model(image, layers.ReLU(name="toy_features")(x), name="toy_trunk")
+
+
+TOY_BACKBONE = models.Backbone(toy_trunk, models.ImageNetNormalization, "toy_features")
+# tfcxr.main's child process runs this first (helpers.run_mode's setup): --backbone=toy exists there.
+TOY_BACKBONE_SETUP = "import sys\nsys.path.insert(0, 'tests')\nimport tiny_models\ntiny_models.register_toy_backbone()"
+
+
+def register_toy_backbone():
+    """BACKBONES["toy"] (--backbone=toy): a stage with a classifier, seconds instead of DenseNet121's
+    minutes, where the trunk takes no part in what a test checks; a new backbone is one entry."""
+    models.BACKBONES["toy"] = TOY_BACKBONE
+
+
 def tiny_classifier(config, label_names=(), batchnorm=False):
     """Stage 1's baseline around a 2-layer classifier instead of DenseNet121 (trains in seconds).
 
