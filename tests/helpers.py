@@ -6,6 +6,7 @@ sys.path (it has no __init__.py), so a test file imports these as `from helpers 
 The module stays free of TensorFlow, so TensorFlow-free tests stay quick to start.
 """
 
+import concurrent.futures
 import importlib
 import io
 import os
@@ -98,6 +99,16 @@ def run_python(*args, expect=None, timeout=600):
                             timeout=timeout)
     assert expect is None or result.returncode == expect, result.stdout[-2000:] + result.stderr[-3000:]
     return result
+
+
+def concurrently(*calls):
+    """Runs each call (a function of no arguments, e.g. a lambda around tfcxr_main) in a thread of its
+    own and returns their results in order; the first failure raises. For child processes that do not
+    depend on one another: each spends its start-up (TensorFlow's import, tracing) on one core, so
+    two of them side by side take little more than one on two cores."""
+    with concurrent.futures.ThreadPoolExecutor(len(calls)) as pool:
+        futures = [pool.submit(call) for call in calls]
+        return [future.result() for future in futures]
 
 
 def run_tool(name, *args, expect=None, timeout=600):

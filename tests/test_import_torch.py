@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import torch_reference as ref  # noqa: E402
-from helpers import run_tool, tfcxr_main  # noqa: E402
+from helpers import concurrently, run_tool, tfcxr_main  # noqa: E402
 
 from tfcxr.constants import LABELS  # noqa: E402
 from tfcxr.models import load_model, torch_port  # noqa: E402
@@ -205,9 +205,11 @@ def test_an_imported_densenet_explains_and_exports(tmp_path, records_dir):
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"stage": "baseline", "data": {"records_dir": str(records_dir)}}))
-    tfcxr_main("--mode=explain", f"--model_dir={run}", f"--checkpoint={out}", "--num_images=2", "--top_k=1")
+    concurrently(  # explain writes into the run, export into export_dir: one does not wait for the other
+        lambda: tfcxr_main("--mode=explain", f"--model_dir={run}", f"--checkpoint={out}", "--num_images=2", "--top_k=1"),
+        lambda: tfcxr_main("--mode=export", f"--model_dir={run}", f"--checkpoint={out}",
+                           f"--export_dir={tmp_path / 'export'}"))
     assert len(list((run / "explain").glob("*.png"))) == 2
-    tfcxr_main("--mode=export", f"--model_dir={run}", f"--checkpoint={out}", f"--export_dir={tmp_path / 'export'}")
     served = tf.saved_model.load(str(tmp_path / "export" / "tfcxr_d121" / "1"))
     images = gray_images(count=2, side=64, seed=6)
     probabilities = served.signatures["predict_images"](images=tf.constant(images))["probabilities"].numpy()
