@@ -15,7 +15,7 @@ from tfcxr.constants import LABELS
 from tfcxr.data import image_limits
 from tfcxr.models.compression import quantize
 from tfcxr.export import codec
-from helpers import encode, run_shard, run_tool, tfcxr_main, write_tree
+from helpers import concurrently, encode, run_shard, run_tool, tfcxr_main, write_tree
 from tiny_models import box_codec, tiny_aecnn
 
 
@@ -47,8 +47,11 @@ def round_trip(aecnn_file, tmp_path_factory):
     Image.fromarray(np.dstack([rgba] * 3 + [np.full_like(rgba, 255)]), "RGBA").save(folder / "rgba.png")
     out = folder / "out"
     results = [cxr_codec("compress", folder / "gray.png", folder / "rgba.png", f"--model={aecnn_file}", f"--out_dir={out}"),
-               cxr_codec("reconstruct", out / "gray.latent.png", out / "rgba.latent.png", f"--model={aecnn_file}", f"--out_dir={out}"),
-               cxr_codec("classify", out / "gray.latent.png", out / "rgba.latent.png", f"--model={aecnn_file}", f"--out_dir={out}")]
+               *concurrently(  # both read the latents; reconstruct writes <name>.png, classify classify.csv
+                   lambda: cxr_codec("reconstruct", out / "gray.latent.png", out / "rgba.latent.png",
+                                     f"--model={aecnn_file}", f"--out_dir={out}"),
+                   lambda: cxr_codec("classify", out / "gray.latent.png", out / "rgba.latent.png",
+                                     f"--model={aecnn_file}", f"--out_dir={out}"))]
     for result in results:
         assert result.returncode == 0, result.stderr
     kept = codec.fit(tf.constant(rgba[..., None])).numpy()[..., 0]  # 66x70 cropped to 64x68, as compress does
@@ -100,12 +103,13 @@ def test_codec_refuses_bad_input_in_one_line(tmp_path):
     autoencoder_file = tmp_path / "autoencoder.keras"
     models.build_autoencoder().save(autoencoder_file)
     (tmp_path / "gray.latent.png").write_bytes(encode(np.full((8, 8), 100, np.uint8)))
-    result = cxr_codec("classify", tmp_path / "gray.latent.png", f"--model={autoencoder_file}",
-                       f"--out_dir={tmp_path / 'out'}")
-    assert result.returncode == 1 and "has no imagenet_normalization, classifier" in result.stderr
     (tmp_path / "latent.png").write_bytes(b"\x89PNG but broken")
-    result = cxr_codec("compress", tmp_path / "latent.png", f"--model={tmp_path / 'no_model.keras'}",
-                       f"--out_dir={tmp_path / 'out'}")  # every input is checked before the model loads
+    no_classifier, result = concurrently(
+        lambda: cxr_codec("classify", tmp_path / "gray.latent.png", f"--model={autoencoder_file}",
+                          f"--out_dir={tmp_path / 'out'}"),
+        lambda: cxr_codec("compress", tmp_path / "latent.png", f"--model={tmp_path / 'no_model.keras'}",
+                          f"--out_dir={tmp_path / 'out'}"))  # every input is checked before the model loads
+    assert no_classifier.returncode == 1 and "has no imagenet_normalization, classifier" in no_classifier.stderr
     assert result.returncode == 1 and "latent.png: not a readable PNG or JPEG image" in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: {tmp_path / 'latent.png'}: not a readable PNG or JPEG image (the bytes are neither)")

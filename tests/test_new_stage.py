@@ -16,7 +16,7 @@ from tfcxr import stages
 from tfcxr.evaluate.evaluators import RECONSTRUCTION
 from tfcxr.export.saved_model import CodecModule
 from tfcxr.train import tasks
-from helpers import encode, run_mode
+from helpers import concurrently, encode, run_mode
 
 THUMBNAIL_CODEC = stages.Stage(
     "thumbnail_codec", None,
@@ -47,12 +47,13 @@ def test_a_toy_fourth_stage_trains_evaluates_and_exports(records_dir, tmp_path):
     log = pd.read_csv(run / "log.csv")
     assert {"val_loss", "val_psnr", "val_psnr_8bit", "val_ssim_bicubic"} <= set(log) and "val_auc" not in log
 
-    toy_mode("--mode=evaluate", f"--model_dir={run}", "--split=test")  # stage, records, sizes: config.json's
+    # stage, records, sizes: config.json's; evaluate writes into the run, export into export_dir
+    concurrently(lambda: toy_mode("--mode=evaluate", f"--model_dir={run}", "--split=test"),
+                 lambda: toy_mode("--mode=export", f"--model_dir={run}", f"--export_dir={export_dir}"))
     summary = json.loads((run / "eval" / "test" / "reconstruction.json").read_text())
     assert summary["stage"] == "thumbnail_codec" and "40x40" in summary["protocol"] and "latent 10x10" in summary["protocol"]
     assert not (run / "eval" / "test" / "auc.json").exists()  # not a classifier
 
-    toy_mode("--mode=export", f"--model_dir={run}", f"--export_dir={export_dir}")
     served = tf.saved_model.load(str(export_dir / "tfcxr_thumbnail_codec" / "1"))
     assert sorted(served.signatures) == ["compress", "reconstruct", "serving_default"]
     image = encode(np.random.default_rng(0).integers(0, 256, (90, 70), dtype=np.uint8))
@@ -65,9 +66,10 @@ def test_a_toy_fourth_stage_trains_evaluates_and_exports(records_dir, tmp_path):
 @pytest.mark.slow
 def test_modes_that_a_stage_lacks_stop_with_one_line(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"stage": "thumbnail_codec"}))
-    result = toy_mode("--mode=explain", f"--model_dir={tmp_path}", "--images=x.png", expect=1)
+    result, unknown = concurrently(
+        lambda: toy_mode("--mode=explain", f"--model_dir={tmp_path}", "--images=x.png", expect=1),
+        lambda: run_mode("--mode=explain", f"--model_dir={tmp_path}", "--images=x.png", expect=1))  # no toy here
     assert "needs a classifier; thumbnail_codec is not one" in result.stderr
-    unknown = run_mode("--mode=explain", f"--model_dir={tmp_path}", "--images=x.png", expect=1)  # no toy here
     assert unknown.stderr.strip().splitlines()[-1].startswith(
         f"error: {tmp_path / 'config.json'}: --stage=thumbnail_codec: no such stage; one of baseline (1)")
 

@@ -18,7 +18,7 @@ from tfcxr import stages
 from tfcxr.config import RunConfig
 from tfcxr.constants import LABELS
 from tfcxr.train import callbacks
-from helpers import encode, run_mode, run_tool, tfcxr_main
+from helpers import concurrently, encode, run_mode, run_tool, tfcxr_main
 from tiny_models import TOY_BACKBONE, TOY_BACKBONE_SETUP
 
 
@@ -243,18 +243,19 @@ def test_stage2_then_stage3_on_the_residual_codec(stage2_residual, records_dir, 
               "--steps_per_epoch=2", "--val_steps=1", f"--init_classifier={stage1}",
               f"--init_codec={stage2_residual / 'best.keras'}"]
 
-    wrong = run_mode("--stage=3", *common, "--codec=paper", f"--model_dir={tmp_path / 'wrong'}", expect=1,
-                     setup=TOY_BACKBONE_SETUP)
+    # A codec flag that contradicts --init_codec is refused; with none, the run takes the stage-2 codec and,
+    # at learning rate 0, the AECNN holds it exactly. Three runs into three folders, side by side.
+    wrong, wider, result = concurrently(
+        lambda: run_mode("--stage=3", *common, "--codec=paper", f"--model_dir={tmp_path / 'wrong'}", expect=1,
+                         setup=TOY_BACKBONE_SETUP),
+        lambda: run_mode("--stage=3", *common, "--codec_width=16", f"--model_dir={tmp_path / 'wider'}", expect=1,
+                         setup=TOY_BACKBONE_SETUP),
+        lambda: run_mode("--stage=3", "--flagfile=configs/stage3_residual.cfg", *common,
+                         f"--model_dir={tmp_path / 'aecnn'}", "--learning_rate=0", setup=TOY_BACKBONE_SETUP))
     assert re.fullmatch(rf"error: --codec=paper contradicts --init_codec={re.escape(str(stage2_residual))}/best.keras: "
                         r"its codec is \{'kind': 'residual', 'width': 8, .*", wrong.stderr.splitlines()[-1])
     assert not (tmp_path / "wrong").exists()  # refused before anything is written
-    wider = run_mode("--stage=3", *common, "--codec_width=16", f"--model_dir={tmp_path / 'wider'}", expect=1,
-                     setup=TOY_BACKBONE_SETUP)
     assert wider.stderr.splitlines()[-1].startswith("error: --codec_width=16 contradicts --init_codec=")
-
-    # No codec flag: the run takes the stage-2 codec. Learning rate 0: the AECNN holds it exactly.
-    result = run_mode("--stage=3", "--flagfile=configs/stage3_residual.cfg", *common,
-                      f"--model_dir={tmp_path / 'aecnn'}", "--learning_rate=0", setup=TOY_BACKBONE_SETUP)
     assert "val mean AUC" in result.stdout
     saved = json.loads((tmp_path / "aecnn" / "config.json").read_text())
     assert saved["model"]["codec"] == codec and saved["init"]["codec"] == str(stage2_residual / "best.keras")
