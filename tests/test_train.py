@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from tfcxr import models
+from tfcxr import models, storage
 from tfcxr.models.metrics import ReconstructionQuality
 from tfcxr.constants import CLASSIFICATION_WEIGHT, NUM_LABELS, PLATEAU_FACTOR, PLATEAU_PATIENCE
 from tfcxr.data import fmix
@@ -188,9 +188,13 @@ def event_tags(directory):
     return tags
 
 
-def test_stage2_run_writes_best_model_log_tensorboard_and_checkpoints(records_dir, tmp_path):
+def test_stage2_run_writes_best_model_log_tensorboard_and_checkpoints(records_dir, tmp_path, monkeypatch):
     config = train_config(records_dir, tmp_path, epochs=2, image_size=32, resize_size=None, preview_images=2)
+    manifest_reads = []
+    read_manifest = storage.read_manifest
+    monkeypatch.setattr(storage, "read_manifest", lambda path: manifest_reads.append(path) or read_manifest(path))
     loop.train(stages.STAGES[2].task, config, strategy.make_strategy("one_device"))
+    assert len(manifest_reads) == 1  # opened once; train, val and preview pipelines read the same Records
 
     log = read_log(tmp_path)
     assert list(log["epoch"]) == [0, 1]

@@ -244,7 +244,7 @@ def evaluate():
     model, checkpoint = _load(model_dir)
     run = EvalRun(model, records, model_dir, FLAGS.split, evaluation_inputs(stage, config),
                   config.data.batch_size, stage.name, checkpoint, FLAGS.tta, FLAGS.resamples, config.runtime.seed)
-    with naming_bad_shards(records.path, FLAGS.split, small=run.inputs.feature == schema.SMALL):
+    with naming_bad_shards(records, FLAGS.split, small=run.inputs.feature == schema.SMALL):
         for evaluator in stage.evaluators:
             for line in evaluator.run(run):
                 print(line)

@@ -34,7 +34,9 @@ Evaluation reads shards in manifest order and records in file order, determinist
 import contextlib
 import dataclasses
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -43,6 +45,7 @@ from tfcxr.constants import COMPRESSION, CONTRAST, PATCHES_PER_IMAGE  # noqa: F4
 from tfcxr.data import augment as augmentations
 from tfcxr.data import fmix as fmix_lib
 from tfcxr.data import schema
+from tfcxr.data.records import Records
 from tfcxr import storage
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -122,17 +125,24 @@ def device_augmentation(inputs: InputSpec, augment: str = "bl5") -> keras.layers
     return augmentations.RandomRotation(name="device_rotation")
 
 
-def shard_files(records_dir, split, small=False):
+def manifest_of(records: Records | str | Path) -> Mapping[str, Any] | None:
+    """The manifest of `records` (a Records holds it; a folder's is read), or None for a folder without one."""
+    if isinstance(records, Records):
+        return records.manifest
+    return storage.read_manifest(records) if storage.exists(storage.join(records, schema.MANIFEST)) else None
+
+
+def shard_files(records: Records | str | Path, split, small=False):
     """The split's shard paths (strings: local paths or URLs) in manifest order; `small`: the
-    small-only shards when listed.
+    small-only shards when listed. records: a Records (its manifest, read once) or a folder.
 
     Without a manifest, the `{split}-*.tfrecord` files in name order.
     """
-    manifest_path = storage.join(records_dir, schema.MANIFEST)
-    if storage.exists(manifest_path):
-        splits = storage.read_manifest(records_dir)["splits"]
+    records_dir, manifest = str(getattr(records, "path", records)), manifest_of(records)
+    if manifest is not None:
+        splits = manifest["splits"]
         if split not in splits:
-            raise ValueError(f"{manifest_path}: no split {split!r} (has {sorted(splits)})")
+            raise ValueError(f"{storage.join(records_dir, schema.MANIFEST)}: no split {split!r} (has {sorted(splits)})")
         shards = (splits[split].get("small_shards") if small else None) or splits[split]["shards"]
         files = [storage.join(records_dir, shard["file"]) for shard in shards]
     else:
@@ -145,10 +155,9 @@ def shard_files(records_dir, split, small=False):
     return files
 
 
-def label_names(records_dir) -> tuple[str, ...]:
+def label_names(records: Records | str | Path) -> tuple[str, ...]:
     """The records' label names, in label-vector order (the manifest's; ChestX-ray14's without one)."""
-    manifest = storage.join(records_dir, schema.MANIFEST)
-    return schema.label_names(storage.read_manifest(records_dir) if storage.exists(manifest) else {})
+    return schema.label_names(manifest_of(records) or {})
 
 
 class CorruptShard(ValueError):
@@ -183,13 +192,14 @@ def damage_words(error) -> str:
 
 
 @contextlib.contextmanager
-def naming_bad_shards(records_dir, split, small=False):
+def naming_bad_shards(records: Records | str | Path, split, small=False):
     """Turns a DataLossError raised while reading `split` into CorruptShard, one line naming the shard
     file and the record: on failure, the split's shards are read once more, up to the damaged one."""
     try:
         yield
     except tf.errors.DataLossError as error:
-        paths = shard_files(records_dir, split, small=small)
+        records_dir = str(getattr(records, "path", records))
+        paths = shard_files(records, split, small=small)
         found = find_damage(paths)
         if found is None:
             raise CorruptShard(f"{records_dir}: a {split} shard could not be read ({damage_words(error)}); "
@@ -294,7 +304,7 @@ def batch_by_size(dataset, batch_size, drop_remainder):
 
 
 def make_dataset(
-    records_dir: str | Path,  # a local path or a URL (gs://...)
+    records: Records | str | Path,  # a Records (its manifest read once), or a folder: a local path or a URL
     split: str,
     inputs: InputSpec,
     batch_size: int,
@@ -324,7 +334,8 @@ def make_dataset(
     _check_args(inputs, training, augment, tta, patches_per_image)
     drop_remainder = training if drop_remainder is None else drop_remainder
 
-    paths = shard_files(records_dir, split, small=inputs.feature == schema.SMALL)
+    records_dir = str(getattr(records, "path", records))
+    paths = shard_files(records, split, small=inputs.feature == schema.SMALL)
     if input_context is not None:
         if len(paths) < input_context.num_input_pipelines:
             raise ValueError(f"{records_dir}: {len(paths)} {split} shards cannot feed "
@@ -337,16 +348,16 @@ def make_dataset(
         files = files.shuffle(len(paths), seed=seed)
     if repeat:
         files = files.repeat()
-    records = files.interleave(
+    serialized_records = files.interleave(
         lambda path: tf.data.TFRecordDataset(path, buffer_size=1 << 20),
         cycle_length=INTERLEAVE_FILES if training else 1,
         num_parallel_calls=AUTOTUNE if training else None,
     )
     if training:
-        records = records.shuffle(inputs.shuffle_records, seed=seed)
+        serialized_records = serialized_records.shuffle(inputs.shuffle_records, seed=seed)
 
     keys = _feature_keys(inputs, include_metadata)
-    num_labels = len(label_names(records_dir))
+    num_labels = len(label_names(records))
 
     def load(serialized, seed):
         features = schema.parse(serialized, keys, num_labels)
@@ -377,7 +388,7 @@ def make_dataset(
         return _augment_batch(batch, seed, inputs, augment)
 
     seeds = tf.data.Dataset.random(seed=seed).batch(2)  # one stateless seed [2] per record
-    examples = tf.data.Dataset.zip(records, seeds)  # (serialized record, its seed)
+    examples = tf.data.Dataset.zip(serialized_records, seeds)  # (serialized record, its seed)
     if patches_per_image > 1:
         dataset = examples.map(load_patches, num_parallel_calls=AUTOTUNE)
         dataset = dataset.unbatch().shuffle(PATCH_SHUFFLE, seed=seed)  # K patches of many originals mixed

@@ -93,7 +93,7 @@ def evaluate_classifier(model, records: Records | str, model_dir, *, inputs: pip
     outputs); writes the five outputs; returns the auc.json dict."""
     records = Records.of(records)
     source = records.label_source
-    dataset = pipeline.make_dataset(records.path, split, inputs, batch_size, training=False, include_metadata=True,
+    dataset = pipeline.make_dataset(records, split, inputs, batch_size, training=False, include_metadata=True,
                                     tta=tta)
     label_names = records.label_names
     predictions, protocol = predict(model, dataset, label_names)

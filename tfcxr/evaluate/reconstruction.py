@@ -125,7 +125,7 @@ def evaluate_reconstruction(model, records: Records | str, model_dir, *, inputs:
     full_resolution = codec_alone_on_originals(model, inputs)
     if full_resolution:  # each original at its own size, cut to multiples of COMPRESSION, batched by size
         inputs = dataclasses.replace(inputs, eval_geometry="full")
-    dataset = pipeline.make_dataset(records.path, split, inputs, batch_size, training=False)
+    dataset = pipeline.make_dataset(records, split, inputs, batch_size, training=False)
     methods, count, sizes = measure(model.get_layer(ENCODER), model.get_layer(DECODER), dataset)
     if full_resolution:
         protocol = (f"{stage}: whole originals at their own size (the records' full resolution), cropped to "

@@ -293,7 +293,7 @@ def make_any_worker(strategy):
     return any_worker
 
 
-def make_callbacks(task, config, chief, resumed_epoch):
+def make_callbacks(task, config, chief, resumed_epoch, records=None):
     """The plateau scheduler and TerminateOnNaN everywhere; the writers on the chief only."""
     model_dir = config.runtime.model_dir
     callbacks = [
@@ -304,7 +304,7 @@ def make_callbacks(task, config, chief, resumed_epoch):
         return callbacks
     preview = None
     if task.image_outputs:
-        preview = next(iter(task.dataset(config, "val", training=False)))["image"][: config.runtime.preview_images]
+        preview = next(iter(task.dataset(config, "val", training=False, records=records)))["image"][: config.runtime.preview_images]
     if resumed_epoch is not None:
         callbacks_lib.truncate_log(storage.join(model_dir, "log.csv"), resumed_epoch)  # rows of re-run epochs go
     return callbacks + [
@@ -356,7 +356,7 @@ def preempted(path, epoch, step, flag):
 
 
 def run_epoch(task, config, strategy, train_step, model, callback_list, checkpointer, epoch, first_step,
-              train_sums, steps, flag):
+              train_sums, steps, flag, records=None):
     """Train steps first_step .. steps - 1 of `epoch`; the train-loss means over the epoch's steps.
 
     Raises Preempted after the checkpoint of the step at which any worker's `flag` was seen.
@@ -366,7 +366,7 @@ def run_epoch(task, config, strategy, train_step, model, callback_list, checkpoi
     def train_input(context):
         # Each step takes one batch per local replica from this pipeline: the done steps' batches are skipped.
         return task.dataset(config, "train", training=True, input_context=context,
-                             seed=epoch_seed(config.runtime.seed, epoch), repeat=True,
+                             seed=epoch_seed(config.runtime.seed, epoch), repeat=True, records=records,
                              skip_batches=first_step * context.num_replicas_in_sync // context.num_input_pipelines)
 
     batches = iter(strategy.distribute_datasets_from_function(train_input))
@@ -433,13 +433,13 @@ def train_until_done(task, config, strategy, records, callbacks, flag):
     if note and chief and not latest:
         print(note, flush=True)
     callback_list = keras.callbacks.CallbackList(
-        make_callbacks(task, config, chief, state["epoch"] if latest else None) + list(callbacks),
+        make_callbacks(task, config, chief, state["epoch"] if latest else None, records) + list(callbacks),
         model=model, epochs=config.schedule.epochs, steps=steps)
     train_step = make_train_step(task, model, optimizer, augmentation, strategy, config.runtime.jit_compile)
     metrics = task.metrics(records.label_names)
     eval_step = make_eval_step(task, model, metrics, strategy)
     val_dataset = strategy.distribute_datasets_from_function(
-        lambda context: task.dataset(config, "val", training=False, input_context=context))
+        lambda context: task.dataset(config, "val", training=False, input_context=context, records=records))
 
     any_worker = make_any_worker(strategy)
     small = task.input_spec(config).feature == schema.SMALL  # which shards the pipeline reads
@@ -449,10 +449,10 @@ def train_until_done(task, config, strategy, records, callbacks, flag):
         first_step = state["step"] if epoch == state["epoch"] else 0
         train_sums = collections.Counter(state["train_sums"] if first_step else {})
         callback_list.on_epoch_begin(epoch)
-        with naming_bad_shards(config.data.records_dir, "train", small=small):
+        with naming_bad_shards(records, "train", small=small):
             logs = run_epoch(task, config, strategy, train_step, model, callback_list, checkpointer, epoch,
-                             first_step, train_sums, steps, flag)
-        with naming_bad_shards(config.data.records_dir, "val", small=small):
+                             first_step, train_sums, steps, flag, records)
+        with naming_bad_shards(records, "val", small=small):
             logs.update(validate(eval_step, metrics, val_dataset, config.schedule.val_steps, chief))
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
         callback_list.on_epoch_end(epoch, logs)

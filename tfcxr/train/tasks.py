@@ -20,6 +20,7 @@ from tfcxr import models, storage
 from tfcxr.config import RunConfig
 from tfcxr.constants import CLASSIFICATION_WEIGHT, SMALL_SIZE, STAGE1_CROP, STAGE2_PATCH, STAGE3_CROP
 from tfcxr.data import pipeline, schema
+from tfcxr.data.records import Records
 from tfcxr.models import metrics as metrics_lib
 
 Batch = metrics_lib.Batch
@@ -87,11 +88,11 @@ class Task:
 
     def dataset(self, config: RunConfig, split: str, *, training: bool,
                 input_context: tf.distribute.InputContext | None = None, seed: int | None = None,
-                repeat: bool = False, skip_batches: int = 0) -> tf.data.Dataset:
-        """The task's split of data.records_dir through tfcxr.data.pipeline."""
+                repeat: bool = False, skip_batches: int = 0, records: Records | None = None) -> tf.data.Dataset:
+        """The task's split of data.records_dir through tfcxr.data.pipeline (`records`: that folder, already open)."""
         inputs = self.input_spec(config)
         return pipeline.make_dataset(
-            config.data.records_dir, split, inputs, config.data.batch_size, training, augment=config.data.augment,
+            records or config.data.records_dir, split, inputs, config.data.batch_size, training, augment=config.data.augment,
             seed=seed, input_context=input_context, repeat=repeat, skip_batches=skip_batches,
             patches_per_image=config.data.patches_per_image if training and inputs.patches else 1)
 
