@@ -369,3 +369,40 @@ def test_only_the_chief_writes_into_the_run_directory(tmp_path):
     assert strategy.is_chief(fake_strategy("chief", 0, {**workers, "chief": ["c:1"]}))
     assert strategy.write_dir(str(tmp_path), fake_strategy("worker", 0, workers)) == str(tmp_path)
     assert not strategy.write_dir(str(tmp_path), fake_strategy("worker", 1, workers)).startswith(str(tmp_path))
+
+
+def test_latent_rate_is_the_mean_neighbour_difference_in_8bit_levels():
+    flat = tf.fill([1, 8, 8, 1], 0.5)
+    stripes = tf.tile(tf.constant([0.0, 1.0])[None, None, :, None], [1, 8, 4, 1])  # columns 0, 1, 0, 1, ...
+    rates = tasks.latent_rate(tf.concat([flat, stripes], axis=0)).numpy()
+    np.testing.assert_allclose(rates, [0.0, 0.5 * 255.0])  # stripes: 255 across, 0 down
+
+
+def test_stage2_loss_adds_the_weighted_latent_rate_only_when_asked():
+    config = RunConfig.from_flags("autoencoder", records_dir="r", codec="residual")
+    assert tasks.reconstruction_loss_for(config) is tasks.reconstruction_loss
+    image = tf.random.stateless_uniform([2, 16, 16, 1], seed=[1, 2])
+    outputs = {"reconstruction": image * 0.9, "latent": tf.random.stateless_uniform([2, 4, 4, 1], seed=[3, 4])}
+    terms = tasks.reconstruction_loss_for(config.replace(latent_rate_weight=1e-3))({"image": image}, outputs)
+    mse = tasks.reconstruction_loss({"image": image}, outputs)["loss"]
+    np.testing.assert_allclose(terms["mse"], mse)
+    np.testing.assert_allclose(terms["loss"], mse + 1e-3 * tasks.latent_rate(outputs["latent"]), rtol=1e-6)
+    with pytest.raises(ValueError, match="--latent_rate_weight=-1"):
+        tasks.reconstruction_loss_for(config.replace(latent_rate_weight=-1.0))
+    for stage in ("baseline", "aecnn"):  # the other stages have no such term: their config.json leaves it out
+        assert "optimizer.latent_rate_weight" in stages.STAGES[stage].task.omits
+
+
+def test_latent_rate_weight_trains_a_smoother_latent(records_dir, tmp_path):
+    """The same stage-2 steps with and without the rate term: with it, the latent's rate falls below
+    the run without it (and the log carries both terms)."""
+    rates = {}
+    for weight in (0.0, 1.0):
+        model_dir = tmp_path / f"w{weight}"
+        config = train_config(records_dir, model_dir, epochs=1, steps_per_epoch=6, image_size=32, resize_size=None,
+                              codec="residual", latent_rate_weight=weight, learning_rate=1e-2)
+        model = loop.train(stages.STAGES[2].task, config, strategy.make_strategy("one_device"))
+        images = next(iter(stages.STAGES[2].task.dataset(config, "val", training=False)))["image"]
+        rates[weight] = float(tf.reduce_mean(tasks.latent_rate(model(images)["latent"])))
+        assert ({"mse", "rate"} <= set(read_log(model_dir).columns)) == bool(weight)
+    assert rates[1.0] < rates[0.0]

@@ -59,6 +59,9 @@ flags.DEFINE_alias("residual_decoder_depth", "codec_decoder_depth")
 flags.DEFINE_float("learning_rate", default("optimizer.learning_rate"), "Adam learning rate")
 flags.DEFINE_float("classification_weight", default("optimizer.classification_weight"),
                    "stage 3: w in w * BCE + (1 - w) * MSE (the paper's 0.9)")
+flags.DEFINE_float("latent_rate_weight", default("optimizer.latent_rate_weight"),
+                   "stage 2: w in MSE + w * the latent's mean absolute neighbour difference in 8-bit levels "
+                   "(a lossless coder's residual: smaller stores in fewer bytes); 0: MSE alone")
 flags.DEFINE_integer("epochs", default("schedule.epochs"), "epochs in all (a resumed run continues to this many)")
 flags.DEFINE_integer("steps_per_epoch", None, "train steps per epoch (default: one pass)")
 flags.DEFINE_integer("val_steps", None, "validation steps per epoch (default: one pass over val)")

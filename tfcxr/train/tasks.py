@@ -3,7 +3,7 @@ model, the loss terms, the validation metrics and the initialisation of a fresh 
 
 task          model                         loss                                   starts from
 BASELINE      DenseNet121 BL5 (stage 1)     BCE with logits                        ImageNet, or init.classifier
-AUTOENCODER   a codec (stage 2)             MSE on the reconstruction              its codec's initialisation
+AUTOENCODER   a codec (stage 2)             MSE (+ w * latent rate, if asked)       its codec's initialisation
 AECNN         codec + classifier (stage 3)  0.9 BCE + 0.1 MSE                      init.codec + init.classifier
 
 tfcxr/stages.py pairs each task with its evaluation and export.
@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from tfcxr import models, storage
 from tfcxr.config import RunConfig
-from tfcxr.constants import CLASSIFICATION_WEIGHT, SMALL_SIZE, STAGE1_CROP, STAGE2_PATCH, STAGE3_CROP
+from tfcxr.constants import CLASSIFICATION_WEIGHT, LATENT_LEVELS, SMALL_SIZE, STAGE1_CROP, STAGE2_PATCH, STAGE3_CROP
 from tfcxr.data import pipeline, schema
 from tfcxr.data.records import Records
 from tfcxr.models import metrics as metrics_lib
@@ -114,6 +114,32 @@ def reconstruction_loss(batch: Batch, outputs: Outputs) -> dict[str, tf.Tensor]:
     return {"loss": tf.reduce_mean(tf.square(error), axis=[1, 2, 3])}
 
 
+def latent_rate(latent: tf.Tensor) -> tf.Tensor:
+    """latent [B,h,w,1] in [0, 1] -> its mean absolute difference between horizontal and vertical neighbours,
+    in 8-bit levels: [B]. What a lossless coder's spatial prediction (PNG's Sub / Up filters, WebP's
+    predictors) leaves to code: a latent with a smaller one stores in fewer bytes."""
+    levels = tf.cast(latent, tf.float32) * LATENT_LEVELS
+    across = tf.reduce_mean(tf.abs(levels[:, :, 1:] - levels[:, :, :-1]), axis=[1, 2, 3])
+    down = tf.reduce_mean(tf.abs(levels[:, 1:] - levels[:, :-1]), axis=[1, 2, 3])
+    return 0.5 * (across + down)
+
+
+def reconstruction_loss_for(config: RunConfig) -> Callable[[Batch, Outputs], dict[str, tf.Tensor]]:
+    """Stage 2's loss: MSE, plus optimizer.latent_rate_weight * latent_rate when that weight is not 0."""
+    weight = config.optimizer.latent_rate_weight
+    if weight < 0:
+        raise ValueError(f"--latent_rate_weight={weight}: a weight >= 0")
+    if not weight:
+        return reconstruction_loss
+
+    def loss(batch: Batch, outputs: Outputs) -> dict[str, tf.Tensor]:
+        mse = reconstruction_loss(batch, outputs)["loss"]
+        rate = latent_rate(outputs["latent"])
+        return {"loss": mse + weight * rate, "mse": mse, "rate": rate}
+
+    return loss
+
+
 def joint_loss(batch: Batch, outputs: Outputs, weight: float = CLASSIFICATION_WEIGHT) -> dict[str, tf.Tensor]:
     """AECNN: weight * BCE + (1 - weight) * MSE (the paper's weight 0.9), with both terms: [B]."""
     bce = classification_loss(batch, outputs)["loss"]
@@ -202,16 +228,19 @@ BASELINE = Task(
     pipeline.InputSpec(schema.SMALL, STAGE1_CROP, resize_size=SMALL_SIZE, rotation="device", contrast=True,
                        fmix=True, tencrop=True, shuffle_records=4096),
     build_baseline, classification_loss, metrics=classification_metrics, initialize=initialize_from_files,
-    omits=CLASSIFIER_ONLY + ("data.patches_per_image", "data.codec_validation", "optimizer.classification_weight"))
+    omits=CLASSIFIER_ONLY + ("data.patches_per_image", "data.codec_validation", "optimizer.classification_weight",
+                             "optimizer.latent_rate_weight"))
 AUTOENCODER = Task(
     pipeline.InputSpec(schema.ENCODED, STAGE2_PATCH, vertical_flip=True, patches=True),
     build_autoencoder, reconstruction_loss, metrics=reconstruction_metrics, initialize=initialize_from_files,
-    derive=codec_of_init, omits=("model.backbone", "model.weights", "init.classifier", "data.resize_size", "data.augment",
-                                 "optimizer.classification_weight"),
+    derive=codec_of_init, loss_for=reconstruction_loss_for,
+    omits=("model.backbone", "model.weights", "init.classifier", "data.resize_size", "data.augment",
+           "optimizer.classification_weight"),
     image_outputs=("reconstruction", "latent"), eval_geometry=codec_validation, recommended_steps=codec_recommended_steps)
 AECNN = Task(
     pipeline.InputSpec(schema.ENCODED, STAGE3_CROP, rotation="device", tencrop=True),
     build_aecnn, joint_loss, metrics=joint_metrics, requires=("init.codec", "init.classifier"),
     initialize=initialize_from_files, derive=codec_of_init, loss_for=joint_loss_for,
-    omits=("model.weights", "data.resize_size", "data.augment", "data.patches_per_image", "data.codec_validation"),
+    omits=("model.weights", "data.resize_size", "data.augment", "data.patches_per_image", "data.codec_validation",
+           "optimizer.latent_rate_weight"),
     image_outputs=("reconstruction", "latent"))
