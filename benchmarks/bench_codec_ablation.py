@@ -25,6 +25,7 @@ import tensorflow as tf
 from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import machine  # noqa: E402
 import real_cxr14  # noqa: E402
 
 from tfcxr.evaluate import reconstruction  # noqa: E402
@@ -124,8 +125,7 @@ def score(name, results):
 
 def report():
     rows = [json.loads(path.read_text()) for path in sorted(RUNS_DIR.glob("*.json"))]
-    cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-               if line.startswith("model name"))
+    cpu = machine.cpu_model()
     lines = ["# Residual codec: ablation on real radiographs", "",
              f"Measured {time.strftime('%Y-%m-%d')} on {cpu} ({os.cpu_count()} cores, shared with other work: "
              "load averages per row). `.venv/bin/python benchmarks/bench_codec_ablation.py --variants=NAME "

@@ -22,6 +22,7 @@ from absl import app, flags
 from PIL import Image, features
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import machine  # noqa: E402
 import real_cxr14  # noqa: E402
 
 from tfcxr.export import codec  # noqa: E402
@@ -96,8 +97,7 @@ def main(argv):
             rows[f"WebP q{quality} of the 1024 image"][1].append(psnr(original, back))
         rows.setdefault("original 1024, PNG (Pillow, optimize)", ([], [None]))[0].append(
             pillow_bytes(original, "PNG", optimize=True)[0])
-    cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-               if line.startswith("model name"))
+    cpu = machine.cpu_model()
     lines = ["# Rate: bytes per held-out radiograph", "",
              f"Measured {time.strftime('%Y-%m-%d')} on {cpu}, load average {os.getloadavg()[0]:.1f}.", "",
              "```", f".venv/bin/python benchmarks/bench_codec_rate.py --model={FLAGS.model}", "```", "",

@@ -20,6 +20,9 @@ from pathlib import Path
 
 from absl import app, flags
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import machine  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 flags.DEFINE_list("models", ["baseline", "aecnn"], "baseline (256 px) and / or aecnn (896 px)")
@@ -40,14 +43,6 @@ def torch_reference():
     import torch_reference as reference
 
     return reference
-
-
-def cpu_description():
-    """bench_training.cpu_description (its module defines flags of the same names, so it is run, not imported)."""
-    result = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, 'benchmarks'); import bench_training; "
-                             "print(bench_training.cpu_description())"], cwd=ROOT, capture_output=True, text=True,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    return result.stdout.strip().splitlines()[-1]
 
 
 def tfcxr_predict(model_name, batch_size):
@@ -130,7 +125,7 @@ def main(argv):
             print(rows[-1], flush=True)
     command = " ".join(["python", "benchmarks/bench_inference.py", *sys.argv[1:]])
     write_text(out, f"# Inference throughput: tfcxr against PyTorch eval, float32\n\n`{command}`\n\n"
-               f"{cpu_description()}; {time.strftime('%Y-%m-%d')}; TensorFlow {tf.__version__}, "
+               f"{machine.describe()}; {time.strftime('%Y-%m-%d')}; TensorFlow {tf.__version__}, "
                f"PyTorch {torch.__version__} ({torch.get_num_threads()} threads); random weights, gray images; "
                f"each case in a process of its own, timed for {SECONDS:.0f} s after 2 untimed batches; the fastest "
                f"of {FLAGS.repeats} alternating runs. Load average (1 min) at start / end: {load_start:.1f} / "

@@ -11,7 +11,8 @@ Each is timed --rounds times from building the pipeline to its first batch, alte
 batches are checked equal. Writes benchmarks/results/resume.md.
 """
 
-import platform
+import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +23,9 @@ from absl import app, flags
 from tfcxr.constants import STAGE3_CROP
 from tfcxr.data import pipeline, schema, sharding, synthetic
 from tfcxr.storage import write_text
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,8 +72,8 @@ def main(argv):
     lines = [
         "# Resume cost: seconds until a resumed epoch's first batch",
         "",
-        f"Date: {time.strftime('%Y-%m-%d')}. Machine: {platform.processor() or platform.machine()}, "
-        f"{len(__import__('os').sched_getaffinity(0))} CPU cores usable, shared with other work.",
+        f"Date: {time.strftime('%Y-%m-%d')}. Machine: {machine.describe(cores=len(os.sched_getaffinity(0)))} "
+        "(the cores usable), shared with other work.",
         f"Command: `.venv/bin/python benchmarks/bench_resume.py --patients={FLAGS.patients} "
         f"--batch_size={FLAGS.batch_size} --step={FLAGS.step} --rounds={FLAGS.rounds} "
         f"--encodings={','.join(FLAGS.encodings)}`",

@@ -51,6 +51,8 @@ from tfcxr.storage import write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import machine  # noqa: E402
 import serving_client  # noqa: E402
 
 REAL_IMAGES = Path(os.environ.get("TFCXR_REAL_DIR", ROOT.parent / "shared" / "cxr14-real")) / "images"  # as tests
@@ -269,8 +271,6 @@ def main(argv):
     over_http = bool(FLAGS.rest or FLAGS.url)
     out = Path(FLAGS.out or ROOT / "benchmarks" / "results" / ("serving_http.md" if over_http else "serving.md"))
 
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    avx512 = "avx512f" in open("/proc/cpuinfo").read()
     load_before = os.getloadavg()
     peak = PeakRss()
     with tempfile.TemporaryDirectory(prefix="bench_serving.") as work:
@@ -330,7 +330,7 @@ def main(argv):
         "",
         f"{mode}. The demo-size AECNN (DenseNet121 classifier, evaluation size {FLAGS.image_size}), UNTRAINED "
         f"weights (throughput, not accuracy); limits {MAX_IMAGE_SIDE} a side, {MAX_IMAGE_PIXELS} pixels. "
-        f"CPU: {cpu} ({os.cpu_count()} cores{', AVX-512' if avx512 else ''}), shared with other work: "
+        f"CPU: {machine.describe()}; shared with other work: "
         f"load average {load_before[0]:.1f} / {load_before[1]:.1f} before, {load_after[0]:.1f} / {load_after[1]:.1f} "
         "after (1 / 5 min). TensorFlow " + tf.__version__ + ".",
         "",

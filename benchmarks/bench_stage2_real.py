@@ -21,7 +21,6 @@ Other --flags (e.g. --autoencoder=residual) go to tfcxr.main unchanged, and so d
 import hashlib
 import json
 import os
-import platform
 import shlex
 import shutil
 import subprocess
@@ -39,6 +38,7 @@ import pandas as pd  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import machine  # noqa: E402
 import real_cxr14  # noqa: E402
 
 from tfcxr.storage import save_figure, write_json, write_text  # noqa: E402
@@ -207,19 +207,6 @@ def plot_losses(log, name, counts, path):
     plt.close(figure)
 
 
-def cpu_description():
-    """'AMD EPYC ..., AVX-512: yes/no' from /proc/cpuinfo (lscpu's Model name and flags)."""
-    model, cpu_flags = platform.processor() or platform.machine(), set()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-            model = value.strip()
-        elif key.strip() == "flags":
-            cpu_flags = set(value.split())
-    avx512 = sorted(flag for flag in cpu_flags if flag.startswith("avx512"))
-    return f"{model}, {os.cpu_count()} cores, AVX-512: {'yes (' + ' '.join(avx512[:4]) + ' ...)' if avx512 else 'no'}"
-
-
 def row(result):
     """One results-table row of a run's JSON."""
     methods, config = result["scores"]["methods"], result["config"]
@@ -330,7 +317,7 @@ def main(args):
         "command": shlex.join(["python", *command[1:]]).replace(str(ROOT) + "/", ""),
         "config": {key: config.get(key) for key in ("autoencoder", "learning_rate", "epochs", "steps_per_epoch",
                                                      "batch_size", "patches_per_image", "seed", "val_steps")},
-        "records": counts, "cpu": cpu_description(), "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "records": counts, "cpu": machine.describe(), "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "wall_s": wall, "load_samples": loads, "load_mean": sum(loads) / len(loads) if loads else None,
         "load_min": min(loads, default=None), "load_max": max(loads, default=None), "epochs_done": len(log),
         "learning_rate_steps": learning_rate_steps(log),

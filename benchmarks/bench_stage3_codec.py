@@ -25,6 +25,7 @@ from absl import app, flags
 from keras import layers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import machine  # noqa: E402
 import real_cxr14  # noqa: E402
 
 from tfcxr import models  # noqa: E402
@@ -68,8 +69,7 @@ def report():
     """benchmarks/results/codec_stage3.md from workspace/runs/stage3_codec/*.json (runs of 50 steps or more)."""
     runs = [json.loads(path.read_text()) for path in sorted(RUNS_DIR.glob("*.json"))]
     runs = sorted((run for run in runs if run["steps"] >= 50), key=lambda run: (run["codec"], -run["classification_weight"]))
-    cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-               if line.startswith("model name"))
+    cpu = machine.cpu_model()
     lines = ["# Stage 3 and the codec's PSNR", "",
              f"Measured {time.strftime('%Y-%m-%d')} on {cpu} ({os.cpu_count()} cores, shared with other work: load "
              "averages per row). `.venv/bin/python benchmarks/bench_stage3_codec.py --codec=CODEC "

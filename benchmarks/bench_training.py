@@ -32,7 +32,6 @@ in a process of its own. Writes benchmarks/results/training_pytorch.md.
 import importlib.util
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -49,6 +48,9 @@ from tfcxr.storage import write_text
 from tfcxr.config import RunConfig
 from tfcxr.stages import STAGES
 from tfcxr.train import loop, strategy
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import machine  # noqa: E402
 
 flags.DEFINE_integer("steps", None, "timed steps per case, after one untimed step (default: per stage, SIZES)")
 flags.DEFINE_list("stages", ["1", "2", "3"], "stages to measure")
@@ -159,12 +161,6 @@ def torch_densenet121(num_classes):
 def torch_autoencoder():
     """The reproduction's autoencoder: [B,1,H,W] -> (latent [B,1,H/4,W/4], reconstruction [B,1,H,W])."""
     return torch_reference().Autoencoder()
-
-
-def native_bfloat16():
-    """True when the CPU has bfloat16 arithmetic (AVX512-BF16 or AMX) per /proc/cpuinfo."""
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def torch_steps(stage, precision, channels_last=True):
@@ -293,7 +289,7 @@ def compare_pytorch(out, stages, steps=None, repeats=2, levers=False):
         return 0
     import torch
 
-    bfloat16 = native_bfloat16()
+    bfloat16 = machine.has_bfloat16()
     precisions = ["none", "bfloat16"] if bfloat16 else ["none"]
     implementations = {stage: ("loop", "torch", "torch_channels_first") for stage in (1, 2, 3)}
     load_start = os.getloadavg()[0]
@@ -318,7 +314,7 @@ def write_comparison(out, results, lever_lines, torch, bfloat16, steps, repeats,
     lines = [
         "# Training throughput: tfcxr against the PyTorch reference", "",
         f"`{' '.join(['python', 'benchmarks/bench_training.py', *sys.argv[1:]])}`", "",
-        f"{cpu_description()}; TensorFlow {tf.__version__}, PyTorch {torch.__version__} ({torch.get_num_threads()} "
+        f"{machine.describe()}; TensorFlow {tf.__version__}, PyTorch {torch.__version__} ({torch.get_num_threads()} "
         f"intra-op threads); the fastest of {repeats} alternating runs per case, each in a process of its own; "
         f"timed steps after one untimed step (stage 1: {steps or SIZES[1][2]}, stage 2: {steps or SIZES[2][2]}, "
         f"stage 3: {steps or SIZES[3][2]}); "
@@ -366,20 +362,6 @@ def levers_table(reference, steps, repeats):
     return lines
 
 
-def cpu_description():
-    """'AMD EPYC, 2 cores, AVX-512: no' from /proc/cpuinfo."""
-    model, flags = platform.processor() or platform.machine(), ""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-            model = value.strip()
-        elif key.strip() == "flags":
-            flags = value
-    bfloat16 = "yes" if {"avx512_bf16", "amx_bf16"} & set(flags.split()) else "no"
-    return (f"{model}, {os.cpu_count()} cores, AVX-512: {'yes' if 'avx512f' in flags.split() else 'no'}, "
-            f"bfloat16 (avx512_bf16 / amx_bf16): {bfloat16}")
-
-
 def compare_sync_batchnorm(out, steps=None, repeats=2):
     """Stage 1's step on 2 CPU replicas with and without synchronized BatchNorm, alternating runs."""
     load_start = os.getloadavg()[0]
@@ -389,7 +371,7 @@ def compare_sync_batchnorm(out, steps=None, repeats=2):
     command = " ".join(["python", "benchmarks/bench_training.py", *sys.argv[1:]])
     rows = "\n".join(f"| {name} | {case['images_per_s']:.2f} | {case['images_per_cpu_s']:.2f} | {case['peak_rss_mb']:.0f} |"
                      for name, case in best.items())
-    write_text(out, f"# Synchronized BatchNorm: its cost on 2 CPU replicas\n\n`{command}`\n\n{cpu_description()}; "
+    write_text(out, f"# Synchronized BatchNorm: its cost on 2 CPU replicas\n\n`{command}`\n\n{machine.describe()}; "
                f"stage 1 (DenseNet121, {SIZES[1][0]} px, global batch {SIZES[1][1]}, 4 per replica), float32, the "
                f"tfcxr loop under MirroredStrategy over 2 logical CPU devices; fastest of {repeats} alternating runs. "
                f"Load average (1 min) at start / end: {load_start:.1f} / {os.getloadavg()[0]:.1f}.\n\n"
@@ -430,7 +412,7 @@ def main(argv):
     steps = f"{steps}; the fastest of {FLAGS.repeats} alternating runs"
     notes = out.read_text().partition(NOTES)[2] if out.exists() else ""  # hand-written, kept across runs
     write_text(out, f"# Training throughput\n\n`{command}`\n\n"
-               f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
+               f"{machine.describe()}; "
                f"TensorFlow {tf.__version__}, Keras {keras.__version__}; timed steps per case ({steps}) "
                f"after one untimed (tracing) step; synthetic in-memory batches; DenseNet121 weights=None. "
                f"Load average (1 min) at start / end: {load_start:.1f} / {os.getloadavg()[0]:.1f}.\n\n"
