@@ -26,7 +26,6 @@ import dataclasses
 import io
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from absl import app, flags
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import machine as host  # noqa: E402  (benchmarks/machine.py: the CPU recorded with every result)
 import real_cxr14  # noqa: E402  (benchmarks/real_cxr14.py: the shared real-data module)
 
 from tfcxr.evaluate import reconstruction  # noqa: E402
@@ -74,10 +74,7 @@ FLAGS = flags.FLAGS
 
 def machine():
     """CPU model, AVX-512 or not, cores, load average: recorded with every result."""
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    cpuinfo = Path("/proc/cpuinfo").read_text()
-    return {"cpu": model, "avx512f": " avx512f " in cpuinfo, "cores": os.cpu_count(),
+    return {"cpu": host.cpu_model(), "avx512f": host.has_avx512(), "cores": os.cpu_count(),
             "loadavg": Path("/proc/loadavg").read_text().split()[:3]}
 
 
