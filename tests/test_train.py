@@ -406,3 +406,19 @@ def test_latent_rate_weight_trains_a_smoother_latent(records_dir, tmp_path):
         rates[weight] = float(tf.reduce_mean(tasks.latent_rate(model(images)["latent"])))
         assert ({"mse", "rate"} <= set(read_log(model_dir).columns)) == bool(weight)
     assert rates[1.0] < rates[0.0]
+
+
+def test_cosine_schedule_decays_to_zero_over_the_run_without_plateau_cuts(records_dir, tmp_path):
+    config = train_config(records_dir, tmp_path, epochs=2, steps_per_epoch=3, learning_rate=1e-3, lr_schedule="cosine")
+    rate = loop.learning_rate(config, 6)
+    np.testing.assert_allclose([float(rate(step)) for step in (0, 3, 6)], [1e-3, 0.5e-3, 0.0], atol=1e-9)
+    assert loop.learning_rate(config.replace(lr_schedule="plateau")) == 1e-3
+    with pytest.raises(ValueError, match="--lr_schedule=step: one of plateau, cosine"):
+        loop.learning_rate(config.replace(lr_schedule="step"))
+    loop.train(tiny_task(), config, strategy.make_strategy("one_device"))
+    log = read_log(tmp_path)
+    np.testing.assert_allclose(log["learning_rate"], [0.5e-3, 0.0], atol=1e-9)  # after 3 and 6 steps
+    kinds = {type(callback).__name__ for callback in loop.make_callbacks(tiny_task(), config, False, None)}
+    assert "ReduceLROnPlateau" not in kinds and "ReduceLROnPlateau" in {
+        type(callback).__name__ for callback in loop.make_callbacks(tiny_task(), config.replace(lr_schedule="plateau"),
+                                                                     False, None)}

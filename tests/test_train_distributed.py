@@ -71,8 +71,8 @@ def run(spec):
 
 def train(spec):
 
-    class KillAt(keras.callbacks.Callback):
-        """kill -9 at the end of `epoch` (its log row written, its checkpoint not), or after its batch `step`."""
+    class AtStep(keras.callbacks.Callback):
+        """Calls act() after batch `step` of `epoch` (step None: at the end of `epoch`, its log row written)."""
 
         def __init__(self, epoch, step):
             super().__init__()
@@ -83,26 +83,24 @@ def train(spec):
 
         def on_train_batch_end(self, batch, logs=None):
             if self.step is not None and (self.current, batch) == (self.epoch, self.step):
-                os.kill(os.getpid(), signal.SIGKILL)
+                self.act()
 
         def on_epoch_end(self, epoch, logs=None):
             if self.step is None and epoch == self.epoch:
-                os.kill(os.getpid(), signal.SIGKILL)
+                self.act()
 
-    class SignalAt(keras.callbacks.Callback):
-        """After batch `step` of `epoch`: prints "signal me" and waits for the parent's signal."""
+    class KillAt(AtStep):
+        """kill -9 there (at an epoch's end: its checkpoint not yet written)."""
 
-        def __init__(self, epoch, step):
-            super().__init__()
-            self.epoch, self.step, self.current = epoch, step, None
+        def act(self):
+            os.kill(os.getpid(), signal.SIGKILL)
 
-        def on_epoch_begin(self, epoch, logs=None):
-            self.current = epoch
+    class SignalAt(AtStep):
+        """Prints "signal me" there and waits for the parent's signal."""
 
-        def on_train_batch_end(self, batch, logs=None):
-            if (self.current, batch) == (self.epoch, self.step):
-                print("signal me", flush=True)
-                time.sleep(5)  # the signal lands here, during this step's callbacks
+        def act(self):
+            print("signal me", flush=True)
+            time.sleep(5)  # the signal lands here, during this step's callbacks
 
     class SaveInitial(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):

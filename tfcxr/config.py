@@ -4,8 +4,8 @@
       stage       the stage's name (tfcxr.stages.STAGES)
       data        records_dir, batch_size, image_size, resize_size, augment, patches_per_image, codec_validation
       model       backbone, weights, codec (CodecConfig: kind + the codec's own parameters)
-      optimizer   learning_rate (Adam, PyTorch's betas and epsilon), classification_weight (stage 3's loss),
-                  latent_rate_weight (stage 2's rate term)
+      optimizer   learning_rate (Adam, PyTorch's betas and epsilon), schedule (plateau or cosine),
+                  classification_weight (stage 3's loss), latent_rate_weight (stage 2's rate term)
       schedule    epochs, steps_per_epoch, val_steps
       init        classifier, codec: the .keras files a stage starts from
       runtime     model_dir, strategy, replicas, precision, seed, logging, checkpoints, previews
@@ -78,6 +78,9 @@ class OptimizerConfig:
     learning_rate: float = LEARNING_RATE
     # Stage 3's objective: w * BCE + (1 - w) * MSE; the paper's w = 0.9 (constants.CLASSIFICATION_WEIGHT).
     classification_weight: float = CLASSIFICATION_WEIGHT
+    # "plateau": the reference's ReduceLROnPlateau on val_loss; "cosine": learning_rate decays to 0 along a
+    # half cosine over the run's epochs x steps (train.loop.learning_rate), no plateau cuts.
+    schedule: str = "plateau"
     # Stage 2's objective: MSE + w * the latent's rate proxy (tasks.latent_rate, in 8-bit levels); 0: MSE alone.
     latent_rate_weight: float = 0.0
 
@@ -185,7 +188,7 @@ FLAGS = {
     "codec_validation": "data.codec_validation",
     "backbone": "model.backbone", "weights": "model.weights", "codec": "model.codec.kind",
     "learning_rate": "optimizer.learning_rate", "classification_weight": "optimizer.classification_weight",
-    "latent_rate_weight": "optimizer.latent_rate_weight",
+    "latent_rate_weight": "optimizer.latent_rate_weight", "lr_schedule": "optimizer.schedule",
     "epochs": "schedule.epochs", "steps_per_epoch": "schedule.steps_per_epoch", "val_steps": "schedule.val_steps",
     "init_classifier": "init.classifier", "init_codec": "init.codec",
     **{name: f"runtime.{name}" for name in (field.name for field in dataclasses.fields(RuntimeConfig))},

@@ -56,6 +56,7 @@ EPOCHS = 20
 PLATEAU_FACTOR = 0.1  # ReduceLROnPlateau on validation loss
 PLATEAU_PATIENCE = 5  # PyTorch's count: the rate drops when bad epochs > patience
 PLATEAU_THRESHOLD = 1e-4  # PyTorch's default, RELATIVE (threshold_mode="rel"): better = loss < best * (1 - 1e-4)
+LR_SCHEDULES = ("plateau", "cosine")  # --lr_schedule: the reference's plateau cuts, or a cosine decay to 0 over the run
 ADAM_EPSILON = 1e-8  # PyTorch's Adam default (Keras's is 1e-7)
 CLASSIFICATION_WEIGHT = 0.9  # stage 3: L = 0.9 * BCE + 0.1 * MSE
 

@@ -17,7 +17,7 @@ from absl import app, flags, logging
 
 from tfcxr import modes
 from tfcxr.config import RunConfig
-from tfcxr.constants import SMALL_SIZE
+from tfcxr.constants import LR_SCHEDULES, SMALL_SIZE
 from tfcxr.models import BACKBONES, CODECS
 from tfcxr.stages import STAGES
 from tfcxr.train import loop, strategy
@@ -57,6 +57,9 @@ flags.DEFINE_alias("residual_encoder_depth", "codec_encoder_depth")
 flags.DEFINE_alias("residual_decoder_depth", "codec_decoder_depth")
 # optimizer and schedule
 flags.DEFINE_float("learning_rate", default("optimizer.learning_rate"), "Adam learning rate")
+flags.DEFINE_enum("lr_schedule", default("optimizer.schedule"), list(LR_SCHEDULES),
+                  "plateau: the reference's ReduceLROnPlateau on val_loss (x0.1 after 5 epochs without progress); "
+                  "cosine: --learning_rate decays to 0 along a half cosine over --epochs x --steps_per_epoch")
 flags.DEFINE_float("classification_weight", default("optimizer.classification_weight"),
                    "stage 3: w in w * BCE + (1 - w) * MSE (the paper's 0.9)")
 flags.DEFINE_float("latent_rate_weight", default("optimizer.latent_rate_weight"),

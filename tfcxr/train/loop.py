@@ -39,7 +39,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from tfcxr.constants import ADAM_EPSILON
+from tfcxr.constants import ADAM_EPSILON, LR_SCHEDULES
 from tfcxr import storage
 from tfcxr.data import schema
 from tfcxr.data.pipeline import naming_bad_shards
@@ -117,9 +117,24 @@ def epoch_seed(seed, epoch):
     return seed * 10_007 + epoch
 
 
-def make_optimizer(config):
-    """Adam (default betas, PyTorch's epsilon); under float16 wrapped in a LossScaleOptimizer."""
-    optimizer = optimizers.TorchAdam(config.optimizer.learning_rate, epsilon=ADAM_EPSILON)  # torch.optim.Adam
+def learning_rate(config, total_steps=None):
+    """optimizer.learning_rate, a constant the plateau scheduler cuts, or under optimizer.schedule "cosine" a
+    half cosine from it to 0 over `total_steps` (the run's epochs x steps per epoch), read at the optimizer's
+    step count: a resumed run continues on the same curve."""
+    schedule = config.optimizer.schedule
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"--lr_schedule={schedule}: one of {', '.join(LR_SCHEDULES)}")
+    if schedule == "plateau":
+        return config.optimizer.learning_rate
+    if not total_steps:
+        raise ValueError("--lr_schedule=cosine needs the run's length in steps")
+    return keras.optimizers.schedules.CosineDecay(config.optimizer.learning_rate, total_steps)
+
+
+def make_optimizer(config, total_steps=None):
+    """Adam (default betas, PyTorch's epsilon) at learning_rate(config, total_steps); under float16 wrapped in
+    a LossScaleOptimizer."""
+    optimizer = optimizers.TorchAdam(learning_rate(config, total_steps), epsilon=ADAM_EPSILON)  # torch.optim.Adam
     if config.runtime.mixed_precision == "float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
@@ -237,7 +252,7 @@ def sync_batchnorm(config, strategy):
     return synchronized
 
 
-def build(task, config, strategy, label_names):
+def build(task, config, strategy, label_names, steps_per_epoch=None):
     """The task's model, its optimizer and the device augmentation, created in the strategy's scope.
 
     With sync_batchnorm, BatchNormalization computes its batch statistics over the global batch
@@ -249,7 +264,7 @@ def build(task, config, strategy, label_names):
         synchronized = sync_batchnorm(config, strategy)
         for layer in batchnorm_layers(model):
             layer.synchronized = synchronized
-        optimizer = make_optimizer(config)
+        optimizer = make_optimizer(config, steps_per_epoch and steps_per_epoch * config.schedule.epochs)
         optimizer.build(model.trainable_variables)  # Adam's slots, mirrored, before the first step
         augmentation = task.augmentation(config)
     model.optimizer = optimizer  # ReduceLROnPlateau reads and sets model.optimizer.learning_rate
@@ -296,10 +311,9 @@ def make_any_worker(strategy):
 def make_callbacks(task, config, chief, resumed_epoch, records=None):
     """The plateau scheduler and TerminateOnNaN everywhere; the writers on the chief only."""
     model_dir = config.runtime.model_dir
-    callbacks = [
-        callbacks_lib.ReduceLROnPlateau(monitor="val_loss"),
-        keras.callbacks.TerminateOnNaN(),
-    ]
+    callbacks = [keras.callbacks.TerminateOnNaN()]
+    if config.optimizer.schedule == "plateau":
+        callbacks.insert(0, callbacks_lib.ReduceLROnPlateau(monitor="val_loss"))
     if not chief:
         return callbacks
     preview = None
@@ -418,7 +432,8 @@ def train_until_done(task, config, strategy, records, callbacks, flag):
     keras.utils.set_random_seed(config.runtime.seed)
     if config.runtime.deterministic:
         tf.config.experimental.enable_op_determinism()
-    model, optimizer, augmentation = build(task, config, strategy, records.label_names)
+    steps = config.schedule.steps_per_epoch or records.split_size("train") // config.data.batch_size
+    model, optimizer, augmentation = build(task, config, strategy, records.label_names, steps)
 
     checkpointer = Checkpointer(model, optimizer, augmentation, config.runtime.model_dir, strategy)
     state, latest = checkpointer.restore()
@@ -428,7 +443,6 @@ def train_until_done(task, config, strategy, records, callbacks, flag):
     if latest:
         print(f"resuming from {latest}: epoch {state['epoch'] + 1}, step {state['step']}", flush=True)
 
-    steps = config.schedule.steps_per_epoch or records.split_size("train") // config.data.batch_size
     note = task.budget_note(config, steps)
     if note and chief and not latest:
         print(note, flush=True)
