@@ -1,7 +1,7 @@
 """Rates users can compare: bytes per held-out radiograph for the 8-bit latent and the 8-bit bicubic
 thumbnail under each lossless coder we have, beside JPEG and WebP of the whole 1024 image.
 
-    .venv/bin/python benchmarks/bench_codec_rate.py --model=workspace/runs/residual_codec/best.keras
+    .venv/bin/python benchmarks/bench_codec_rate.py --model=workspace/runs/residual_codec/best.keras[,OTHER.keras]
 
 Lossless coders (the same bytes back, so the same PSNR): tf.io.encode_png (what tools/cxr_codec.py
 writes; zlib level 6), Pillow's PNG at its best (optimize=True: zlib level 9, adaptive row filters),
@@ -34,7 +34,8 @@ RESULTS = Path(__file__).resolve().parent / "results" / "codec_rate.md"
 JPEG_QUALITIES = (10, 30, 50, 70, 90)
 WEBP_QUALITIES = (10, 30, 50, 70, 90)
 
-flags.DEFINE_string("model", None, "a stage-2 (or stage-3) .keras holding the codec", required=True)
+flags.DEFINE_list("model", None, "stage-2 (or stage-3) .keras files holding a codec (several: one row set each, "
+                  "named by the run's folder)", required=True)
 FLAGS = flags.FLAGS
 
 
@@ -62,26 +63,30 @@ def lossless_coders():
     return coders
 
 
-def small_images(model, original):
-    """uint8 [H, W] -> {"latent": (uint8 [h, w], 8-bit reconstruction), "bicubic thumbnail": (...)}."""
-    latent = codec.compress(model.get_layer(ENCODER), original[..., None])  # uint8 [h, w, 1]
-    back = codec.reconstruct(model.get_layer(DECODER), latent).numpy()[..., 0]
+def small_images(models, original):
+    """uint8 [H, W] -> {"codec latent ...": (uint8 [h, w], 8-bit reconstruction) per model, "bicubic thumbnail": (...)}."""
+    smalls = {}
+    for name, model in models.items():
+        latent = codec.compress(model.get_layer(ENCODER), original[..., None])  # uint8 [h, w, 1]
+        back = codec.reconstruct(model.get_layer(DECODER), latent).numpy()[..., 0]
+        smalls[name] = (np.asarray(latent)[..., 0], back)
     image = tf.constant(original[None, ..., None], tf.float32) / 255.0
     size = tf.shape(image)[1:3]
     thumbnail = to_uint8(tf.image.resize(image, size // 4, "bicubic", antialias=True))  # [1,h,w,1]
     upsized = to_uint8(tf.image.resize(tf.cast(thumbnail, tf.float32) / 255.0, size, "bicubic")).numpy()[0, ..., 0]
-    return {"codec latent": (np.asarray(latent)[..., 0], back), "bicubic thumbnail": (thumbnail.numpy()[0, ..., 0], upsized)}
+    return {**smalls, "bicubic thumbnail": (thumbnail.numpy()[0, ..., 0], upsized)}
 
 
 def main(argv):
     del argv
-    model = load_model(FLAGS.model)
+    models = {"codec latent" if len(FLAGS.model) == 1 else f"codec latent ({Path(path).parent.name})": load_model(path)
+              for path in FLAGS.model}
     images, _ = real_cxr14.held_out_images(real_cxr14.RECORDS_DIR)
     originals = [to_uint8(image[..., 0]).numpy() for image in images]
     coders = lossless_coders()
     rows = {}  # name: ([bytes], [psnr])
     for original in originals:
-        for small_name, (small, back) in small_images(model, original).items():
+        for small_name, (small, back) in small_images(models, original).items():
             quality = psnr(original, back)
             for coder_name, coder in coders.items():
                 sizes, psnrs = rows.setdefault(f"{small_name} 256, {coder_name}", ([], []))
@@ -100,7 +105,7 @@ def main(argv):
     cpu = machine.cpu_model()
     lines = ["# Rate: bytes per held-out radiograph", "",
              f"Measured {time.strftime('%Y-%m-%d')} on {cpu}, load average {os.getloadavg()[0]:.1f}.", "",
-             "```", f".venv/bin/python benchmarks/bench_codec_rate.py --model={FLAGS.model}", "```", "",
+             "```", f".venv/bin/python benchmarks/bench_codec_rate.py --model={','.join(FLAGS.model)}", "```", "",
              f"{len(originals)} held-out radiographs (1024x1024, benchmarks/real_cxr14.py), mean bytes and mean PSNR of "
              "the decoded 8-bit image against the original. Lossless coders store the same pixels, so a small "
              "image's rows share one PSNR.", "",
