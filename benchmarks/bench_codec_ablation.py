@@ -36,6 +36,7 @@ from tfcxr.storage import write_json, write_text  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 RUNS_DIR = ROOT / "workspace" / "runs" / "codec_ablation"
 RESULTS = ROOT / "benchmarks" / "results" / "codec_ablation.md"
+SHIPPED_RUN = "workspace/runs/codec_final/enc4_30k_cosine"  # configs/stage2_residual.cfg as shipped, on the same data
 # name: flags after the flagfile (its budget, --epochs x --steps_per_epoch, replaced by --steps).
 VARIANTS = {  # every capacity flag the variant differs in from configs/stage2_residual.cfg (width 32, encoder 4, decoder 4)
     "base": ["--codec_encoder_depth=2"],  # the codec's defaults: width 32, encoder depth 2, decoder depth 4
@@ -47,6 +48,13 @@ VARIANTS = {  # every capacity flag the variant differs in from configs/stage2_r
     "enc6_skips": ["--codec_encoder_depth=6", "--codec_skips=1"],
     "w48_enc4_dec6": ["--codec_width=48", "--codec_decoder_depth=6"],
     "patch256_b8": ["--codec_encoder_depth=2", "--image_size=256", "--batch_size=8"],
+    "enc4_patch256_b8": ["--image_size=256", "--batch_size=8"],
+    "w48_enc6_dec6": ["--codec_width=48", "--codec_encoder_depth=6", "--codec_decoder_depth=6"],
+    "w64_enc6_dec6": ["--codec_width=64", "--codec_encoder_depth=6", "--codec_decoder_depth=6"],
+    # Fine-tunes of the shipped run at Adam 1e-4 with the latent's rate in the loss (--latent_rate_weight): what its
+    # bytes cost in dB (their rates: benchmarks/bench_codec_rate.py).
+    "ft30k_rate1e-5": [f"--init_codec={SHIPPED_RUN}/best.keras", "--learning_rate=1e-4", "--latent_rate_weight=1e-5"],
+    "ft30k_rate3e-5": [f"--init_codec={SHIPPED_RUN}/best.keras", "--learning_rate=1e-4", "--latent_rate_weight=3e-5"],
 }
 
 flags.DEFINE_list("variants", [], f"of {', '.join(VARIANTS)}")
@@ -143,9 +151,11 @@ def report():
         lines.append(f"| {r['variant']} | {r['params']:,} | {steps} | {wall} | {load} | {r['last']['gain_db']:+.2f} | "
                      f"{r['best.keras']['gain_db']:+.2f} | {r['last']['ssim_8bit']:.4f} | {r['decode_s']:.3f} |")
     lines += ["", "Notes: the decode time is one 1024 latent through the decoder under the load of the moment "
-              "(enc4 and enc4_10k share their decoder: 0.181 s and 0.048 s); a row marked stopped was ended by "
-              "hand and scored at its last checkpoint; variants in VARIANTS without a row were not run. "
-              "The winner's long run is the enc4_10k row: configs/stage2_residual.cfg as shipped.",
+              "(rows of one architecture share their decoder's cost: their spread is load); a row marked stopped was "
+              "ended by hand and scored at its last checkpoint; variants in VARIANTS without a row were not run. "
+              "Rows of 2,000 steps ran on a quieter machine than rows of 1,500 (load column). The enc4_30k_cosine row is "
+              "configs/stage2_residual.cfg as shipped (enc4_30k: the same with the plateau scheduler); ft30k rows "
+              "fine-tune it.",
               "", "Commands:", ""] + [f"- {r['variant']}: `{r['command']}`" for r in rows]
     write_text(RESULTS, "\n".join(lines) + "\n")
     print("\n".join(lines))
