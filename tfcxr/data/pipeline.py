@@ -125,6 +125,11 @@ def device_augmentation(inputs: InputSpec, augment: str = "bl5") -> keras.layers
     return augmentations.RandomRotation(name="device_rotation")
 
 
+def folder_of(records: Records | str | Path) -> str:
+    """The records folder (a local path or a URL) of a Records or of a folder itself."""
+    return records.path if isinstance(records, Records) else str(records)
+
+
 def manifest_of(records: Records | str | Path) -> Mapping[str, Any] | None:
     """The manifest of `records` (a Records holds it; a folder's is read), or None for a folder without one."""
     if isinstance(records, Records):
@@ -138,7 +143,7 @@ def shard_files(records: Records | str | Path, split, small=False):
 
     Without a manifest, the `{split}-*.tfrecord` files in name order.
     """
-    records_dir, manifest = str(getattr(records, "path", records)), manifest_of(records)
+    records_dir, manifest = folder_of(records), manifest_of(records)
     if manifest is not None:
         splits = manifest["splits"]
         if split not in splits:
@@ -198,7 +203,7 @@ def naming_bad_shards(records: Records | str | Path, split, small=False):
     try:
         yield
     except tf.errors.DataLossError as error:
-        records_dir = str(getattr(records, "path", records))
+        records_dir = folder_of(records)
         paths = shard_files(records, split, small=small)
         found = find_damage(paths)
         if found is None:
@@ -334,7 +339,7 @@ def make_dataset(
     _check_args(inputs, training, augment, tta, patches_per_image)
     drop_remainder = training if drop_remainder is None else drop_remainder
 
-    records_dir = str(getattr(records, "path", records))
+    records_dir = folder_of(records)
     paths = shard_files(records, split, small=inputs.feature == schema.SMALL)
     if input_context is not None:
         if len(paths) < input_context.num_input_pipelines:
