@@ -13,6 +13,7 @@ measured for each (tfcxr.export.codec.reconstruct, median of 5 after a warm-up).
 workspace/runs/codec_ablation/<variant>.json; --report writes benchmarks/results/codec_ablation.md.
 """
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -28,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import machine  # noqa: E402
 import real_cxr14  # noqa: E402
 
+from tfcxr import models  # noqa: E402
 from tfcxr.evaluate import reconstruction  # noqa: E402
 from tfcxr.export import codec  # noqa: E402
 from tfcxr.models import DECODER, ENCODER, load_model  # noqa: E402
@@ -36,7 +38,8 @@ from tfcxr.storage import write_json, write_text  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 RUNS_DIR = ROOT / "workspace" / "runs" / "codec_ablation"
 RESULTS = ROOT / "benchmarks" / "results" / "codec_ablation.md"
-SHIPPED_RUN = "workspace/runs/codec_final/enc4_30k_cosine"  # configs/stage2_residual.cfg as shipped, on the same data
+SHIPPED_RUN = "workspace/runs/codec_final/enc4_45k_cosine"  # configs/stage2_residual.cfg as shipped, on the same data
+EARLIER_RUN = "workspace/runs/codec_final/enc4_30k_cosine"  # the same at 30,000 steps (20 x 1,500)
 # name: flags after the flagfile (its budget, --epochs x --steps_per_epoch, replaced by --steps).
 VARIANTS = {  # every capacity flag the variant differs in from configs/stage2_residual.cfg (width 32, encoder 4, decoder 4)
     "base": ["--codec_encoder_depth=2"],  # the codec's defaults: width 32, encoder depth 2, decoder depth 4
@@ -53,8 +56,15 @@ VARIANTS = {  # every capacity flag the variant differs in from configs/stage2_r
     "w64_enc6_dec6": ["--codec_width=64", "--codec_encoder_depth=6", "--codec_decoder_depth=6"],
     # Fine-tunes of the shipped run at Adam 1e-4 with the latent's rate in the loss (--latent_rate_weight): what its
     # bytes cost in dB (their rates: benchmarks/bench_codec_rate.py).
-    "ft30k_rate1e-5": [f"--init_codec={SHIPPED_RUN}/best.keras", "--learning_rate=1e-4", "--latent_rate_weight=1e-5"],
-    "ft30k_rate3e-5": [f"--init_codec={SHIPPED_RUN}/best.keras", "--learning_rate=1e-4", "--latent_rate_weight=3e-5"],
+    "ft30k_rate1e-5": [f"--init_codec={EARLIER_RUN}/best.keras", "--codec_decode_flips=1", "--learning_rate=1e-4", "--latent_rate_weight=1e-5"],
+    "ft30k_rate3e-5": [f"--init_codec={EARLIER_RUN}/best.keras", "--codec_decode_flips=1", "--learning_rate=1e-4", "--latent_rate_weight=3e-5"],
+    # Fine-tunes of the 30,000-step run at Adam 1e-4: the same pixels a step as 128 patches or as larger views.
+    "ft30k_p128": [f"--init_codec={EARLIER_RUN}/best.keras", "--codec_decode_flips=1", "--learning_rate=1e-4"],
+    "ft30k_p512_b2": [f"--init_codec={EARLIER_RUN}/best.keras", "--codec_decode_flips=1", "--learning_rate=1e-4", "--image_size=512", "--batch_size=2"],
+    # configs/stage2_residual_rate.cfg on the shipped run: the rate capped at 0.97 of the thumbnail's (--steps=4500 --epochs=3).
+    # (--codec_decode_flips=1: the shipped run's own, which the flagfile's 4 would contradict.)
+    "ft45k_rate_budget": [f"--init_codec={SHIPPED_RUN}/best.keras", "--codec_decode_flips=1", "--learning_rate=1e-4",
+                          "--latent_rate_weight=1e-4", "--latent_rate_budget=0.97"],
 }
 
 flags.DEFINE_list("variants", [], f"of {', '.join(VARIANTS)}")
@@ -62,6 +72,9 @@ flags.DEFINE_integer("steps", 1500, "optimizer steps of each variant")
 flags.DEFINE_integer("epochs", 5, "epochs the steps are cut into (validation, plateau scheduler)")
 flags.DEFINE_bool("report", False, "write benchmarks/results/codec_ablation.md from the variants run")
 flags.DEFINE_list("stopped", [], "variants stopped early: score their last checkpoint at the steps they reached")
+flags.DEFINE_list("rescore_flips", [], "scored variants (or runs linked into workspace/runs/codec_ablation) to score "
+                  "again with their weights decoded over --decode_flips flips (<name>_flips<N>.json)")
+flags.DEFINE_integer("decode_flips", 4, "--rescore_flips: the decoder's flips (--codec_decode_flips: 2 or 4)")
 FLAGS = flags.FLAGS
 
 
@@ -116,10 +129,28 @@ def stopped(name, steps, epochs):
     score(name, results)
 
 
-def score(name, results):
-    """Held-out scores of the run's last weights and best.keras, parameters and decode time -> <name>.json."""
+def with_decode_flips(model, flips):
+    """An autoencoder of `model`'s codec with decode_flips=flips, holding `model`'s weights (the flips add none)."""
+    codec = models.codec_of(model)
+    flipped = models.build_autoencoder(*models.build_codec(dataclasses.replace(
+        codec, params={**codec.params, "decode_flips": flips})))
+    flipped.set_weights(model.get_weights())
+    return flipped
+
+
+def rescore_flips(name, flips):
+    """<name>.json's run scored again, its weights decoded over `flips` flips -> <name>_flips<flips>.json."""
+    results = json.loads((RUNS_DIR / f"{name}.json").read_text())
+    results.update(variant=f"{name}_flips{flips}", command=f"the weights of {name}, decoded with "
+                   f"--codec_decode_flips={flips} (training is the same: the flips act at inference only)")
+    score(name, results, transform=lambda model: with_decode_flips(model, flips), out=f"{name}_flips{flips}")
+
+
+def score(name, results, transform=lambda model: model, out=None):
+    """Held-out scores of the run's last weights and best.keras, parameters and decode time -> <out or name>.json."""
     model_dir = RUNS_DIR / name
     for weights, model in (("last", last_weights(model_dir)), ("best.keras", load_model(model_dir / "best.keras"))):
+        model = transform(model)
         methods, count, _ = reconstruction.measure(model.get_layer(ENCODER), model.get_layer(DECODER),
                                                    real_cxr14.held_out_dataset(real_cxr14.RECORDS_DIR, 1))
         results[weights] = {"psnr_8bit": methods["autoencoder_8bit"]["psnr"], "ssim_8bit": methods["autoencoder_8bit"]["ssim"],
@@ -127,7 +158,7 @@ def score(name, results):
         results["images"], results["bicubic_8bit_psnr"] = count, methods["bicubic_8bit"]["psnr"]
     results["params"] = int(model.get_layer(ENCODER).count_params() + model.get_layer(DECODER).count_params())
     results["decode_s"] = decode_seconds(model)
-    write_json(RUNS_DIR / f"{name}.json", results)
+    write_json(RUNS_DIR / f"{out or name}.json", results)
     print(json.dumps(results), flush=True)
 
 
@@ -153,9 +184,12 @@ def report():
     lines += ["", "Notes: the decode time is one 1024 latent through the decoder under the load of the moment "
               "(rows of one architecture share their decoder's cost: their spread is load); a row marked stopped was "
               "ended by hand and scored at its last checkpoint; variants in VARIANTS without a row were not run. "
-              "Rows of 2,000 steps ran on a quieter machine than rows of 1,500 (load column). The enc4_30k_cosine row is "
-              "configs/stage2_residual.cfg as shipped (enc4_30k: the same with the plateau scheduler); ft30k rows "
-              "fine-tune it.",
+              "Rows of 2,000 steps ran on a quieter machine than rows of 1,500 (load column). The enc4_45k_cosine row is "
+              "configs/stage2_residual.cfg as shipped (enc4_30k_cosine: the same at 20 x 1,500 steps; enc4_30k: that "
+              "with the plateau scheduler); ft30k rows fine-tune enc4_30k_cosine, ft45k rows the shipped run; a "
+              "_flips4 row scores its run's weights decoded over 4 flips (--codec_decode_flips=4: inference only). Rows "
+              "older than the flagfile's 20 x 2,250 steps and 4-flip decode ran with the flagfile of their day (one "
+              "decode; 1,500 steps an epoch where their command names none).",
               "", "Commands:", ""] + [f"- {r['variant']}: `{r['command']}`" for r in rows]
     write_text(RESULTS, "\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -169,6 +203,8 @@ def main(argv):
         run(name, FLAGS.steps, FLAGS.epochs)
     for name in FLAGS.stopped:
         stopped(name, FLAGS.steps, FLAGS.epochs)
+    for name in FLAGS.rescore_flips:
+        rescore_flips(name, FLAGS.decode_flips)
     if FLAGS.report:
         report()
 

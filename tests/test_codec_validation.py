@@ -114,7 +114,7 @@ def test_residual_stage2_validates_whole_originals_through_the_8bit_latent(recor
     assert not np.isclose(log["val_loss"], mse_through_8bit_latent(model, resized), rtol=1e-2)
     assert log["val_psnr_8bit"] == log["val_psnr"]  # one latent: the stored one
     assert log["val_psnr_bicubic_8bit"] < log["val_psnr_bicubic"] + 1e-3
-    assert "note: this run trains 1 epochs x 3 steps = 3 steps, far below the ~30,000" in capsys.readouterr().out
+    assert "note: this run trains 1 epochs x 3 steps = 3 steps, far below the ~45,000" in capsys.readouterr().out
 
 
 @pytest.mark.slow
@@ -129,8 +129,10 @@ def test_budget_note_only_far_below_the_codecs_steps():
     task = STAGES["autoencoder"].task
     residual = RunConfig.from_flags("autoencoder", codec="residual", epochs=20)
     note = task.budget_note(residual, 600)
-    assert note.startswith("note: this run trains 20 epochs x 600 steps = 12,000 steps, far below the ~30,000")
-    assert task.budget_note(residual, 750) is None  # half of it or more: no note
+    assert note.startswith("note: this run trains 20 epochs x 600 steps = 12,000 steps, far below the ~45,000")
+    assert task.budget_note(residual, 1125) is None  # half of it or more: no note
+    fine_tune = residual.replace(init_codec="stage2/best.keras")
+    assert task.budget_note(fine_tune, 600) is None  # from a trained codec: a fine-tune, no budget to advise
     shipped = dict(line.removeprefix("--").split("=", 1) for line in (ROOT / "configs" / "stage2_residual.cfg")
                    .read_text().splitlines() if line.startswith("--"))
     assert {"epochs", "steps_per_epoch"} <= set(shipped)  # the flagfile states its budget in steps

@@ -146,6 +146,71 @@ def test_skips_add_each_hidden_convolution_to_its_input_and_start_as_bicubic():
         models.build_codec("residual", skips=2)
 
 
+def random_detail(decoder, seed=0):
+    """The decoder with every weight random (its last convolution starts at zero: no detail to average)."""
+    rng = np.random.default_rng(seed)
+    decoder.set_weights([rng.normal(0, 0.2, w.shape).astype(np.float32) for w in decoder.get_weights()])
+    return decoder
+
+
+def test_decode_flips_average_the_flipped_details_at_inference_and_train_on_one():
+    """--codec_decode_flips=4: inference is clip(bicubic + the mean of the detail of each flip of the latent,
+    flipped back); training (and stage 3's loss) decodes once, exactly the flips=1 decoder's graph."""
+    encoder, plain = models.build_codec("residual")
+    _, flipped = models.build_codec("residual", decode_flips=4)
+    flipped.set_weights(random_detail(plain).get_weights())  # the same weights, in the same order
+    latent = encoder(smooth_images(32))
+    np.testing.assert_array_equal(flipped(latent, training=True), plain(latent, training=True))
+    np.testing.assert_array_equal(flipped(latent, training=True), plain(latent))
+    branch = flipped.get_layer("decoder_detail_flips").branch
+    details = [tf.reverse(branch(tf.reverse(latent, axes)), axes) for axes in ([], [2], [1], [1, 2])]
+    expected = tf.clip_by_value(residual_codec.BicubicResize("up")(latent) + tf.add_n(details) / 4, 0, 1)
+    np.testing.assert_allclose(flipped(latent), expected, atol=1e-6)
+    assert np.abs(flipped(latent) - plain(latent)).max() > 1e-3  # the flips differ: averaging does something
+    _, two = models.build_codec("residual", decode_flips=2)
+    two.set_weights(plain.get_weights())
+    expected_two = tf.clip_by_value(residual_codec.BicubicResize("up")(latent) + (details[0] + details[1]) / 2, 0, 1)
+    np.testing.assert_allclose(two(latent), expected_two, atol=1e-6)
+    with pytest.raises(ValueError, match="--codec_decode_flips 1, 2 or 4"):
+        models.build_codec("residual", decode_flips=3)
+
+
+def test_one_flip_keeps_the_decoder_graph_and_checkpoints_of_earlier_versions(tmp_path):
+    """--codec_decode_flips=1 (every run before the parameter, and the default) builds the decoder's layers inline,
+    as before it existed, so a run's checkpoints from then restore into it (a resumed run keeps its weights)."""
+    _, decoder = models.build_codec("residual", decoder_depth=3)
+    assert [layer.name for layer in decoder.layers] == [
+        "latent", "decoder_conv1", "decoder_conv2", "decoder_detail", "bicubic_up", "pixel_shuffle", "decoder_add",
+        "reconstruction_clip"]
+    _, flipped = models.build_codec("residual", decoder_depth=3, decode_flips=2)
+    assert [layer.name for layer in flipped.get_layer("decoder_detail_flips").branch.layers] == [
+        "latent", "decoder_conv1", "decoder_conv2", "decoder_detail", "pixel_shuffle"]
+    random_detail(decoder)
+    tf.train.Checkpoint(model=decoder).write(str(tmp_path / "ckpt"))
+    _, restored = models.build_codec("residual", decoder_depth=3)
+    tf.train.Checkpoint(model=restored).read(str(tmp_path / "ckpt")).assert_existing_objects_matched()
+    for saved, read in zip(decoder.get_weights(), restored.get_weights()):
+        np.testing.assert_array_equal(saved, read)
+
+
+def test_decode_flips_survive_saving_and_read_as_1_from_older_files(tmp_path):
+    """The flips are a codec parameter: saved in the spec and the layer, loaded without custom objects;
+    a file saved before the parameter existed decodes once."""
+    encoder, decoder = models.build_codec("residual", decode_flips=4)
+    autoencoder = models.build_autoencoder(encoder, random_detail(decoder))
+    autoencoder.save(tmp_path / "flips.keras")
+    loaded = keras.saving.load_model(tmp_path / "flips.keras", compile=False)
+    images = smooth_images(32)
+    np.testing.assert_array_equal(loaded(images)["reconstruction"], autoencoder(images)["reconstruction"])
+    assert models.codec_of(loaded).params["decode_flips"] == 4
+    assert loaded.get_layer("decoder").get_layer("decoder_detail_flips").flips == 4
+    older = models.build_autoencoder(*models.build_codec("residual"))
+    for model in (older, older.get_layer("encoder"), older.get_layer("decoder")):
+        model.spec["codec"].pop("decode_flips")
+    older.save(tmp_path / "old.keras")
+    assert models.codec_of(models.load_model(tmp_path / "old.keras")).params["decode_flips"] == 1
+
+
 def test_a_codec_saved_before_a_parameter_existed_reads_as_its_default(tmp_path):
     """A stage-2 file whose spec lacks a later parameter (skips) starts stage 3 with that parameter's default."""
     from tiny_models import tiny_densenet
@@ -211,7 +276,7 @@ def test_stage_config_builds_the_chosen_codec():
     config = RunConfig.from_flags("autoencoder", codec="residual", codec_width=8, codec_decoder_depth=2)
     autoencoder = stages.STAGES[2].task.build_model(config, ())
     assert models.codec_of(autoencoder).to_dict() == {"kind": "residual", "width": 8, "encoder_depth": 2,
-                                                      "decoder_depth": 2, "skips": 0}
+                                                      "decoder_depth": 2, "skips": 0, "decode_flips": 1}
     assert autoencoder.get_layer("decoder").count_params() == (9 * 8 + 8) + (9 * 8 * 16 + 16)
     paper = stages.STAGES[2].task.build_model(RunConfig("autoencoder"), ())
     assert paper.count_params() == 865 + 160  # the paper's stays the default
@@ -232,7 +297,8 @@ def test_stage2_then_stage3_on_the_residual_codec(stage2_residual, records_dir, 
     """Stage 3 takes the stage-2 residual codec and holds it. The classifier, whose trunk takes no part
     in that, is tiny_models' toy backbone (stage 3 with DenseNet121: test_train_stages.py, test_demo.py)."""
     monkeypatch.setitem(models.BACKBONES, "toy", TOY_BACKBONE)
-    codec = {"kind": "residual", "width": 8, "encoder_depth": 4, "decoder_depth": 4, "skips": 0}  # the flagfile's depths
+    codec = {"kind": "residual", "width": 8, "encoder_depth": 4, "decoder_depth": 4, "skips": 0,
+             "decode_flips": 4}  # the flagfile's depths and flips
     config = json.loads((stage2_residual / "config.json").read_text())
     assert config["model"] == {"codec": codec} and "backbone" not in config["model"]
     stage1 = tmp_path / "stage1" / "best.keras"
@@ -296,8 +362,10 @@ def test_codec_tool_reports_bytes_and_round_trip_psnr(stage2_residual, tmp_path)
     assert "round trip" not in plain.stdout
 
 
-def test_export_compress_and_reconstruct_serve_the_residual_codec(tmp_path):
-    """A SavedModel of an AECNN on the residual codec: its compress / reconstruct signatures are the codec's."""
+@pytest.mark.parametrize("decode_flips", [1, 4])
+def test_export_compress_and_reconstruct_serve_the_residual_codec(tmp_path, decode_flips):
+    """A SavedModel of an AECNN on the residual codec: its compress / reconstruct signatures are the codec's
+    (with --codec_decode_flips=4, reconstruct averages the 4 flips, as the Keras decoder at inference)."""
     import io
 
     from PIL import Image
@@ -306,8 +374,9 @@ def test_export_compress_and_reconstruct_serve_the_residual_codec(tmp_path):
     from tiny_models import tiny_densenet
 
     keras.utils.set_random_seed(3)
-    encoder, decoder = models.build_codec("residual", width=8)
-    for layer in (encoder.get_layer("encoder_correction"), decoder.get_layer("decoder_detail")):  # not bicubic
+    encoder, decoder = models.build_codec("residual", width=8, decode_flips=decode_flips)
+    detail = (decoder if decode_flips == 1 else decoder.get_layer("decoder_detail_flips").branch).get_layer("decoder_detail")
+    for layer in (encoder.get_layer("encoder_correction"), detail):  # not bicubic
         layer.set_weights([np.random.default_rng(0).normal(0, 0.02, w.shape).astype(np.float32) for w in layer.get_weights()])
     aecnn = models.build_aecnn(encoder, decoder, tiny_densenet())
     loaded = tf.saved_model.load(str(saved_model.export(aecnn, tmp_path, image_size=64, model_name="tfcxr_aecnn")))
@@ -328,7 +397,8 @@ def test_evaluation_names_the_codec_and_scores_an_untrained_residual_codec_as_bi
     autoencoder = models.build_autoencoder(*models.build_codec("residual", width=8))
     summary = reconstruction.evaluate_reconstruction(autoencoder, records_dir, tmp_path, stage="autoencoder",
                                                      inputs=stages.STAGES["autoencoder"].task.inputs, batch_size=16)
-    assert summary["codec"] == {"kind": "residual", "width": 8, "encoder_depth": 2, "decoder_depth": 4, "skips": 0}
+    assert summary["codec"] == {"kind": "residual", "width": 8, "encoder_depth": 2, "decoder_depth": 4, "skips": 0,
+                                  "decode_flips": 1}
     assert "Codec: residual (--codec;" in (tmp_path / "eval" / "test" / "reconstruction.md").read_text()
     methods = summary["methods"]
     assert methods["autoencoder_8bit"]["psnr"] == pytest.approx(methods["bicubic_8bit"]["psnr"], abs=1e-3)

@@ -393,6 +393,30 @@ def test_stage2_loss_adds_the_weighted_latent_rate_only_when_asked():
         assert "optimizer.latent_rate_weight" in stages.STAGES[stage].task.omits
 
 
+def test_latent_rate_budget_charges_only_the_batch_rate_beyond_r_thumbnails():
+    """--latent_rate_budget=r: w * max(0, mean latent rate - r * mean rate of the 8-bit bicubic thumbnails of
+    the batch's images), the same for each example; nothing within the budget."""
+    config = RunConfig.from_flags("autoencoder", records_dir="r", codec="residual", latent_rate_weight=1e-3)
+    image = tf.random.stateless_uniform([2, 16, 16, 1], seed=[1, 2])
+    outputs = {"reconstruction": image * 0.9, "latent": tf.random.stateless_uniform([2, 4, 4, 1], seed=[3, 4])}
+    mse = tasks.reconstruction_loss({"image": image}, outputs)["loss"]
+    rate, thumbnail = tasks.latent_rate(outputs["latent"]), tasks.thumbnail_rate(image)
+    thumbnails = tf.round(tf.clip_by_value(tf.image.resize(image, (4, 4), "bicubic", antialias=True), 0, 1) * 255) / 255
+    np.testing.assert_allclose(thumbnail, tasks.latent_rate(thumbnails), rtol=1e-6)
+    budget = 0.5 * float(tf.reduce_mean(rate) / tf.reduce_mean(thumbnail))  # the latent spends twice its budget
+    terms = tasks.reconstruction_loss_for(config.replace(latent_rate_budget=budget))({"image": image}, outputs)
+    excess = float(tf.reduce_mean(rate)) - budget * float(tf.reduce_mean(thumbnail))
+    np.testing.assert_allclose(terms["loss"], mse + 1e-3 * excess, rtol=1e-5)
+    np.testing.assert_allclose(terms["rate_thumbnail"], thumbnail)
+    within = tasks.reconstruction_loss_for(config.replace(latent_rate_budget=4 * budget))({"image": image}, outputs)
+    np.testing.assert_array_equal(within["loss"], mse)
+    for bad in (config.replace(latent_rate_budget=-1.0), config.replace(latent_rate_weight=0.0, latent_rate_budget=1.0)):
+        with pytest.raises(ValueError, match="--latent_rate_budget=.*with --latent_rate_weight > 0"):
+            tasks.reconstruction_loss_for(bad)
+    for stage in ("baseline", "aecnn"):
+        assert "optimizer.latent_rate_budget" in stages.STAGES[stage].task.omits
+
+
 def test_latent_rate_weight_trains_a_smoother_latent(records_dir, tmp_path):
     """The same stage-2 steps with and without the rate term: with it, the latent's rate falls below
     the run without it (and the log carries both terms)."""

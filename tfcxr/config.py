@@ -5,7 +5,7 @@
       data        records_dir, batch_size, image_size, resize_size, augment, patches_per_image, codec_validation
       model       backbone, weights, codec (CodecConfig: kind + the codec's own parameters)
       optimizer   learning_rate (Adam, PyTorch's betas and epsilon), schedule (plateau or cosine),
-                  classification_weight (stage 3's loss), latent_rate_weight (stage 2's rate term)
+                  classification_weight (stage 3's loss), latent_rate_weight and latent_rate_budget (stage 2's rate term)
       schedule    epochs, steps_per_epoch, val_steps
       init        classifier, codec: the .keras files a stage starts from
       runtime     model_dir, strategy, replicas, precision, seed, logging, checkpoints, previews
@@ -83,6 +83,9 @@ class OptimizerConfig:
     schedule: str = "plateau"
     # Stage 2's objective: MSE + w * the latent's rate proxy (tasks.latent_rate, in 8-bit levels); 0: MSE alone.
     latent_rate_weight: float = 0.0
+    # r > 0: the rate term becomes w * max(0, the batch's mean latent rate - r * that of its 8-bit bicubic
+    # thumbnails): free up to r times a thumbnail's rate, paid beyond it (tasks.reconstruction_loss_for).
+    latent_rate_budget: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,7 +191,8 @@ FLAGS = {
     "codec_validation": "data.codec_validation",
     "backbone": "model.backbone", "weights": "model.weights", "codec": "model.codec.kind",
     "learning_rate": "optimizer.learning_rate", "classification_weight": "optimizer.classification_weight",
-    "latent_rate_weight": "optimizer.latent_rate_weight", "lr_schedule": "optimizer.schedule",
+    "latent_rate_weight": "optimizer.latent_rate_weight",
+    "latent_rate_budget": "optimizer.latent_rate_budget", "lr_schedule": "optimizer.schedule",
     "epochs": "schedule.epochs", "steps_per_epoch": "schedule.steps_per_epoch", "val_steps": "schedule.val_steps",
     "init_classifier": "init.classifier", "init_codec": "init.codec",
     **{name: f"runtime.{name}" for name in (field.name for field in dataclasses.fields(RuntimeConfig))},

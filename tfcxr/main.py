@@ -65,6 +65,9 @@ flags.DEFINE_float("classification_weight", default("optimizer.classification_we
 flags.DEFINE_float("latent_rate_weight", default("optimizer.latent_rate_weight"),
                    "stage 2: w in MSE + w * the latent's mean absolute neighbour difference in 8-bit levels "
                    "(a lossless coder's residual: smaller stores in fewer bytes); 0: MSE alone")
+flags.DEFINE_float("latent_rate_budget", default("optimizer.latent_rate_budget"),
+                   "stage 2, with --latent_rate_weight: r > 0 makes the rate term w * max(0, the batch's latent "
+                   "rate - r * its 8-bit bicubic thumbnails' rate): a cap relative to the thumbnail; 0: w * rate")
 flags.DEFINE_integer("epochs", default("schedule.epochs"), "epochs in all (a resumed run continues to this many)")
 flags.DEFINE_integer("steps_per_epoch", None, "train steps per epoch (default: one pass)")
 flags.DEFINE_integer("val_steps", None, "validation steps per epoch (default: one pass over val)")

@@ -18,10 +18,11 @@ import tensorflow as tf
 
 from tfcxr import models, storage
 from tfcxr.config import RunConfig
-from tfcxr.constants import CLASSIFICATION_WEIGHT, LATENT_LEVELS, SMALL_SIZE, STAGE1_CROP, STAGE2_PATCH, STAGE3_CROP
+from tfcxr.constants import CLASSIFICATION_WEIGHT, COMPRESSION, LATENT_LEVELS, SMALL_SIZE, STAGE1_CROP, STAGE2_PATCH, STAGE3_CROP
 from tfcxr.data import pipeline, schema
 from tfcxr.data.records import Records
 from tfcxr.models import metrics as metrics_lib
+from tfcxr.models.compression import quantize
 
 Batch = metrics_lib.Batch
 Outputs = metrics_lib.Outputs
@@ -124,18 +125,36 @@ def latent_rate(latent: tf.Tensor) -> tf.Tensor:
     return 0.5 * (across + down)
 
 
+def thumbnail_rate(images: tf.Tensor) -> tf.Tensor:
+    """images [B,H,W,1] in [0, 1] -> latent_rate of their 8-bit bicubic thumbnails (what the residual codec's
+    latent is compared with in bytes): [B]."""
+    images = tf.cast(images, tf.float32)
+    thumbnails = tf.image.resize(images, tf.shape(images)[1:3] // COMPRESSION, "bicubic", antialias=True)
+    return latent_rate(quantize(thumbnails))
+
+
 def reconstruction_loss_for(config: RunConfig) -> Callable[[Batch, Outputs], dict[str, tf.Tensor]]:
-    """Stage 2's loss: MSE, plus optimizer.latent_rate_weight * latent_rate when that weight is not 0."""
-    weight = config.optimizer.latent_rate_weight
+    """Stage 2's loss: MSE, plus optimizer.latent_rate_weight (w) times a rate term when w is not 0:
+    the latent's latent_rate, or with optimizer.latent_rate_budget (r > 0) only its excess over r times the
+    thumbnails' rate, on the batch's means: w * max(0, mean rate - r * mean thumbnail rate), the same for every
+    example (a cap on the mean, as bytes are compared over a set of images: within it each patch spends freely)."""
+    weight, budget = config.optimizer.latent_rate_weight, config.optimizer.latent_rate_budget
     if weight < 0:
         raise ValueError(f"--latent_rate_weight={weight}: a weight >= 0")
+    if budget < 0 or (budget and not weight):
+        raise ValueError(f"--latent_rate_budget={budget}: a ratio > 0 to the thumbnail's rate, with --latent_rate_weight > 0 "
+                         f"(0: no budget)")
     if not weight:
         return reconstruction_loss
 
     def loss(batch: Batch, outputs: Outputs) -> dict[str, tf.Tensor]:
         mse = reconstruction_loss(batch, outputs)["loss"]
         rate = latent_rate(outputs["latent"])
-        return {"loss": mse + weight * rate, "mse": mse, "rate": rate}
+        if not budget:
+            return {"loss": mse + weight * rate, "mse": mse, "rate": rate}
+        thumbnail = thumbnail_rate(batch["image"])
+        excess = tf.nn.relu(tf.reduce_mean(rate) - budget * tf.reduce_mean(thumbnail))
+        return {"loss": mse + weight * excess * tf.ones_like(mse), "mse": mse, "rate": rate, "rate_thumbnail": thumbnail}
 
     return loss
 
@@ -203,7 +222,8 @@ def codec_validation(config: RunConfig) -> str:
 
 
 def codec_recommended_steps(config: RunConfig) -> int | None:
-    return codec_class(config).recommended_steps
+    """The codec class's recommended_steps for a run from scratch; None for one from init.codec (a fine-tune)."""
+    return None if config.init.codec else codec_class(config).recommended_steps
 
 
 def codec_class(config: RunConfig) -> type[models.Codec]:
@@ -229,7 +249,7 @@ BASELINE = Task(
                        fmix=True, tencrop=True, shuffle_records=4096),
     build_baseline, classification_loss, metrics=classification_metrics, initialize=initialize_from_files,
     omits=CLASSIFIER_ONLY + ("data.patches_per_image", "data.codec_validation", "optimizer.classification_weight",
-                             "optimizer.latent_rate_weight"))
+                             "optimizer.latent_rate_weight", "optimizer.latent_rate_budget"))
 AUTOENCODER = Task(
     pipeline.InputSpec(schema.ENCODED, STAGE2_PATCH, vertical_flip=True, patches=True),
     build_autoencoder, reconstruction_loss, metrics=reconstruction_metrics, initialize=initialize_from_files,
@@ -242,5 +262,5 @@ AECNN = Task(
     build_aecnn, joint_loss, metrics=joint_metrics, requires=("init.codec", "init.classifier"),
     initialize=initialize_from_files, derive=codec_of_init, loss_for=joint_loss_for,
     omits=("model.weights", "data.resize_size", "data.augment", "data.patches_per_image", "data.codec_validation",
-           "optimizer.latent_rate_weight"),
+           "optimizer.latent_rate_weight", "optimizer.latent_rate_budget"),
     image_outputs=("reconstruction", "latent"))

@@ -73,6 +73,46 @@ class StraightThroughRound(layers.Layer):
         return rounded + (inputs - tf.stop_gradient(inputs))  # forward: `rounded` itself (x - x is 0)
 
 
+# The flips a decode averages over, in order: none, left-right, up-down, both (axes of [B,H,W,C]).
+FLIPS = ((), (2,), (1,), (1, 2))
+
+
+@keras.saving.register_keras_serializable(package="tfcxr")
+class FlipEnsemble(layers.Layer):
+    """latent [B,h,w,1] -> detail [B,4h,4w,1]: `branch` in training; at inference the mean of `branch` over the
+    first `flips` of FLIPS of the latent, each output flipped back (a geometric self-ensemble: training sees
+    every flip, so each is an equally good estimate and their errors partly cancel). flips=1: `branch` alone."""
+
+    def __init__(self, branch, flips=1, **kwargs):
+        super().__init__(dtype="float32", **{k: v for k, v in kwargs.items() if k != "dtype"})
+        if flips not in (1, 2, 4):
+            raise ValueError(f"flips must be 1, 2 or 4, not {flips!r}")
+        self.branch, self.flips = branch, flips
+
+    def build(self, input_shape):
+        self.branch.build(input_shape)
+        self.built = True
+
+    def call(self, latent, training=None):
+        if training or self.flips == 1:
+            return self.branch(latent, training=training)
+        details = []
+        for axes in FLIPS[:self.flips]:
+            detail = self.branch(tf.reverse(latent, axes) if axes else latent, training=False)
+            details.append(tf.reverse(detail, axes) if axes else detail)
+        return tf.add_n(details) / float(self.flips)
+
+    def compute_output_shape(self, input_shape):
+        return self.branch.compute_output_shape(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "branch": keras.saving.serialize_keras_object(self.branch), "flips": self.flips}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**{**config, "branch": keras.saving.deserialize_keras_object(config["branch"])})
+
+
 @register_codec
 class ResidualCodec(Codec):
     """Bicubic + learned residuals; capacity in Params (--codec_width, --codec_encoder_depth, --codec_decoder_depth)."""
@@ -80,7 +120,7 @@ class ResidualCodec(Codec):
     kind = "residual"
     rounds_latent = True  # its latent is 8-bit in every forward pass (StraightThroughRound)
     validation = "full"  # used on whole radiographs, so judged, scheduled and picked on them (not 128 resizes)
-    recommended_steps = 30_000  # batch 32, configs/stage2_residual.cfg's budget (benchmarks/results/codec_ablation.md)
+    recommended_steps = 45_000  # batch 32, configs/stage2_residual.cfg's budget (benchmarks/results/codec_ablation.md)
 
     @dataclasses.dataclass(frozen=True)
     class Params:
@@ -88,11 +128,14 @@ class ResidualCodec(Codec):
         encoder_depth: int = 2  # convolutions of the encoder's correction branch (>= 2)
         decoder_depth: int = 4  # 3x3 convolutions of the decoder's detail branch (>= 2)
         skips: int = 0  # 1: each hidden 3x3 convolution whose input has `width` channels adds it (x + conv(x))
+        decode_flips: int = 1  # 1, 2 or 4: inference decodes the latent's flips and averages (FlipEnsemble)
 
         def __post_init__(self):
-            if self.width < 1 or self.encoder_depth < 2 or self.decoder_depth < 2 or self.skips not in (0, 1):
+            if self.width < 1 or self.encoder_depth < 2 or self.decoder_depth < 2 or self.skips not in (0, 1) \
+                    or self.decode_flips not in (1, 2, 4):
                 raise ValueError(f"--codec=residual needs --codec_width >= 1, --codec_encoder_depth and "
-                                 f"--codec_decoder_depth >= 2, --codec_skips 0 or 1; got {dataclasses.asdict(self)}")
+                                 f"--codec_decoder_depth >= 2, --codec_skips 0 or 1, --codec_decode_flips 1, 2 or 4; "
+                                 f"got {dataclasses.asdict(self)}")
 
     def hidden(self, x, name):
         """A hidden 3x3 convolution of width channels, ReLU; with skips, x + it when x has width channels."""
@@ -113,13 +156,22 @@ class ResidualCodec(Codec):
         return StraightThroughRound(name="latent_round8")(latent)
 
     def decode(self, latent):
-        width, depth = self.params.width, self.params.decoder_depth
         bicubic = BicubicResize("up", name="bicubic_up")(latent)  # [B,4h,4w,1]
+        if self.params.decode_flips == 1:  # the layers inline: the graph (and checkpoints) of every earlier decoder
+            detail = self.detail(latent)
+        else:
+            branch_input = keras.Input(shape=(None, None, 1), name="latent")
+            branch = keras.Model(branch_input, self.detail(branch_input), name="decoder_detail_branch")
+            detail = FlipEnsemble(branch, self.params.decode_flips, name="decoder_detail_flips")(latent)
+        reconstruction = layers.Add(dtype="float32", name="decoder_add")([bicubic, detail])
+        return clipped_relu(name="reconstruction_clip")(reconstruction)
+
+    def detail(self, latent):
+        """latent [B,h,w,1] -> the learned detail [B,4h,4w,1]: 3x3 convolutions at the latent's size, the last
+        to 16 channels (zero at the start), a depth_to_space."""
         x = latent
-        for index in range(depth - 1):
+        for index in range(self.params.decoder_depth - 1):
             x = self.hidden(x, f"decoder_conv{index + 1}")  # [B,h,w,W]
         x = layers.Conv2D(COMPRESSION**2, 3, padding="same", kernel_initializer="zeros",
                           name="decoder_detail")(x)  # [B,h,w,16]
-        detail = PixelShuffle(COMPRESSION, dtype="float32", name="pixel_shuffle")(x)  # [B,4h,4w,1]
-        reconstruction = layers.Add(dtype="float32", name="decoder_add")([bicubic, detail])
-        return clipped_relu(name="reconstruction_clip")(reconstruction)
+        return PixelShuffle(COMPRESSION, dtype="float32", name="pixel_shuffle")(x)  # [B,4h,4w,1]
