@@ -292,6 +292,24 @@ def stage2_residual(records_dir, tmp_path_factory):
     return model_dir
 
 
+def test_the_rate_flagfile_fine_tunes_the_stage2_codec_under_a_budget(stage2_residual, records_dir, tmp_path):
+    """configs/stage2_residual_rate.cfg from a stage-2 run: the codec (kind, parameters, flips) comes from it, the
+    rate term is capped relative to the thumbnail (logged beside it), and a fine-tune gets no budget note."""
+    import pandas as pd
+
+    model_dir = tmp_path / "rate"
+    result = tfcxr_main("--flagfile=configs/stage2_residual_rate.cfg", f"--records_dir={records_dir}",
+                        f"--model_dir={model_dir}", f"--init_codec={stage2_residual / 'best.keras'}", "--image_size=32",
+                        "--batch_size=8", "--epochs=1", "--steps_per_epoch=2", "--val_steps=1")
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["model"]["codec"] == json.loads((stage2_residual / "config.json").read_text())["model"]["codec"]
+    assert config["model"]["codec"]["decode_flips"] == 4  # configs/stage2_residual.cfg's
+    assert config["optimizer"]["latent_rate_budget"] == 0.97 and config["optimizer"]["latent_rate_weight"] == 1e-4
+    log = pd.read_csv(model_dir / "log.csv")
+    assert {"mse", "rate", "rate_thumbnail"} <= set(log.columns) and log["rate_thumbnail"].iloc[0] > 0
+    assert "far below" not in result.stdout
+
+
 @pytest.mark.slow
 def test_stage2_then_stage3_on_the_residual_codec(stage2_residual, records_dir, tmp_path, monkeypatch):
     """Stage 3 takes the stage-2 residual codec and holds it. The classifier, whose trunk takes no part
