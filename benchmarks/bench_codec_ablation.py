@@ -62,6 +62,8 @@ VARIANTS = {  # every capacity flag the variant differs in from configs/stage2_r
     "ft30k_p128": [f"--init_codec={EARLIER_RUN}/best.keras", "--codec_decode_flips=1", "--learning_rate=1e-4"],
     "ft30k_p512_b2": [f"--init_codec={EARLIER_RUN}/best.keras", "--codec_decode_flips=1", "--learning_rate=1e-4", "--image_size=512", "--batch_size=2"],
     # configs/stage2_residual_rate.cfg on the shipped run: the rate capped at 0.97 of the thumbnail's (--steps=4500 --epochs=3).
+    # A second cosine cycle from the shipped run (--steps=15000 --epochs=5): does it still gain from steps?
+    "ft45k_restart3e-4": [f"--init_codec={SHIPPED_RUN}/best.keras", "--codec_decode_flips=1", "--learning_rate=3e-4"],
     # (--codec_decode_flips=1: the shipped run's own, which the flagfile's 4 would contradict.)
     "ft45k_rate_budget": [f"--init_codec={SHIPPED_RUN}/best.keras", "--codec_decode_flips=1", "--learning_rate=1e-4",
                           "--latent_rate_weight=1e-4", "--latent_rate_budget=0.97"],
