@@ -2,7 +2,8 @@
 
 to_uint8           [0, 1] image -> uint8: round(clip(x, 0, 1) * 255), what an 8-bit PNG stores
 quantize           the same 256 levels kept as floats in [0, 1]
-resize_round_trip  plain resizing to the latent's size and back: the baseline every codec must beat
+thumbnail          plain (antialiased) resizing to the latent's size, clipped (and rounded) as stored
+resize_round_trip  a thumbnail resized back: the baseline every codec must beat
 crop_to_codec      an image's top-left part whose sides are multiples of COMPRESSION: what a codec
                    compresses of an image at its own size
 
@@ -29,16 +30,17 @@ def quantize(latent):
     return levels(latent) / LATENT_LEVELS
 
 
-def resize_round_trip(images, method, quantized=False):
-    """[B,H,W,1] -> [B,H/4,W/4,1] (antialiased) -> [B,H,W,1] clipped to [0, 1].
+def thumbnail(images, method, quantized=False):
+    """[B,H,W,1] -> [B,H/4,W/4,1]: antialiased resizing, clipped to [0, 1] as a stored thumbnail is (a bicubic
+    one overshoots at sharp edges), and with `quantized` also rounded to 8 bits."""
+    small = tf.image.resize(images, tf.shape(images)[1:3] // COMPRESSION, method, antialias=True)
+    return quantize(small) if quantized else tf.clip_by_value(small, 0.0, 1.0)
 
-    The small image is clipped to [0, 1] as a stored thumbnail is (a bicubic one overshoots at sharp
-    edges), and with `quantized` also rounded to 8 bits, before it is resized back.
-    """
-    size = tf.shape(images)[1:3]
-    small = tf.image.resize(images, size // COMPRESSION, method, antialias=True)  # [B,H/4,W/4,1]
-    small = quantize(small) if quantized else tf.clip_by_value(small, 0.0, 1.0)
-    return tf.clip_by_value(tf.image.resize(small, size, method), 0.0, 1.0)  # [B,H,W,1]
+
+def resize_round_trip(images, method, quantized=False):
+    """[B,H,W,1] -> its thumbnail [B,H/4,W/4,1] -> [B,H,W,1] clipped to [0, 1]."""
+    small = thumbnail(images, method, quantized)
+    return tf.clip_by_value(tf.image.resize(small, tf.shape(images)[1:3], method), 0.0, 1.0)  # [B,H,W,1]
 
 
 def crop_to_codec(image):

@@ -18,11 +18,11 @@ import tensorflow as tf
 
 from tfcxr import models, storage
 from tfcxr.config import RunConfig
-from tfcxr.constants import CLASSIFICATION_WEIGHT, COMPRESSION, LATENT_LEVELS, SMALL_SIZE, STAGE1_CROP, STAGE2_PATCH, STAGE3_CROP
+from tfcxr.constants import CLASSIFICATION_WEIGHT, LATENT_LEVELS, SMALL_SIZE, STAGE1_CROP, STAGE2_PATCH, STAGE3_CROP
 from tfcxr.data import pipeline, schema
 from tfcxr.data.records import Records
 from tfcxr.models import metrics as metrics_lib
-from tfcxr.models.compression import quantize
+from tfcxr.models.compression import thumbnail
 
 Batch = metrics_lib.Batch
 Outputs = metrics_lib.Outputs
@@ -128,9 +128,7 @@ def latent_rate(latent: tf.Tensor) -> tf.Tensor:
 def thumbnail_rate(images: tf.Tensor) -> tf.Tensor:
     """images [B,H,W,1] in [0, 1] -> latent_rate of their 8-bit bicubic thumbnails (what the residual codec's
     latent is compared with in bytes): [B]."""
-    images = tf.cast(images, tf.float32)
-    thumbnails = tf.image.resize(images, tf.shape(images)[1:3] // COMPRESSION, "bicubic", antialias=True)
-    return latent_rate(quantize(thumbnails))
+    return latent_rate(thumbnail(tf.cast(images, tf.float32), "bicubic", quantized=True))
 
 
 def reconstruction_loss_for(config: RunConfig) -> Callable[[Batch, Outputs], dict[str, tf.Tensor]]:
