@@ -27,7 +27,7 @@ import real_cxr14  # noqa: E402
 
 from tfcxr.export import codec  # noqa: E402
 from tfcxr.models import DECODER, ENCODER, load_model  # noqa: E402
-from tfcxr.models.compression import to_uint8  # noqa: E402
+from tfcxr.models.compression import resize_round_trip, thumbnail, to_uint8  # noqa: E402
 from tfcxr.storage import write_text  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "codec_rate.md"
@@ -71,10 +71,9 @@ def small_images(models, original):
         back = codec.reconstruct(model.get_layer(DECODER), latent).numpy()[..., 0]
         smalls[name] = (np.asarray(latent)[..., 0], back)
     image = tf.constant(original[None, ..., None], tf.float32) / 255.0
-    size = tf.shape(image)[1:3]
-    thumbnail = to_uint8(tf.image.resize(image, size // 4, "bicubic", antialias=True))  # [1,h,w,1]
-    upsized = to_uint8(tf.image.resize(tf.cast(thumbnail, tf.float32) / 255.0, size, "bicubic")).numpy()[0, ..., 0]
-    return {**smalls, "bicubic thumbnail": (thumbnail.numpy()[0, ..., 0], upsized)}
+    stored = to_uint8(thumbnail(image, "bicubic", quantized=True)).numpy()[0, ..., 0]  # [h, w]
+    upsized = to_uint8(resize_round_trip(image, "bicubic", quantized=True)).numpy()[0, ..., 0]
+    return {**smalls, "bicubic thumbnail": (stored, upsized)}
 
 
 def main(argv):
