@@ -40,6 +40,14 @@ RUNS_DIR = ROOT / "workspace" / "runs" / "codec_ablation"
 RESULTS = ROOT / "benchmarks" / "results" / "codec_ablation.md"
 SHIPPED_RUN = "workspace/runs/codec_final/enc4_45k_cosine"  # configs/stage2_residual.cfg as shipped, on the same data
 EARLIER_RUN = "workspace/runs/codec_final/enc4_30k_cosine"  # the same at 30,000 steps (20 x 1,500)
+
+
+def fine_tune(run, *flags):
+    """A variant's flags that fine-tune `run`'s best.keras (with its own one decode, which the flagfile's
+    --codec_decode_flips=4 would contradict)."""
+    return [f"--init_codec={run}/best.keras", "--codec_decode_flips=1", *flags]
+
+
 # name: flags after the flagfile (its budget, --epochs x --steps_per_epoch, replaced by --steps).
 VARIANTS = {  # every capacity flag the variant differs in from configs/stage2_residual.cfg (width 32, encoder 4, decoder 4)
     "base": ["--codec_encoder_depth=2"],  # the codec's defaults: width 32, encoder depth 2, decoder depth 4
@@ -54,19 +62,18 @@ VARIANTS = {  # every capacity flag the variant differs in from configs/stage2_r
     "enc4_patch256_b8": ["--image_size=256", "--batch_size=8"],
     "w48_enc6_dec6": ["--codec_width=48", "--codec_encoder_depth=6", "--codec_decoder_depth=6"],
     "w64_enc6_dec6": ["--codec_width=64", "--codec_encoder_depth=6", "--codec_decoder_depth=6"],
-    # Fine-tunes of the shipped run at Adam 1e-4 with the latent's rate in the loss (--latent_rate_weight): what its
+    # Fine-tunes of the 30,000-step run at Adam 1e-4 with the latent's rate in the loss (--latent_rate_weight): what its
     # bytes cost in dB (their rates: benchmarks/bench_codec_rate.py).
-    "ft30k_rate1e-5": [f"--init_codec={EARLIER_RUN}/best.keras", "--codec_decode_flips=1", "--learning_rate=1e-4", "--latent_rate_weight=1e-5"],
-    "ft30k_rate3e-5": [f"--init_codec={EARLIER_RUN}/best.keras", "--codec_decode_flips=1", "--learning_rate=1e-4", "--latent_rate_weight=3e-5"],
+    "ft30k_rate1e-5": fine_tune(EARLIER_RUN, "--learning_rate=1e-4", "--latent_rate_weight=1e-5"),
+    "ft30k_rate3e-5": fine_tune(EARLIER_RUN, "--learning_rate=1e-4", "--latent_rate_weight=3e-5"),
     # Fine-tunes of the 30,000-step run at Adam 1e-4: the same pixels a step as 128 patches or as larger views.
-    "ft30k_p128": [f"--init_codec={EARLIER_RUN}/best.keras", "--codec_decode_flips=1", "--learning_rate=1e-4"],
-    "ft30k_p512_b2": [f"--init_codec={EARLIER_RUN}/best.keras", "--codec_decode_flips=1", "--learning_rate=1e-4", "--image_size=512", "--batch_size=2"],
-    # configs/stage2_residual_rate.cfg on the shipped run: the rate capped at 0.97 of the thumbnail's (--steps=4500 --epochs=3).
+    "ft30k_p128": fine_tune(EARLIER_RUN, "--learning_rate=1e-4"),
+    "ft30k_p512_b2": fine_tune(EARLIER_RUN, "--learning_rate=1e-4", "--image_size=512", "--batch_size=2"),
     # A second cosine cycle from the shipped run (--steps=15000 --epochs=5): does it still gain from steps?
-    "ft45k_restart3e-4": [f"--init_codec={SHIPPED_RUN}/best.keras", "--codec_decode_flips=1", "--learning_rate=3e-4"],
-    # (--codec_decode_flips=1: the shipped run's own, which the flagfile's 4 would contradict.)
-    "ft45k_rate_budget": [f"--init_codec={SHIPPED_RUN}/best.keras", "--codec_decode_flips=1", "--learning_rate=1e-4",
-                          "--latent_rate_weight=1e-4", "--latent_rate_budget=0.97"],
+    "ft45k_restart3e-4": fine_tune(SHIPPED_RUN, "--learning_rate=3e-4"),
+    # configs/stage2_residual_rate.cfg on the shipped run: the rate capped at 0.97 of the thumbnail's (--steps=4500 --epochs=3).
+    "ft45k_rate_budget": fine_tune(SHIPPED_RUN, "--learning_rate=1e-4", "--latent_rate_weight=1e-4",
+                                   "--latent_rate_budget=0.97"),
 }
 
 flags.DEFINE_list("variants", [], f"of {', '.join(VARIANTS)}")

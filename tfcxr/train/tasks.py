@@ -150,9 +150,10 @@ def reconstruction_loss_for(config: RunConfig) -> Callable[[Batch, Outputs], dic
         rate = latent_rate(outputs["latent"])
         if not budget:
             return {"loss": mse + weight * rate, "mse": mse, "rate": rate}
-        thumbnail = thumbnail_rate(batch["image"])
-        excess = tf.nn.relu(tf.reduce_mean(rate) - budget * tf.reduce_mean(thumbnail))
-        return {"loss": mse + weight * excess * tf.ones_like(mse), "mse": mse, "rate": rate, "rate_thumbnail": thumbnail}
+        thumbnail_rates = thumbnail_rate(batch["image"])
+        excess = tf.nn.relu(tf.reduce_mean(rate) - budget * tf.reduce_mean(thumbnail_rates))
+        return {"loss": mse + weight * excess * tf.ones_like(mse), "mse": mse, "rate": rate,
+                "rate_thumbnail": thumbnail_rates}
 
     return loss
 
