@@ -11,6 +11,7 @@ from PIL import Image
 
 from tfcxr.config import RunConfig
 from tfcxr.data import pipeline, schema
+from tfcxr.models.codecs.residual import ResidualCodec
 from tfcxr.models.compression import crop_to_codec, quantize
 from tfcxr.stages import STAGES
 from tfcxr.train import loop, strategy
@@ -114,7 +115,7 @@ def test_residual_stage2_validates_whole_originals_through_the_8bit_latent(recor
     assert not np.isclose(log["val_loss"], mse_through_8bit_latent(model, resized), rtol=1e-2)
     assert log["val_psnr_8bit"] == log["val_psnr"]  # one latent: the stored one
     assert log["val_psnr_bicubic_8bit"] < log["val_psnr_bicubic"] + 1e-3
-    assert "note: this run trains 1 epochs x 3 steps = 3 steps, far below the ~45,000" in capsys.readouterr().out
+    assert "note: this run trains 1 epochs x 3 steps of 8 = 24 examples, far below the ~1,440,000" in capsys.readouterr().out
 
 
 @pytest.mark.slow
@@ -125,18 +126,26 @@ def test_the_paper_protocol_stays_selectable(records_dir, tmp_path):
     np.testing.assert_allclose(log["val_loss"], mse_through_8bit_latent(model, resized), rtol=1e-5)
 
 
-def test_budget_note_only_far_below_the_codecs_steps():
+def test_budget_note_only_far_below_the_codecs_examples():
     task = STAGES["autoencoder"].task
-    residual = RunConfig.from_flags("autoencoder", codec="residual", epochs=20)
+    residual = RunConfig.from_flags("autoencoder", codec="residual", epochs=20, batch_size=32)
     note = task.budget_note(residual, 600)
-    assert note.startswith("note: this run trains 20 epochs x 600 steps = 12,000 steps, far below the ~45,000")
+    assert note.startswith("note: this run trains 20 epochs x 600 steps of 32 = 384,000 examples, far below the "
+                           "~1,440,000")
     assert task.budget_note(residual, 1125) is None  # half of it or more: no note
+    # The budget is in examples: the same steps at a quarter of the batch are far below, twice the batch is not.
+    assert task.budget_note(residual.replace(batch_size=8), 1125).startswith(
+        "note: this run trains 20 epochs x 1125 steps of 8 = 180,000 examples")
+    assert task.budget_note(residual.replace(batch_size=64), 600) is None
     fine_tune = residual.replace(init_codec="stage2/best.keras")
     assert task.budget_note(fine_tune, 600) is None  # from a trained codec: a fine-tune, no budget to advise
     shipped = dict(line.removeprefix("--").split("=", 1) for line in (ROOT / "configs" / "stage2_residual.cfg")
                    .read_text().splitlines() if line.startswith("--"))
-    assert {"epochs", "steps_per_epoch"} <= set(shipped)  # the flagfile states its budget in steps
-    assert task.budget_note(residual.replace(epochs=int(shipped["epochs"])), int(shipped["steps_per_epoch"])) is None
+    assert {"epochs", "steps_per_epoch", "batch_size"} <= set(shipped)  # the flagfile states its budget in steps
+    flagfile = residual.replace(epochs=int(shipped["epochs"]), batch_size=int(shipped["batch_size"]))
+    assert task.budget_note(flagfile, int(shipped["steps_per_epoch"])) is None
+    assert int(shipped["epochs"]) * int(shipped["steps_per_epoch"]) * int(shipped["batch_size"]) \
+        >= ResidualCodec.recommended_examples  # the flagfile trains what the codec recommends
     assert task.budget_note(RunConfig.from_flags("autoencoder", codec="paper", epochs=1), 1) is None
     assert STAGES["baseline"].task.budget_note(RunConfig("baseline"), 1) is None
 

@@ -120,7 +120,7 @@ class ResidualCodec(Codec):
     kind = "residual"
     rounds_latent = True  # its latent is 8-bit in every forward pass (StraightThroughRound)
     validation = "full"  # used on whole radiographs, so judged, scheduled and picked on them (not 128 resizes)
-    recommended_steps = 45_000  # batch 32, configs/stage2_residual.cfg's budget (benchmarks/results/codec_ablation.md)
+    recommended_examples = 45_000 * 32  # 128 patches: configs/stage2_residual.cfg's budget (benchmarks/results/codec_ablation.md)
 
     @dataclasses.dataclass(frozen=True)
     class Params:
