@@ -38,30 +38,43 @@ from tfcxr.storage import write_json, write_text  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 RUNS_DIR = ROOT / "workspace" / "runs" / "codec_ablation"
 RESULTS = ROOT / "benchmarks" / "results" / "codec_ablation.md"
-SHIPPED_RUN = "workspace/runs/codec_final/enc4_45k_cosine"  # configs/stage2_residual.cfg as shipped, on the same data
+SHIPPED_RUN = "workspace/runs/codec_final/enc4_45k_cosine"  # the 128-patch flagfile at 45,000 steps, on the same data
 EARLIER_RUN = "workspace/runs/codec_final/enc4_30k_cosine"  # the same at 30,000 steps (20 x 1,500)
+
+
+# The flagfile's training before it moved to 64 patches (benchmarks/results/codec_ablation.md's cos_ rows chose them):
+# what every variant but the shipped one trains with (their own flags after it override it).
+PATCH128 = ["--image_size=128", "--batch_size=32", "--patches_per_image=16", "--learning_rate=1e-3"]
 
 
 def fine_tune(run, *flags):
     """A variant's flags that fine-tune `run`'s best.keras (with its own one decode, which the flagfile's
     --codec_decode_flips=4 would contradict)."""
-    return [f"--init_codec={run}/best.keras", "--codec_decode_flips=1", *flags]
+    return [*PATCH128, f"--init_codec={run}/best.keras", "--codec_decode_flips=1", *flags]
 
 
 # name: flags after the flagfile (its budget, --epochs x --steps_per_epoch, replaced by --steps).
 VARIANTS = {  # every capacity flag the variant differs in from configs/stage2_residual.cfg (width 32, encoder 4, decoder 4)
-    "base": ["--codec_encoder_depth=2"],  # the codec's defaults: width 32, encoder depth 2, decoder depth 4
-    "lr3e-3": ["--codec_encoder_depth=2", "--learning_rate=3e-3"],
-    "dec8": ["--codec_encoder_depth=2", "--codec_decoder_depth=8"],
-    "dec8_skips": ["--codec_encoder_depth=2", "--codec_decoder_depth=8", "--codec_skips=1"],
-    "enc4": [],  # configs/stage2_residual.cfg's capacity
-    "enc6": ["--codec_encoder_depth=6"],
-    "enc6_skips": ["--codec_encoder_depth=6", "--codec_skips=1"],
-    "w48_enc4_dec6": ["--codec_width=48", "--codec_decoder_depth=6"],
-    "patch256_b8": ["--codec_encoder_depth=2", "--image_size=256", "--batch_size=8"],
-    "enc4_patch256_b8": ["--image_size=256", "--batch_size=8"],
-    "w48_enc6_dec6": ["--codec_width=48", "--codec_encoder_depth=6", "--codec_decoder_depth=6"],
-    "w64_enc6_dec6": ["--codec_width=64", "--codec_encoder_depth=6", "--codec_decoder_depth=6"],
+    "base": [*PATCH128, "--codec_encoder_depth=2"],  # the codec's defaults: width 32, encoder depth 2, decoder depth 4
+    "lr3e-3": [*PATCH128, "--codec_encoder_depth=2", "--learning_rate=3e-3"],
+    "dec8": [*PATCH128, "--codec_encoder_depth=2", "--codec_decoder_depth=8"],
+    "dec8_skips": [*PATCH128, "--codec_encoder_depth=2", "--codec_decoder_depth=8", "--codec_skips=1"],
+    "enc4": PATCH128,  # configs/stage2_residual.cfg's capacity
+    "enc6": [*PATCH128, "--codec_encoder_depth=6"],
+    "enc6_skips": [*PATCH128, "--codec_encoder_depth=6", "--codec_skips=1"],
+    "w48_enc4_dec6": [*PATCH128, "--codec_width=48", "--codec_decoder_depth=6"],
+    "patch256_b8": [*PATCH128, "--codec_encoder_depth=2", "--image_size=256", "--batch_size=8"],
+    "enc4_patch256_b8": [*PATCH128, "--image_size=256", "--batch_size=8"],
+    "w48_enc6_dec6": [*PATCH128, "--codec_width=48", "--codec_encoder_depth=6", "--codec_decoder_depth=6"],
+    "w64_enc6_dec6": [*PATCH128, "--codec_width=64", "--codec_encoder_depth=6", "--codec_decoder_depth=6"],
+    # 2,000-step probes under the flagfile's cosine schedule and 4-flip decode (--steps=2000): the 128-patch training,
+    # and one change each; the last, both changes, is what the flagfile now trains.
+    "cos_p128": PATCH128,
+    "cos_p256_b8": [*PATCH128, "--image_size=256", "--batch_size=8"],  # the same pixels a step in larger patches
+    "cos_lr2e-3": [*PATCH128, "--learning_rate=2e-3"],
+    "cos_lr4e-3": [*PATCH128, "--learning_rate=4e-3"],
+    "cos_p64_b128": [*PATCH128, "--image_size=64", "--batch_size=128"],  # the same pixels a step in smaller patches
+    "cos_p64_b128_k64_lr2e-3": [],  # configs/stage2_residual.cfg: 64 patches, batch 128, 64 a decode, Adam 2e-3
     # Fine-tunes of the 30,000-step run at Adam 1e-4 with the latent's rate in the loss (--latent_rate_weight): what its
     # bytes cost in dB (their rates: benchmarks/bench_codec_rate.py).
     "ft30k_rate1e-5": fine_tune(EARLIER_RUN, "--learning_rate=1e-4", "--latent_rate_weight=1e-5"),
@@ -69,9 +82,9 @@ VARIANTS = {  # every capacity flag the variant differs in from configs/stage2_r
     # Fine-tunes of the 30,000-step run at Adam 1e-4: the same pixels a step as 128 patches or as larger views.
     "ft30k_p128": fine_tune(EARLIER_RUN, "--learning_rate=1e-4"),
     "ft30k_p512_b2": fine_tune(EARLIER_RUN, "--learning_rate=1e-4", "--image_size=512", "--batch_size=2"),
-    # A second cosine cycle from the shipped run (--steps=15000 --epochs=5): does it still gain from steps?
+    # A second cosine cycle from the 128-patch 45,000-step run (--steps=15000 --epochs=5): does it still gain from steps?
     "ft45k_restart3e-4": fine_tune(SHIPPED_RUN, "--learning_rate=3e-4"),
-    # configs/stage2_residual_rate.cfg on the shipped run: the rate capped at 0.97 of the thumbnail's (--steps=4500 --epochs=3).
+    # The rate cap on the 128-patch 45,000-step run: 0.97 of the thumbnail's rate (--steps=4500 --epochs=3).
     "ft45k_rate_budget": fine_tune(SHIPPED_RUN, "--learning_rate=1e-4", "--latent_rate_weight=1e-4",
                                    "--latent_rate_budget=0.97"),
 }
@@ -83,12 +96,20 @@ flags.DEFINE_bool("report", False, "write benchmarks/results/codec_ablation.md f
 flags.DEFINE_list("stopped", [], "variants stopped early: score their last checkpoint at the steps they reached")
 flags.DEFINE_list("rescore_flips", [], "scored variants (or runs linked into workspace/runs/codec_ablation) to score "
                   "again with their weights decoded over --decode_flips flips (<name>_flips<N>.json)")
-flags.DEFINE_integer("decode_flips", 4, "--rescore_flips: the decoder's flips (--codec_decode_flips: 2 or 4)")
+flags.DEFINE_integer("decode_flips", 4, "--rescore_flips: the decoder's flips (--codec_decode_flips: 1, 2 or 4)")
 FLAGS = flags.FLAGS
 
 
+def last_of_each(flag_list):
+    """flag_list with each --name kept once, at its last value (what absl reads), in first-seen order."""
+    values = {}
+    for flag in flag_list:
+        values[flag.split("=", 1)[0]] = flag
+    return list(values.values())
+
+
 def command_of(name, steps, epochs):
-    return [sys.executable, "-m", "tfcxr.main", "--flagfile=configs/stage2_residual.cfg", *VARIANTS[name],
+    return [sys.executable, "-m", "tfcxr.main", "--flagfile=configs/stage2_residual.cfg", *last_of_each(VARIANTS[name]),
             f"--records_dir={real_cxr14.RECORDS_DIR.relative_to(ROOT)}",
             f"--model_dir={(RUNS_DIR / name).relative_to(ROOT)}", f"--epochs={epochs}",
             f"--steps_per_epoch={steps // epochs}", "--log_every=100"]
@@ -193,12 +214,16 @@ def report():
     lines += ["", "Notes: the decode time is one 1024 latent through the decoder under the load of the moment "
               "(rows of one architecture share their decoder's cost: their spread is load); a row marked stopped was "
               "ended by hand and scored at its last checkpoint; variants in VARIANTS without a row were not run. "
-              "Rows of 2,000 steps ran on a quieter machine than rows of 1,500 (load column). The enc4_45k_cosine row is "
-              "configs/stage2_residual.cfg as shipped (enc4_30k_cosine: the same at 20 x 1,500 steps; enc4_30k: that "
-              "with the plateau scheduler); ft30k rows fine-tune enc4_30k_cosine, ft45k rows the shipped run; a "
-              "_flips4 row scores its run's weights decoded over 4 flips (--codec_decode_flips=4: inference only). Rows "
-              "older than the flagfile's 20 x 2,250 steps and 4-flip decode ran with the flagfile of their day (one "
-              "decode; 1,500 steps an epoch where their command names none).",
+              "Rows of 2,000 steps ran on a quieter machine than rows of 1,500 (load column). The p64_45k row is "
+              "configs/stage2_residual.cfg as shipped (64 patches, batch 128, 64 per decoded original, Adam 2e-3 cosine, "
+              "4-flip decode; p64_45k_flips1: its weights decoded once); the cos_ rows are 2,000-step probes of it from "
+              "the flagfile of 128 patches, batch 32, Adam 1e-3 (cos_p128) with one change each, which chose it. "
+              "enc4_45k_cosine is that earlier flagfile at 45,000 steps (enc4_30k_cosine: at 20 x 1,500 steps; "
+              "enc4_30k: that with the plateau scheduler); ft30k rows fine-tune enc4_30k_cosine, ft45k rows "
+              "enc4_45k_cosine; a _flips4 row scores its run's weights decoded over 4 flips (--codec_decode_flips=4: "
+              "inference only). Rows other than p64_45k ran with the flagfile of their day (128 patches, batch 32, "
+              "Adam 1e-3; one decode and 1,500 steps an epoch where their command names none; the cos_ rows' flagfile "
+              "decoded over 4 flips).",
               "", "Commands:", ""] + [f"- {r['variant']}: `{r['command']}`" for r in rows]
     write_text(RESULTS, "\n".join(lines) + "\n")
     print("\n".join(lines))

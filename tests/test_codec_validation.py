@@ -115,7 +115,8 @@ def test_residual_stage2_validates_whole_originals_through_the_8bit_latent(recor
     assert not np.isclose(log["val_loss"], mse_through_8bit_latent(model, resized), rtol=1e-2)
     assert log["val_psnr_8bit"] == log["val_psnr"]  # one latent: the stored one
     assert log["val_psnr_bicubic_8bit"] < log["val_psnr_bicubic"] + 1e-3
-    assert "note: this run trains 1 epochs x 3 steps of 8 = 24 examples, far below the ~1,440,000" in capsys.readouterr().out
+    assert "note: this run trains 1 epochs x 3 steps of 8 32-px images = 0 megapixels, far below the ~23,593" \
+        in capsys.readouterr().out
 
 
 @pytest.mark.slow
@@ -126,26 +127,30 @@ def test_the_paper_protocol_stays_selectable(records_dir, tmp_path):
     np.testing.assert_allclose(log["val_loss"], mse_through_8bit_latent(model, resized), rtol=1e-5)
 
 
-def test_budget_note_only_far_below_the_codecs_examples():
+def test_budget_note_only_far_below_the_codecs_pixels():
     task = STAGES["autoencoder"].task
-    residual = RunConfig.from_flags("autoencoder", codec="residual", epochs=20, batch_size=32)
+    residual = RunConfig.from_flags("autoencoder", codec="residual", epochs=20, batch_size=32)  # 128-px patches
     note = task.budget_note(residual, 600)
-    assert note.startswith("note: this run trains 20 epochs x 600 steps of 32 = 384,000 examples, far below the "
-                           "~1,440,000")
+    assert note.startswith("note: this run trains 20 epochs x 600 steps of 32 128-px images = 6,291 megapixels, far "
+                           "below the ~23,593")
     assert task.budget_note(residual, 1125) is None  # half of it or more: no note
-    # The budget is in examples: the same steps at a quarter of the batch are far below, twice the batch is not.
+    # The budget is in pixels: the same steps at a quarter of the batch are far below, twice the batch is not, and
+    # smaller patches count their pixels.
     assert task.budget_note(residual.replace(batch_size=8), 1125).startswith(
-        "note: this run trains 20 epochs x 1125 steps of 8 = 180,000 examples")
+        "note: this run trains 20 epochs x 1125 steps of 8 128-px images = 2,949 megapixels")
     assert task.budget_note(residual.replace(batch_size=64), 600) is None
+    assert task.budget_note(residual.replace(batch_size=128, image_size=64), 1125) is None
+    assert task.budget_note(residual.replace(batch_size=32, image_size=64), 1125) is not None
     fine_tune = residual.replace(init_codec="stage2/best.keras")
     assert task.budget_note(fine_tune, 600) is None  # from a trained codec: a fine-tune, no budget to advise
     shipped = dict(line.removeprefix("--").split("=", 1) for line in (ROOT / "configs" / "stage2_residual.cfg")
                    .read_text().splitlines() if line.startswith("--"))
-    assert {"epochs", "steps_per_epoch", "batch_size"} <= set(shipped)  # the flagfile states its budget in steps
-    flagfile = residual.replace(epochs=int(shipped["epochs"]), batch_size=int(shipped["batch_size"]))
+    assert {"epochs", "steps_per_epoch", "batch_size", "image_size"} <= set(shipped)  # its budget in steps
+    flagfile = residual.replace(epochs=int(shipped["epochs"]), batch_size=int(shipped["batch_size"]),
+                                image_size=int(shipped["image_size"]))
     assert task.budget_note(flagfile, int(shipped["steps_per_epoch"])) is None
     assert int(shipped["epochs"]) * int(shipped["steps_per_epoch"]) * int(shipped["batch_size"]) \
-        >= ResidualCodec.recommended_examples  # the flagfile trains what the codec recommends
+        * int(shipped["image_size"])**2 >= ResidualCodec.recommended_pixels  # the flagfile trains what it recommends
     assert task.budget_note(RunConfig.from_flags("autoencoder", codec="paper", epochs=1), 1) is None
     assert STAGES["baseline"].task.budget_note(RunConfig("baseline"), 1) is None
 

@@ -52,8 +52,8 @@ class Task:
     image_outputs: model outputs shown as images in TensorBoard, beside the input.
     loss_for: (config) -> the loss at the run's settings (stage 3: its classification_weight); None: `loss`.
     eval_geometry: (config) -> how validation reads originals: "resize" or "full" (InputSpec.eval_geometry).
-    recommended_examples: (config) -> the training examples (steps x global batch) the model needs; a run far below
-        them says so.
+    recommended_pixels: (config) -> the training pixels (steps x global batch x image side^2) the model needs; a run
+        far below them says so.
     """
 
     inputs: pipeline.InputSpec
@@ -67,7 +67,7 @@ class Task:
     image_outputs: tuple[str, ...] = ()
     loss_for: Callable[[RunConfig], Callable[[Batch, Outputs], dict[str, tf.Tensor]]] | None = None
     eval_geometry: Callable[[RunConfig], str] = lambda config: "resize"
-    recommended_examples: Callable[[RunConfig], int | None] = lambda config: None
+    recommended_pixels: Callable[[RunConfig], int | None] = lambda config: None
 
     def configured(self, config: RunConfig) -> "Task":
         """This task with the loss of the run's settings (loss_for), what the loop trains."""
@@ -79,15 +79,16 @@ class Task:
         return dataclasses.replace(inputs, eval_geometry=self.eval_geometry(config))
 
     def budget_note(self, config: RunConfig, steps_per_epoch: int) -> str | None:
-        """One line when the run's epochs x steps x batch are far below (under half) the model's recommended_examples."""
-        recommended = self.recommended_examples(config)
-        batch_size = config.data.batch_size
-        examples = config.schedule.epochs * steps_per_epoch * batch_size
-        if not recommended or examples * 2 >= recommended:
+        """One line when the run's pixels (epochs x steps x batch x side^2) are far below (under half) the model's
+        recommended_pixels: the same pixels in larger or smaller patches count the same."""
+        recommended = self.recommended_pixels(config)
+        batch_size, side = config.data.batch_size, self.input_spec(config).image_size
+        pixels = config.schedule.epochs * steps_per_epoch * batch_size * side**2
+        if not recommended or pixels * 2 >= recommended:
             return None
-        return (f"note: this run trains {config.schedule.epochs} epochs x {steps_per_epoch} steps of {batch_size} = "
-                f"{examples:,} examples, far below the ~{recommended:,} its model needs; set --epochs / "
-                f"--steps_per_epoch (configs/stage2_residual.cfg states its budget in steps)")
+        return (f"note: this run trains {config.schedule.epochs} epochs x {steps_per_epoch} steps of {batch_size} "
+                f"{side}-px images = {pixels / 1e6:,.0f} megapixels, far below the ~{recommended / 1e6:,.0f} its model "
+                f"needs; set --epochs / --steps_per_epoch (configs/stage2_residual.cfg states its budget in steps)")
 
     def dataset(self, config: RunConfig, split: str, *, training: bool,
                 input_context: tf.distribute.InputContext | None = None, seed: int | None = None,
@@ -222,9 +223,9 @@ def codec_validation(config: RunConfig) -> str:
     return geometry
 
 
-def codec_recommended_examples(config: RunConfig) -> int | None:
-    """The codec class's recommended_examples for a run from scratch; None for one from init.codec (a fine-tune)."""
-    return None if config.init.codec else codec_class(config).recommended_examples
+def codec_recommended_pixels(config: RunConfig) -> int | None:
+    """The codec class's recommended_pixels for a run from scratch; None for one from init.codec (a fine-tune)."""
+    return None if config.init.codec else codec_class(config).recommended_pixels
 
 
 def codec_class(config: RunConfig) -> type[models.Codec]:
@@ -257,7 +258,7 @@ AUTOENCODER = Task(
     derive=codec_of_init, loss_for=reconstruction_loss_for,
     omits=("model.backbone", "model.weights", "init.classifier", "data.resize_size", "data.augment",
            "optimizer.classification_weight"),
-    image_outputs=("reconstruction", "latent"), eval_geometry=codec_validation, recommended_examples=codec_recommended_examples)
+    image_outputs=("reconstruction", "latent"), eval_geometry=codec_validation, recommended_pixels=codec_recommended_pixels)
 AECNN = Task(
     pipeline.InputSpec(schema.ENCODED, STAGE3_CROP, rotation="device", tencrop=True),
     build_aecnn, joint_loss, metrics=joint_metrics, requires=("init.codec", "init.classifier"),

@@ -36,9 +36,9 @@ class Codec:
     # Stage 2's validation when --codec_validation is not given: "full" (whole originals at their own
     # size through the stored latent: what the codec is used at) or "resize" (the paper's 128 resizes).
     validation: ClassVar[str] = "resize"
-    # Training examples (optimizer steps x global batch) the codec needs to converge; a stage-2 run far below them
-    # says so. None: no advice.
-    recommended_examples: ClassVar[int | None] = None
+    # Training pixels (optimizer steps x global batch x patch side^2) the codec needs to converge; a stage-2 run far
+    # below them says so. None: no advice.
+    recommended_pixels: ClassVar[int | None] = None
     # Whether the latent is rounded to 8 bits in every forward pass (what a PNG stores is what is decoded
     # and classified); False: the float latent, as the reference's autoencoder has it.
     rounds_latent: ClassVar[bool] = False

@@ -120,7 +120,8 @@ class ResidualCodec(Codec):
     kind = "residual"
     rounds_latent = True  # its latent is 8-bit in every forward pass (StraightThroughRound)
     validation = "full"  # used on whole radiographs, so judged, scheduled and picked on them (not 128 resizes)
-    recommended_examples = 45_000 * 32  # 128 patches: configs/stage2_residual.cfg's budget (benchmarks/results/codec_ablation.md)
+    # configs/stage2_residual.cfg's budget: 45,000 steps of 128 64-px patches (benchmarks/results/codec_ablation.md)
+    recommended_pixels = 45_000 * 128 * 64**2
 
     @dataclasses.dataclass(frozen=True)
     class Params:
