@@ -93,6 +93,16 @@ def residual_run(records_dir, model_dir, **flags):
     return model, pd.read_csv(model_dir / "log.csv").iloc[-1]
 
 
+def test_an_epoch_of_fewer_images_than_a_batch_is_refused_in_one_line(records_dir, tmp_path):
+    """Without --steps_per_epoch an epoch is the train split over the batch: fewer images than a batch make no step,
+    which is refused before anything is built or written (the flagfile's 128-patch batches on a few images)."""
+    config = RunConfig.from_flags("autoencoder", records_dir=str(records_dir), model_dir=str(tmp_path / "run"),
+                                  codec="residual", batch_size=100_000, image_size=32, epochs=1)
+    with pytest.raises(ValueError, match=r"images make no step of --batch_size=100000; set --steps_per_epoch"):
+        loop.train(STAGES["autoencoder"].task, config, strategy.make_strategy("one_device"))
+    assert not (tmp_path / "run").exists()
+
+
 def mse_through_8bit_latent(model, images):
     """Mean over images of MSE(decoder(round8(encoder(x))), x), each image as given."""
     encoder, decoder = model.get_layer("encoder"), model.get_layer("decoder")

@@ -427,12 +427,16 @@ def train_until_done(task, config, strategy, records, callbacks, flag):
     task = task.configured(config)  # its loss at the run's weights
     check_init_files(task, config)
     records = records or Records.open(config.data.records_dir)
+    steps = config.schedule.steps_per_epoch or records.split_size("train") // config.data.batch_size
+    if steps < 1:  # an epoch counted in images, of fewer images than a batch
+        raise ValueError(f"{config.data.records_dir}: the train split's {records.split_size('train')} images make no "
+                         f"step of --batch_size={config.data.batch_size}; set --steps_per_epoch (the train split repeats) "
+                         f"or a smaller --batch_size")
     chief = is_chief(strategy)
     storage.makedirs(config.runtime.model_dir)
     keras.utils.set_random_seed(config.runtime.seed)
     if config.runtime.deterministic:
         tf.config.experimental.enable_op_determinism()
-    steps = config.schedule.steps_per_epoch or records.split_size("train") // config.data.batch_size
     model, optimizer, augmentation = build(task, config, strategy, records.label_names, steps)
 
     checkpointer = Checkpointer(model, optimizer, augmentation, config.runtime.model_dir, strategy)
